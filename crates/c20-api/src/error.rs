@@ -1,0 +1,138 @@
+use serde::{Deserialize, Serialize};
+use tonic::{Code, Status};
+
+/// Every error c20 answers at its edge. Each maps to etcd's gRPC code and exact message
+/// (etcd's `rpctypes`), because clients match on them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+pub enum EtcdError {
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRev,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: member not found")]
+    MemberNotFound,
+    #[error("etcdserver: no leader")]
+    NoLeader,
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    #[error("etcdserver: request timed out")]
+    Timeout,
+    #[error("etcdserver: request timed out, possibly due to previous leader failure")]
+    TimeoutDueToLeaderFail,
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error("etcdserver: unhealthy cluster")]
+    Unhealthy,
+    #[error("etcdserver: corrupt cluster")]
+    Corrupt,
+    #[error("etcdserver: {0}")]
+    Internal(String),
+    #[error("etcdserver: storage failed, writes stopped on this member: {0}")]
+    StorageFailed(String),
+    #[error("{0}")]
+    Unimplemented(String),
+}
+
+impl EtcdError {
+    pub fn code(&self) -> Code {
+        match self {
+            EtcdError::EmptyKey
+            | EtcdError::KeyNotFound
+            | EtcdError::ValueProvided
+            | EtcdError::LeaseProvided
+            | EtcdError::TooManyOps
+            | EtcdError::DuplicateKey
+            | EtcdError::RequestTooLarge => Code::InvalidArgument,
+            EtcdError::Compacted | EtcdError::FutureRev => Code::OutOfRange,
+            EtcdError::LeaseNotFound | EtcdError::MemberNotFound => Code::NotFound,
+            EtcdError::NotLeader => Code::FailedPrecondition,
+            EtcdError::NoLeader
+            | EtcdError::Timeout
+            | EtcdError::TimeoutDueToLeaderFail
+            | EtcdError::Stopped
+            | EtcdError::Unhealthy => Code::Unavailable,
+            EtcdError::Corrupt => Code::DataLoss,
+            EtcdError::Internal(_) => Code::Internal,
+            EtcdError::StorageFailed(_) => Code::Unavailable,
+            EtcdError::Unimplemented(_) => Code::Unimplemented,
+        }
+    }
+}
+
+impl From<EtcdError> for Status {
+    fn from(e: EtcdError) -> Status {
+        Status::new(e.code(), e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_messages_match_etcd() {
+        let cases = [
+            (
+                EtcdError::EmptyKey,
+                Code::InvalidArgument,
+                "etcdserver: key is not provided",
+            ),
+            (
+                EtcdError::KeyNotFound,
+                Code::InvalidArgument,
+                "etcdserver: key not found",
+            ),
+            (
+                EtcdError::TooManyOps,
+                Code::InvalidArgument,
+                "etcdserver: too many operations in txn request",
+            ),
+            (
+                EtcdError::DuplicateKey,
+                Code::InvalidArgument,
+                "etcdserver: duplicate key given in txn request",
+            ),
+            (
+                EtcdError::RequestTooLarge,
+                Code::InvalidArgument,
+                "etcdserver: request is too large",
+            ),
+            (
+                EtcdError::Compacted,
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision has been compacted",
+            ),
+            (
+                EtcdError::FutureRev,
+                Code::OutOfRange,
+                "etcdserver: mvcc: required revision is a future revision",
+            ),
+            (
+                EtcdError::NoLeader,
+                Code::Unavailable,
+                "etcdserver: no leader",
+            ),
+        ];
+        for (err, code, msg) in cases {
+            let status: Status = err.into();
+            assert_eq!(status.code(), code);
+            assert_eq!(status.message(), msg);
+        }
+    }
+}

@@ -1,0 +1,867 @@
+//! The MVCC key-value store, with etcd's semantics.
+//!
+//! Every change gets a revision; a txn gets one main revision for all its writes, each write a
+//! sub-revision. History is kept until compaction. The durable copy lives in redb (one table of
+//! events keyed by `(main, sub)` revision, one of metadata); the serving copy is an in-memory key
+//! index rebuilt from redb at open, like etcd's `treeIndex` over bbolt.
+//!
+//! A batch of writes is applied in one redb write transaction without fsync; the Raft log is the
+//! source of truth and is replayed above the last durable [`MvccStore::checkpoint`] at restart.
+
+use crate::StorageError;
+use c20_api::etcdserverpb::{
+    compare, range_request, request_op, response_op, CompactionRequest, CompactionResponse,
+    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
+    RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+};
+use c20_api::mvccpb::KeyValue;
+use c20_api::{EtcdError, MAX_TXN_OPS};
+use prost::Message;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+
+/// `(main, sub)` revision → `[flag u8][KeyValue protobuf]`; flag 1 = put, 0 = tombstone.
+const EVENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("events");
+/// Named metadata values.
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
+const META_CURRENT_REV: &str = "current_rev";
+const META_COMPACT_REV: &str = "compact_rev";
+const META_APPLIED: &str = "applied";
+
+const FLAG_TOMBSTONE: u8 = 0;
+const FLAG_PUT: u8 = 1;
+
+/// One change of one key: a put (with the stored value) or a delete (tombstone).
+#[derive(Debug, Clone)]
+struct KeyEvent {
+    main: i64,
+    sub: i64,
+    kv: Option<Arc<KeyValue>>,
+}
+
+/// A write request as it is replicated and applied.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteOp {
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+    Compact(CompactionRequest),
+}
+
+/// The result of applying one [`WriteOp`]. Errors here are deterministic (every replica gets the
+/// same one) and changed nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteResult {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compact(CompactionResponse),
+}
+
+/// Row changes of one batch, flushed to redb together.
+#[derive(Default)]
+struct PendingRows {
+    inserts: Vec<((u64, u64), Vec<u8>)>,
+    removes: Vec<(u64, u64)>,
+}
+
+pub struct MvccStore {
+    db: Database,
+    index: BTreeMap<Vec<u8>, Vec<KeyEvent>>,
+    current_rev: i64,
+    compact_rev: i64,
+    applied: Vec<u8>,
+    pending: PendingRows,
+    /// Set once a redb write failed: the in-memory state may be ahead of disk, so no more writes.
+    failed: Option<String>,
+}
+
+impl MvccStore {
+    /// Opens (or creates) the store at `path` and rebuilds the key index.
+    pub fn open(path: &Path) -> Result<MvccStore, StorageError> {
+        let db = Database::create(path).map_err(redb::Error::from)?;
+        {
+            let mut w = db.begin_write().map_err(redb::Error::from)?;
+            w.set_durability(Durability::Immediate)
+                .map_err(|e| StorageError::Redb(e.to_string()))?;
+            w.open_table(EVENTS).map_err(redb::Error::from)?;
+            w.open_table(META).map_err(redb::Error::from)?;
+            w.commit().map_err(redb::Error::from)?;
+        }
+        let mut store = MvccStore {
+            db,
+            index: BTreeMap::new(),
+            current_rev: 1,
+            compact_rev: 0,
+            applied: Vec::new(),
+            pending: PendingRows::default(),
+            failed: None,
+        };
+        store.load()?;
+        Ok(store)
+    }
+
+    fn load(&mut self) -> Result<(), StorageError> {
+        let r = self.db.begin_read().map_err(redb::Error::from)?;
+        let meta = r.open_table(META).map_err(redb::Error::from)?;
+        if let Some(v) = meta.get(META_CURRENT_REV).map_err(redb::Error::from)? {
+            self.current_rev = decode_i64(v.value())?;
+        }
+        if let Some(v) = meta.get(META_COMPACT_REV).map_err(redb::Error::from)? {
+            self.compact_rev = decode_i64(v.value())?;
+        }
+        if let Some(v) = meta.get(META_APPLIED).map_err(redb::Error::from)? {
+            self.applied = v.value().to_vec();
+        }
+        let events = r.open_table(EVENTS).map_err(redb::Error::from)?;
+        for row in events.iter().map_err(redb::Error::from)? {
+            let (k, v) = row.map_err(redb::Error::from)?;
+            let (main, sub) = k.value();
+            let raw = v.value();
+            let (flag, body) = raw
+                .split_first()
+                .ok_or_else(|| StorageError::Corrupt(format!("empty event row at {main}.{sub}")))?;
+            let kv = KeyValue::decode(body)
+                .map_err(|e| StorageError::Corrupt(format!("event row {main}.{sub}: {e}")))?;
+            let key = kv.key.clone();
+            let kv = match *flag {
+                FLAG_PUT => Some(Arc::new(kv)),
+                FLAG_TOMBSTONE => None,
+                f => {
+                    return Err(StorageError::Corrupt(format!(
+                        "event row {main}.{sub}: flag {f}"
+                    )))
+                }
+            };
+            self.index.entry(key).or_default().push(KeyEvent {
+                main: main as i64,
+                sub: sub as i64,
+                kv,
+            });
+        }
+        Ok(())
+    }
+
+    /// The revision of the last change.
+    pub fn current_revision(&self) -> i64 {
+        self.current_rev
+    }
+
+    /// The revision up to which history has been compacted (0 when never).
+    pub fn compact_revision(&self) -> i64 {
+        self.compact_rev
+    }
+
+    /// The opaque "applied up to" record last stored with [`MvccStore::apply_batch`].
+    pub fn applied(&self) -> &[u8] {
+        &self.applied
+    }
+
+    /// Number of keys that exist at the current revision.
+    pub fn key_count(&self) -> usize {
+        self.index
+            .values()
+            .filter(|h| h.last().is_some_and(|e| e.kv.is_some()))
+            .count()
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // reads
+
+    /// Serves a Range at the request's revision (or the current one).
+    pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse, EtcdError> {
+        self.range_at(req, self.current_rev)
+    }
+
+    /// Range where `now` is the newest visible revision (inside a txn that already wrote, it is
+    /// the txn's own revision).
+    fn range_at(&self, req: &RangeRequest, now: i64) -> Result<RangeResponse, EtcdError> {
+        let rev = if req.revision <= 0 { now } else { req.revision };
+        if rev > now {
+            return Err(EtcdError::FutureRev);
+        }
+        if rev < self.compact_rev {
+            return Err(EtcdError::Compacted);
+        }
+        let has_filters = req.min_mod_revision != 0
+            || req.max_mod_revision != 0
+            || req.min_create_revision != 0
+            || req.max_create_revision != 0;
+        let mut sort_order = range_request::SortOrder::try_from(req.sort_order)
+            .unwrap_or(range_request::SortOrder::None);
+        let sort_target = range_request::SortTarget::try_from(req.sort_target)
+            .unwrap_or(range_request::SortTarget::Key);
+        // Fetch everything when the result is sorted or filtered; truncate afterwards.
+        let fetch_limit = if sort_order != range_request::SortOrder::None || has_filters {
+            0
+        } else if req.limit > 0 {
+            req.limit as usize + 1
+        } else {
+            0
+        };
+
+        let mut count = 0i64;
+        let mut kvs: Vec<KeyValue> = Vec::new();
+        for (_, kv) in self.visible(&req.key, &req.range_end, rev) {
+            count += 1;
+            if req.count_only || (fetch_limit > 0 && kvs.len() >= fetch_limit) {
+                continue;
+            }
+            kvs.push(kv.as_ref().clone());
+        }
+        if req.count_only {
+            kvs.clear();
+        }
+        if req.max_mod_revision != 0 {
+            kvs.retain(|kv| kv.mod_revision <= req.max_mod_revision);
+        }
+        if req.min_mod_revision != 0 {
+            kvs.retain(|kv| kv.mod_revision >= req.min_mod_revision);
+        }
+        if req.max_create_revision != 0 {
+            kvs.retain(|kv| kv.create_revision <= req.max_create_revision);
+        }
+        if req.min_create_revision != 0 {
+            kvs.retain(|kv| kv.create_revision >= req.min_create_revision);
+        }
+        if sort_target != range_request::SortTarget::Key
+            && sort_order == range_request::SortOrder::None
+        {
+            sort_order = range_request::SortOrder::Ascend;
+        }
+        if sort_order != range_request::SortOrder::None {
+            use range_request::SortTarget as T;
+            match sort_target {
+                T::Key => kvs.sort_by(|a, b| a.key.cmp(&b.key)),
+                T::Version => kvs.sort_by_key(|kv| kv.version),
+                T::Create => kvs.sort_by_key(|kv| kv.create_revision),
+                T::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
+                T::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
+            }
+            if sort_order == range_request::SortOrder::Descend {
+                kvs.reverse();
+            }
+        }
+        let mut more = false;
+        if req.limit > 0 && kvs.len() > req.limit as usize {
+            kvs.truncate(req.limit as usize);
+            more = true;
+        }
+        if req.keys_only {
+            for kv in &mut kvs {
+                kv.value.clear();
+            }
+        }
+        Ok(RangeResponse {
+            header: Some(header(now)),
+            kvs,
+            more,
+            count,
+        })
+    }
+
+    /// The keys visible at `rev` in `[key, range_end)` with etcd's range conventions, in key
+    /// order.
+    fn visible<'a>(
+        &'a self,
+        key: &'a [u8],
+        range_end: &'a [u8],
+        rev: i64,
+    ) -> impl Iterator<Item = (&'a [u8], &'a Arc<KeyValue>)> + 'a {
+        let upper: Option<Bound<&[u8]>> = if range_end.is_empty() {
+            Some(Bound::Included(key))
+        } else if range_end == [0] {
+            Some(Bound::Unbounded)
+        } else if range_end <= key {
+            None
+        } else {
+            Some(Bound::Excluded(range_end))
+        };
+        upper
+            .into_iter()
+            .flat_map(move |upper| self.index.range::<[u8], _>((Bound::Included(key), upper)))
+            .filter_map(move |(k, history)| {
+                latest_at(history, rev)
+                    .and_then(|e| e.kv.as_ref())
+                    .map(|kv| (k.as_slice(), kv))
+            })
+    }
+
+    fn get(&self, key: &[u8], rev: i64) -> Option<&Arc<KeyValue>> {
+        self.index
+            .get(key)
+            .and_then(|h| latest_at(h, rev))
+            .and_then(|e| e.kv.as_ref())
+    }
+
+    /// A hash of every stored event up to `rev` (0 = current); equal on replicas that hold the
+    /// same history. Returns (hash, compact revision).
+    pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64), EtcdError> {
+        let rev = if rev <= 0 { self.current_rev } else { rev };
+        if rev > self.current_rev {
+            return Err(EtcdError::FutureRev);
+        }
+        if rev < self.compact_rev {
+            return Err(EtcdError::Compacted);
+        }
+        let mut events: Vec<(i64, i64, &[u8], Option<&Arc<KeyValue>>)> = Vec::new();
+        for (k, h) in &self.index {
+            for e in h.iter().filter(|e| e.main <= rev) {
+                events.push((e.main, e.sub, k, e.kv.as_ref()));
+            }
+        }
+        events.sort_by_key(|e| (e.0, e.1));
+        let mut crc = 0u32;
+        for (main, sub, key, kv) in events {
+            crc = crc32c::crc32c_append(crc, &main.to_le_bytes());
+            crc = crc32c::crc32c_append(crc, &sub.to_le_bytes());
+            crc = crc32c::crc32c_append(crc, key);
+            match kv {
+                Some(kv) => {
+                    crc = crc32c::crc32c_append(crc, &[FLAG_PUT]);
+                    crc = crc32c::crc32c_append(crc, &kv.encode_to_vec());
+                }
+                None => crc = crc32c::crc32c_append(crc, &[FLAG_TOMBSTONE]),
+            }
+        }
+        Ok((crc, self.compact_rev))
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // writes
+
+    /// Applies `ops` in order as one durable-later batch, storing `applied` (the caller's record of
+    /// how far the log has been applied) atomically with it.
+    pub fn apply_batch(
+        &mut self,
+        ops: &[WriteOp],
+        applied: Vec<u8>,
+    ) -> Result<Vec<Result<WriteResult, EtcdError>>, StorageError> {
+        if let Some(e) = &self.failed {
+            return Err(StorageError::Failed(e.clone()));
+        }
+        let results = ops.iter().map(|op| self.apply_one(op)).collect();
+        self.applied = applied;
+        if let Err(e) = self.flush(Durability::None) {
+            self.failed = Some(e.to_string());
+            return Err(e);
+        }
+        Ok(results)
+    }
+
+    /// Records a new `applied` marker without any KV change (for log entries such as membership
+    /// changes and blanks).
+    pub fn set_applied(&mut self, applied: Vec<u8>) -> Result<(), StorageError> {
+        self.apply_batch(&[], applied).map(|_| ())
+    }
+
+    /// Makes everything applied so far durable (one fsync).
+    pub fn checkpoint(&mut self) -> Result<(), StorageError> {
+        if let Some(e) = &self.failed {
+            return Err(StorageError::Failed(e.clone()));
+        }
+        let res = self.flush(Durability::Immediate);
+        if let Err(e) = &res {
+            self.failed = Some(e.to_string());
+        }
+        res
+    }
+
+    fn flush(&mut self, durability: Durability) -> Result<(), StorageError> {
+        let pending = std::mem::take(&mut self.pending);
+        let mut w = self.db.begin_write().map_err(redb::Error::from)?;
+        w.set_durability(durability)
+            .map_err(|e| StorageError::Redb(e.to_string()))?;
+        {
+            let mut events = w.open_table(EVENTS).map_err(redb::Error::from)?;
+            for k in &pending.removes {
+                events.remove(*k).map_err(redb::Error::from)?;
+            }
+            for (k, v) in &pending.inserts {
+                events.insert(*k, v.as_slice()).map_err(redb::Error::from)?;
+            }
+            let mut meta = w.open_table(META).map_err(redb::Error::from)?;
+            meta.insert(META_CURRENT_REV, self.current_rev.to_le_bytes().as_slice())
+                .map_err(redb::Error::from)?;
+            meta.insert(META_COMPACT_REV, self.compact_rev.to_le_bytes().as_slice())
+                .map_err(redb::Error::from)?;
+            meta.insert(META_APPLIED, self.applied.as_slice())
+                .map_err(redb::Error::from)?;
+        }
+        w.commit().map_err(redb::Error::from)?;
+        Ok(())
+    }
+
+    fn apply_one(&mut self, op: &WriteOp) -> Result<WriteResult, EtcdError> {
+        match op {
+            WriteOp::Put(p) => {
+                check_put_semantics(self, p, self.current_rev)?;
+                let mut w = TxnWriter::new(self.current_rev);
+                let resp = self.put(&mut w, p);
+                self.finish(w);
+                Ok(WriteResult::Put(resp))
+            }
+            WriteOp::DeleteRange(d) => {
+                let mut w = TxnWriter::new(self.current_rev);
+                let resp = self.delete_range(&mut w, d);
+                self.finish(w);
+                Ok(WriteResult::DeleteRange(resp))
+            }
+            WriteOp::Txn(t) => {
+                // Compares of the txn and of every nested txn see the state before the txn.
+                let path = self.txn_path(t);
+                self.check_txn_path(t, &path, 0)?;
+                let mut w = TxnWriter::new(self.current_rev);
+                let mut at = 0;
+                let resp = self.exec_txn(&mut w, t, &path, &mut at);
+                self.finish(w);
+                Ok(WriteResult::Txn(resp))
+            }
+            WriteOp::Compact(c) => self.compact(c.revision).map(|()| {
+                WriteResult::Compact(CompactionResponse {
+                    header: Some(header(self.current_rev)),
+                })
+            }),
+        }
+    }
+
+    fn finish(&mut self, w: TxnWriter) {
+        if w.changes > 0 {
+            self.current_rev = w.rev();
+        }
+    }
+
+    fn put(&mut self, w: &mut TxnWriter, p: &PutRequest) -> PutResponse {
+        let rev = w.rev();
+        let prev = self.get(&p.key, w.visible_rev()).cloned();
+        let (create_revision, version) = match &prev {
+            Some(kv) => (kv.create_revision, kv.version + 1),
+            None => (rev, 1),
+        };
+        let value = match (&prev, p.ignore_value) {
+            (Some(kv), true) => kv.value.clone(),
+            _ => p.value.clone(),
+        };
+        let lease = match (&prev, p.ignore_lease) {
+            (Some(kv), true) => kv.lease,
+            _ => p.lease,
+        };
+        let kv = KeyValue {
+            key: p.key.clone(),
+            create_revision,
+            mod_revision: rev,
+            version,
+            value,
+            lease,
+        };
+        self.record(w, kv, true);
+        PutResponse {
+            header: Some(header(rev)),
+            prev_kv: if p.prev_kv {
+                prev.map(|kv| kv.as_ref().clone())
+            } else {
+                None
+            },
+        }
+    }
+
+    fn delete_range(&mut self, w: &mut TxnWriter, d: &DeleteRangeRequest) -> DeleteRangeResponse {
+        let victims: Vec<Arc<KeyValue>> = self
+            .visible(&d.key, &d.range_end, w.visible_rev())
+            .map(|(_, kv)| kv.clone())
+            .collect();
+        for kv in &victims {
+            let tomb = KeyValue {
+                key: kv.key.clone(),
+                mod_revision: w.rev(),
+                ..Default::default()
+            };
+            self.record(w, tomb, false);
+        }
+        let now = if victims.is_empty() {
+            w.visible_rev()
+        } else {
+            w.rev()
+        };
+        DeleteRangeResponse {
+            header: Some(header(now)),
+            deleted: victims.len() as i64,
+            prev_kvs: if d.prev_kv {
+                victims.iter().map(|kv| kv.as_ref().clone()).collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// Appends one event at the writer's revision to the index and the pending rows.
+    fn record(&mut self, w: &mut TxnWriter, kv: KeyValue, is_put: bool) {
+        let main = w.rev();
+        let sub = w.changes;
+        w.changes += 1;
+        let mut row = Vec::with_capacity(1 + kv.encoded_len());
+        row.push(if is_put { FLAG_PUT } else { FLAG_TOMBSTONE });
+        kv.encode(&mut row)
+            .expect("encoding into a Vec cannot fail");
+        self.pending.inserts.push(((main as u64, sub as u64), row));
+        let key = kv.key.clone();
+        self.index.entry(key).or_default().push(KeyEvent {
+            main,
+            sub,
+            kv: is_put.then(|| Arc::new(kv)),
+        });
+    }
+
+    /// Evaluates the compares of `t` and of the nested txns on the branches taken, against the
+    /// state before the txn. Result: one bool per txn in depth-first order.
+    fn txn_path(&self, t: &TxnRequest) -> Vec<bool> {
+        let mut path = Vec::new();
+        self.txn_path_into(t, &mut path);
+        path
+    }
+
+    fn txn_path_into(&self, t: &TxnRequest, path: &mut Vec<bool>) {
+        let ok = t.compare.iter().all(|c| self.compare(c));
+        path.push(ok);
+        let branch = if ok { &t.success } else { &t.failure };
+        for op in branch {
+            if let Some(request_op::Request::RequestTxn(inner)) = &op.request {
+                self.txn_path_into(inner, path);
+            }
+        }
+    }
+
+    /// Checks the puts on the chosen path (ignore_value / ignore_lease need an existing key) so
+    /// that a failing txn changes nothing.
+    fn check_txn_path(&self, t: &TxnRequest, path: &[bool], at: usize) -> Result<usize, EtcdError> {
+        let branch = if path[at] { &t.success } else { &t.failure };
+        let mut next = at + 1;
+        for op in branch {
+            match &op.request {
+                Some(request_op::Request::RequestPut(p)) => {
+                    check_put_semantics(self, p, self.current_rev)?
+                }
+                Some(request_op::Request::RequestRange(r)) => {
+                    // A read of a compacted or future revision fails the whole txn.
+                    if r.revision > self.current_rev {
+                        return Err(EtcdError::FutureRev);
+                    }
+                    if r.revision > 0 && r.revision < self.compact_rev {
+                        return Err(EtcdError::Compacted);
+                    }
+                }
+                Some(request_op::Request::RequestTxn(inner)) => {
+                    next = self.check_txn_path(inner, path, next)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(next)
+    }
+
+    fn exec_txn(
+        &mut self,
+        w: &mut TxnWriter,
+        t: &TxnRequest,
+        path: &[bool],
+        at: &mut usize,
+    ) -> TxnResponse {
+        let succeeded = path[*at];
+        *at += 1;
+        let branch = if succeeded { &t.success } else { &t.failure };
+        let mut responses = Vec::with_capacity(branch.len());
+        for op in branch {
+            let response = match &op.request {
+                Some(request_op::Request::RequestRange(r)) => {
+                    let resp =
+                        self.range_at(r, w.visible_rev())
+                            .unwrap_or_else(|_| RangeResponse {
+                                header: Some(header(w.visible_rev())),
+                                ..Default::default()
+                            });
+                    Some(response_op::Response::ResponseRange(resp))
+                }
+                Some(request_op::Request::RequestPut(p)) => {
+                    Some(response_op::Response::ResponsePut(self.put(w, p)))
+                }
+                Some(request_op::Request::RequestDeleteRange(d)) => Some(
+                    response_op::Response::ResponseDeleteRange(self.delete_range(w, d)),
+                ),
+                Some(request_op::Request::RequestTxn(inner)) => Some(
+                    response_op::Response::ResponseTxn(self.exec_txn(w, inner, path, at)),
+                ),
+                None => None,
+            };
+            responses.push(ResponseOp { response });
+        }
+        TxnResponse {
+            header: Some(header(w.visible_rev())),
+            succeeded,
+            responses,
+        }
+    }
+
+    fn compare(&self, c: &Compare) -> bool {
+        use compare::{CompareResult as R, CompareTarget as T, TargetUnion as U};
+        let target = T::try_from(c.target).unwrap_or(T::Version);
+        let kvs: Vec<&Arc<KeyValue>> = self
+            .visible(&c.key, &c.range_end, self.current_rev)
+            .map(|(_, kv)| kv)
+            .collect();
+        let empty = Arc::new(KeyValue::default());
+        let kvs = if kvs.is_empty() {
+            if target == T::Value {
+                // A missing key has no value to compare; etcd fails such a compare.
+                return false;
+            }
+            vec![&empty]
+        } else {
+            kvs
+        };
+        let result = R::try_from(c.result).unwrap_or(R::Equal);
+        kvs.iter().all(|kv| {
+            let ord = match target {
+                T::Value => {
+                    let want: &[u8] = match &c.target_union {
+                        Some(U::Value(v)) => v,
+                        _ => &[],
+                    };
+                    kv.value.as_slice().cmp(want)
+                }
+                T::Version => kv.version.cmp(&union_i64(&c.target_union, T::Version)),
+                T::Create => kv
+                    .create_revision
+                    .cmp(&union_i64(&c.target_union, T::Create)),
+                T::Mod => kv.mod_revision.cmp(&union_i64(&c.target_union, T::Mod)),
+                T::Lease => kv.lease.cmp(&union_i64(&c.target_union, T::Lease)),
+            };
+            match result {
+                R::Equal => ord.is_eq(),
+                R::NotEqual => ord.is_ne(),
+                R::Greater => ord.is_gt(),
+                R::Less => ord.is_lt(),
+            }
+        })
+    }
+
+    fn compact(&mut self, rev: i64) -> Result<(), EtcdError> {
+        if rev <= self.compact_rev {
+            return Err(EtcdError::Compacted);
+        }
+        if rev > self.current_rev {
+            return Err(EtcdError::FutureRev);
+        }
+        let mut emptied = Vec::new();
+        for (key, history) in self.index.iter_mut() {
+            // Keep the newest event at or below `rev` if it is a put; drop everything older.
+            let upto = history.partition_point(|e| e.main <= rev);
+            if upto == 0 {
+                continue;
+            }
+            let keep_newest = history[upto - 1].kv.is_some();
+            let drop_n = if keep_newest { upto - 1 } else { upto };
+            for e in history.drain(..drop_n) {
+                self.pending.removes.push((e.main as u64, e.sub as u64));
+            }
+            if history.is_empty() {
+                emptied.push(key.clone());
+            }
+        }
+        for k in emptied {
+            self.index.remove(&k);
+        }
+        self.compact_rev = rev;
+        Ok(())
+    }
+}
+
+/// Tracks the revision a write (or a txn's writes) will take.
+struct TxnWriter {
+    begin_rev: i64,
+    changes: i64,
+}
+
+impl TxnWriter {
+    fn new(begin_rev: i64) -> TxnWriter {
+        TxnWriter {
+            begin_rev,
+            changes: 0,
+        }
+    }
+
+    /// The revision this txn's writes get.
+    fn rev(&self) -> i64 {
+        self.begin_rev + 1
+    }
+
+    /// The newest revision reads inside the txn see: its own writes once it made any.
+    fn visible_rev(&self) -> i64 {
+        if self.changes > 0 {
+            self.begin_rev + 1
+        } else {
+            self.begin_rev
+        }
+    }
+}
+
+fn latest_at(history: &[KeyEvent], rev: i64) -> Option<&KeyEvent> {
+    let n = history.partition_point(|e| e.main <= rev);
+    n.checked_sub(1).map(|i| &history[i])
+}
+
+fn union_i64(u: &Option<compare::TargetUnion>, target: compare::CompareTarget) -> i64 {
+    use compare::{CompareTarget as T, TargetUnion as U};
+    match (u, target) {
+        (Some(U::Version(v)), T::Version)
+        | (Some(U::CreateRevision(v)), T::Create)
+        | (Some(U::ModRevision(v)), T::Mod)
+        | (Some(U::Lease(v)), T::Lease) => *v,
+        _ => 0,
+    }
+}
+
+fn header(revision: i64) -> ResponseHeader {
+    ResponseHeader {
+        revision,
+        ..Default::default()
+    }
+}
+
+fn decode_i64(raw: &[u8]) -> Result<i64, StorageError> {
+    let arr: [u8; 8] = raw
+        .try_into()
+        .map_err(|_| StorageError::Corrupt(format!("meta integer of {} bytes", raw.len())))?;
+    Ok(i64::from_le_bytes(arr))
+}
+
+fn check_put_semantics(store: &MvccStore, p: &PutRequest, rev: i64) -> Result<(), EtcdError> {
+    if (p.ignore_value || p.ignore_lease) && store.get(&p.key, rev).is_none() {
+        return Err(EtcdError::KeyNotFound);
+    }
+    Ok(())
+}
+
+// -------------------------------------------------------------------------------------------
+// request validation at the edge, before anything is proposed
+
+/// Checks a Range as etcd's gRPC layer does.
+pub fn validate_range(r: &RangeRequest) -> Result<(), EtcdError> {
+    if r.key.is_empty() {
+        return Err(EtcdError::EmptyKey);
+    }
+    Ok(())
+}
+
+/// Checks a Put as etcd's gRPC layer does.
+pub fn validate_put(p: &PutRequest) -> Result<(), EtcdError> {
+    if p.key.is_empty() {
+        return Err(EtcdError::EmptyKey);
+    }
+    if p.ignore_value && !p.value.is_empty() {
+        return Err(EtcdError::ValueProvided);
+    }
+    if p.ignore_lease && p.lease != 0 {
+        return Err(EtcdError::LeaseProvided);
+    }
+    Ok(())
+}
+
+/// Checks a DeleteRange as etcd's gRPC layer does.
+pub fn validate_delete(d: &DeleteRangeRequest) -> Result<(), EtcdError> {
+    if d.key.is_empty() {
+        return Err(EtcdError::EmptyKey);
+    }
+    Ok(())
+}
+
+/// Checks a Txn as etcd's gRPC layer does: op counts, keys present, no key written twice in a
+/// branch.
+pub fn validate_txn(t: &TxnRequest) -> Result<(), EtcdError> {
+    if t.compare.len() > MAX_TXN_OPS
+        || t.success.len() > MAX_TXN_OPS
+        || t.failure.len() > MAX_TXN_OPS
+    {
+        return Err(EtcdError::TooManyOps);
+    }
+    if t.compare.iter().any(|c| c.key.is_empty()) {
+        return Err(EtcdError::EmptyKey);
+    }
+    for op in t.success.iter().chain(&t.failure) {
+        match &op.request {
+            Some(request_op::Request::RequestRange(r)) => validate_range(r)?,
+            Some(request_op::Request::RequestPut(p)) => validate_put(p)?,
+            Some(request_op::Request::RequestDeleteRange(d)) => validate_delete(d)?,
+            Some(request_op::Request::RequestTxn(inner)) => validate_txn(inner)?,
+            None => {}
+        }
+    }
+    check_intervals(&t.success)?;
+    check_intervals(&t.failure)?;
+    Ok(())
+}
+
+/// Keys written by a branch: puts, and delete ranges (key, range_end).
+#[derive(Default)]
+struct BranchWrites {
+    puts: HashSet<Vec<u8>>,
+    deletes: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+fn branch_writes(ops: &[RequestOp]) -> Result<BranchWrites, EtcdError> {
+    let mut w = BranchWrites::default();
+    for op in ops {
+        match &op.request {
+            Some(request_op::Request::RequestPut(p)) => {
+                if !w.puts.insert(p.key.clone()) {
+                    return Err(EtcdError::DuplicateKey);
+                }
+            }
+            Some(request_op::Request::RequestDeleteRange(d)) => {
+                w.deletes.push((d.key.clone(), d.range_end.clone()))
+            }
+            Some(request_op::Request::RequestTxn(inner)) => {
+                // A nested txn takes one of its branches; either may collide with this level.
+                let mut nested_puts = HashSet::new();
+                for b in [&inner.success, &inner.failure] {
+                    let nw = branch_writes(b)?;
+                    nested_puts.extend(nw.puts);
+                    w.deletes.extend(nw.deletes);
+                }
+                for k in nested_puts {
+                    if !w.puts.insert(k) {
+                        return Err(EtcdError::DuplicateKey);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(w)
+}
+
+fn check_intervals(ops: &[RequestOp]) -> Result<(), EtcdError> {
+    let w = branch_writes(ops)?;
+    for (key, end) in &w.deletes {
+        for p in &w.puts {
+            let inside = if end.is_empty() {
+                p == key
+            } else if end.as_slice() == [0] {
+                p >= key
+            } else {
+                p >= key && p < end
+            };
+            if inside {
+                return Err(EtcdError::DuplicateKey);
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "mvcc_test.rs"]
+mod mvcc_test;

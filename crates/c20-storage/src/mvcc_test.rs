@@ -1,0 +1,422 @@
+use super::*;
+use c20_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
+use c20_api::etcdserverpb::range_request::{SortOrder, SortTarget};
+
+fn store() -> (tempfile::TempDir, MvccStore) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = MvccStore::open(&dir.path().join("kv.redb")).unwrap();
+    (dir, s)
+}
+
+fn put(s: &mut MvccStore, k: &str, v: &str) -> PutResponse {
+    let req = PutRequest {
+        key: k.into(),
+        value: v.into(),
+        prev_kv: true,
+        ..Default::default()
+    };
+    match s
+        .apply_batch(&[WriteOp::Put(req)], vec![])
+        .unwrap()
+        .remove(0)
+    {
+        Ok(WriteResult::Put(r)) => r,
+        other => panic!("put failed: {other:?}"),
+    }
+}
+
+fn apply(s: &mut MvccStore, op: WriteOp) -> Result<WriteResult, EtcdError> {
+    s.apply_batch(&[op], vec![]).unwrap().remove(0)
+}
+
+fn get(s: &MvccStore, k: &str) -> Option<KeyValue> {
+    s.range(&RangeRequest {
+        key: k.into(),
+        ..Default::default()
+    })
+    .unwrap()
+    .kvs
+    .pop()
+}
+
+fn keys(r: &RangeResponse) -> Vec<String> {
+    r.kvs
+        .iter()
+        .map(|kv| String::from_utf8(kv.key.clone()).unwrap())
+        .collect()
+}
+
+fn op_put(k: &str, v: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: k.into(),
+            value: v.into(),
+            ..Default::default()
+        })),
+    }
+}
+
+fn cmp(k: &str, target: CompareTarget, result: CompareResult, u: TargetUnion) -> Compare {
+    Compare {
+        key: k.into(),
+        target: target as i32,
+        result: result as i32,
+        target_union: Some(u),
+        range_end: vec![],
+    }
+}
+
+#[test]
+fn revisions_start_at_one_and_track_create_mod_version() {
+    let (_d, mut s) = store();
+    assert_eq!(s.current_revision(), 1);
+    let r = put(&mut s, "a", "1");
+    assert_eq!(r.header.unwrap().revision, 2);
+    assert_eq!(r.prev_kv, None);
+    let r = put(&mut s, "a", "2");
+    assert_eq!(r.prev_kv.unwrap().value, b"1");
+    let kv = get(&s, "a").unwrap();
+    assert_eq!((kv.create_revision, kv.mod_revision, kv.version), (2, 3, 2));
+    assert_eq!(kv.value, b"2");
+}
+
+#[test]
+fn delete_of_nothing_keeps_the_revision_and_recreate_resets_version() {
+    let (_d, mut s) = store();
+    put(&mut s, "a", "1");
+    let del = |k: &str| {
+        WriteOp::DeleteRange(DeleteRangeRequest {
+            key: k.into(),
+            prev_kv: true,
+            ..Default::default()
+        })
+    };
+    let Ok(WriteResult::DeleteRange(r)) = apply(&mut s, del("missing")) else {
+        panic!()
+    };
+    assert_eq!((r.deleted, r.header.unwrap().revision), (0, 2));
+    let Ok(WriteResult::DeleteRange(r)) = apply(&mut s, del("a")) else {
+        panic!()
+    };
+    assert_eq!((r.deleted, r.header.unwrap().revision), (1, 3));
+    assert_eq!(r.prev_kvs[0].value, b"1");
+    assert!(get(&s, "a").is_none());
+    put(&mut s, "a", "again");
+    let kv = get(&s, "a").unwrap();
+    assert_eq!((kv.create_revision, kv.version), (4, 1));
+}
+
+#[test]
+fn range_options_prefix_from_key_limit_sort_filters() {
+    let (_d, mut s) = store();
+    for (k, v) in [("k1", "c"), ("k2", "a"), ("k3", "b"), ("z", "z")] {
+        put(&mut s, k, v);
+    }
+    put(&mut s, "k2", "a2");
+    let base = RangeRequest {
+        key: "k".into(),
+        range_end: "l".into(),
+        ..Default::default()
+    };
+    let r = s.range(&base).unwrap();
+    assert_eq!(keys(&r), ["k1", "k2", "k3"]);
+    assert_eq!((r.count, r.more), (3, false));
+
+    let r = s
+        .range(&RangeRequest {
+            limit: 2,
+            ..base.clone()
+        })
+        .unwrap();
+    assert_eq!(keys(&r), ["k1", "k2"]);
+    assert_eq!((r.count, r.more), (3, true));
+
+    let r = s
+        .range(&RangeRequest {
+            sort_target: SortTarget::Value as i32,
+            sort_order: SortOrder::Descend as i32,
+            ..base.clone()
+        })
+        .unwrap();
+    assert_eq!(keys(&r), ["k1", "k3", "k2"]);
+
+    // A non-key target without an order sorts ascending.
+    let r = s
+        .range(&RangeRequest {
+            sort_target: SortTarget::Mod as i32,
+            ..base.clone()
+        })
+        .unwrap();
+    assert_eq!(keys(&r), ["k1", "k3", "k2"]);
+
+    let r = s
+        .range(&RangeRequest {
+            key: "k2".into(),
+            range_end: vec![0],
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(keys(&r), ["k2", "k3", "z"]);
+
+    let r = s
+        .range(&RangeRequest {
+            count_only: true,
+            ..base.clone()
+        })
+        .unwrap();
+    assert_eq!((r.count, r.kvs.len()), (3, 0));
+    let r = s
+        .range(&RangeRequest {
+            keys_only: true,
+            ..base.clone()
+        })
+        .unwrap();
+    assert!(r.kvs.iter().all(|kv| kv.value.is_empty()));
+
+    let r = s
+        .range(&RangeRequest {
+            min_mod_revision: 4,
+            max_create_revision: 4,
+            ..base.clone()
+        })
+        .unwrap();
+    assert_eq!(keys(&r), ["k2", "k3"]);
+    // count is the size of the range, before filters.
+    assert_eq!(r.count, 3);
+
+    // An end before the key is an empty range, not a panic.
+    let r = s
+        .range(&RangeRequest {
+            key: "z".into(),
+            range_end: "a".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(r.kvs.is_empty());
+}
+
+#[test]
+fn reads_at_old_revisions_until_compacted() {
+    let (_d, mut s) = store();
+    put(&mut s, "a", "v2");
+    put(&mut s, "a", "v3");
+    put(&mut s, "a", "v4");
+    let at = |s: &MvccStore, rev| {
+        s.range(&RangeRequest {
+            key: "a".into(),
+            revision: rev,
+            ..Default::default()
+        })
+    };
+    assert_eq!(at(&s, 2).unwrap().kvs[0].value, b"v2");
+    assert_eq!(at(&s, 5).unwrap_err(), EtcdError::FutureRev);
+    assert_eq!(
+        apply(
+            &mut s,
+            WriteOp::Compact(CompactionRequest {
+                revision: 3,
+                physical: false
+            })
+        ),
+        Ok(WriteResult::Compact(CompactionResponse {
+            header: Some(header(4))
+        }))
+    );
+    assert_eq!(at(&s, 2).unwrap_err(), EtcdError::Compacted);
+    assert_eq!(at(&s, 3).unwrap().kvs[0].value, b"v3");
+    assert_eq!(
+        apply(
+            &mut s,
+            WriteOp::Compact(CompactionRequest {
+                revision: 3,
+                physical: false
+            })
+        ),
+        Err(EtcdError::Compacted)
+    );
+    assert_eq!(
+        apply(
+            &mut s,
+            WriteOp::Compact(CompactionRequest {
+                revision: 9,
+                physical: false
+            })
+        ),
+        Err(EtcdError::FutureRev)
+    );
+    assert_eq!(s.compact_revision(), 3);
+}
+
+#[test]
+fn txn_takes_one_revision_and_sees_its_own_writes() {
+    let (_d, mut s) = store();
+    put(&mut s, "a", "1");
+    let t = TxnRequest {
+        compare: vec![cmp(
+            "a",
+            CompareTarget::Value,
+            CompareResult::Equal,
+            TargetUnion::Value("1".into()),
+        )],
+        success: vec![
+            op_put("a", "2"),
+            op_put("b", "2"),
+            RequestOp {
+                request: Some(request_op::Request::RequestRange(RangeRequest {
+                    key: "b".into(),
+                    ..Default::default()
+                })),
+            },
+        ],
+        failure: vec![op_put("c", "x")],
+    };
+    let Ok(WriteResult::Txn(r)) = apply(&mut s, WriteOp::Txn(t.clone())) else {
+        panic!()
+    };
+    assert!(r.succeeded);
+    assert_eq!(r.header.unwrap().revision, 3);
+    let Some(response_op::Response::ResponseRange(rr)) = &r.responses[2].response else {
+        panic!()
+    };
+    assert_eq!(rr.kvs[0].value, b"2");
+    assert_eq!(get(&s, "a").unwrap().mod_revision, 3);
+    assert_eq!(get(&s, "b").unwrap().mod_revision, 3);
+    // Second time the compare fails: failure branch.
+    let Ok(WriteResult::Txn(r)) = apply(&mut s, WriteOp::Txn(t)) else {
+        panic!()
+    };
+    assert!(!r.succeeded);
+    assert_eq!(get(&s, "c").unwrap().value, b"x");
+}
+
+#[test]
+fn compares_on_every_target_and_missing_keys() {
+    let (_d, mut s) = store();
+    put(&mut s, "a", "m");
+    put(&mut s, "a", "n");
+    use CompareResult::*;
+    use CompareTarget::*;
+    let cases = [
+        (cmp("a", Version, Equal, TargetUnion::Version(2)), true),
+        (cmp("a", Version, Greater, TargetUnion::Version(1)), true),
+        (
+            cmp("a", Create, Equal, TargetUnion::CreateRevision(2)),
+            true,
+        ),
+        (cmp("a", Mod, Less, TargetUnion::ModRevision(3)), false),
+        (cmp("a", Mod, NotEqual, TargetUnion::ModRevision(2)), true),
+        (
+            cmp("a", Value, Greater, TargetUnion::Value("m".into())),
+            true,
+        ),
+        (cmp("a", Lease, Equal, TargetUnion::Lease(0)), true),
+        (cmp("nope", Version, Equal, TargetUnion::Version(0)), true),
+        (
+            cmp("nope", Create, Equal, TargetUnion::CreateRevision(0)),
+            true,
+        ),
+        (cmp("nope", Value, Equal, TargetUnion::Value(vec![])), false),
+    ];
+    for (c, want) in cases {
+        assert_eq!(s.compare(&c), want, "{c:?}");
+    }
+}
+
+#[test]
+fn failing_txn_changes_nothing() {
+    let (_d, mut s) = store();
+    put(&mut s, "a", "1");
+    let t = TxnRequest {
+        success: vec![
+            op_put("b", "1"),
+            RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: "missing".into(),
+                    ignore_value: true,
+                    ..Default::default()
+                })),
+            },
+        ],
+        ..Default::default()
+    };
+    assert_eq!(apply(&mut s, WriteOp::Txn(t)), Err(EtcdError::KeyNotFound));
+    assert_eq!(s.current_revision(), 2);
+    assert!(get(&s, "b").is_none());
+}
+
+#[test]
+fn validation_matches_etcd() {
+    assert_eq!(
+        validate_put(&PutRequest::default()),
+        Err(EtcdError::EmptyKey)
+    );
+    assert_eq!(
+        validate_range(&RangeRequest::default()),
+        Err(EtcdError::EmptyKey)
+    );
+    let dup = TxnRequest {
+        success: vec![op_put("a", "1"), op_put("a", "2")],
+        ..Default::default()
+    };
+    assert_eq!(validate_txn(&dup), Err(EtcdError::DuplicateKey));
+    let put_in_delete = TxnRequest {
+        success: vec![
+            op_put("ab", "1"),
+            RequestOp {
+                request: Some(request_op::Request::RequestDeleteRange(
+                    DeleteRangeRequest {
+                        key: "a".into(),
+                        range_end: "b".into(),
+                        ..Default::default()
+                    },
+                )),
+            },
+        ],
+        ..Default::default()
+    };
+    assert_eq!(validate_txn(&put_in_delete), Err(EtcdError::DuplicateKey));
+    let too_many = TxnRequest {
+        success: (0..=MAX_TXN_OPS)
+            .map(|i| op_put(&format!("k{i}"), "v"))
+            .collect(),
+        ..Default::default()
+    };
+    assert_eq!(validate_txn(&too_many), Err(EtcdError::TooManyOps));
+    let same_key_both_branches = TxnRequest {
+        success: vec![op_put("a", "1")],
+        failure: vec![op_put("a", "2")],
+        ..Default::default()
+    };
+    assert_eq!(validate_txn(&same_key_both_branches), Ok(()));
+}
+
+#[test]
+fn state_survives_checkpoint_and_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.redb");
+    let hash;
+    {
+        let mut s = MvccStore::open(&path).unwrap();
+        put(&mut s, "a", "1");
+        put(&mut s, "b", "2");
+        put(&mut s, "a", "3");
+        apply(
+            &mut s,
+            WriteOp::Compact(CompactionRequest {
+                revision: 3,
+                physical: true,
+            }),
+        )
+        .unwrap();
+        s.set_applied(b"applied-7".to_vec()).unwrap();
+        s.checkpoint().unwrap();
+        hash = s.hash_kv(0).unwrap();
+    }
+    let s = MvccStore::open(&path).unwrap();
+    assert_eq!(s.current_revision(), 4);
+    assert_eq!(s.compact_revision(), 3);
+    assert_eq!(s.applied(), b"applied-7");
+    assert_eq!(get(&s, "a").unwrap().value, b"3");
+    assert_eq!(get(&s, "b").unwrap().create_revision, 3);
+    assert_eq!(s.hash_kv(0).unwrap(), hash);
+}

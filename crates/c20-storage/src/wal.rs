@@ -1,0 +1,558 @@
+//! The Raft log as a segmented write-ahead log.
+//!
+//! A directory of segment files named `{first_index:020}.wal`. Each starts with an 8-byte header
+//! (`"C20WAL"`, version `1`, a reserved zero byte) followed by records:
+//!
+//! ```text
+//! +-------------+-------------+--------------+----------------+
+//! | len u32 LE  | crc u32 LE  | index u64 LE | payload        |
+//! +-------------+-------------+--------------+----------------+
+//!   len = 8 + payload length; crc = crc32c(index bytes ++ payload)
+//! ```
+//!
+//! Indexes inside a segment are consecutive. One writer thread owns the files: it drains every
+//! queued append, writes them, and calls `fdatasync` once for the lot (group commit) before it
+//! reports any of them done. A bad record at the tail of the last segment is a torn write and is
+//! cut off at open; a bad record anywhere else is corruption and open fails. After any write or
+//! sync error the log refuses all further operations.
+
+use crate::meta_file::sync_dir;
+use crate::StorageError;
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+const SEGMENT_MAGIC: &[u8; 6] = b"C20WAL";
+const SEGMENT_VERSION: u8 = 1;
+const SEGMENT_HEADER_LEN: u64 = 8;
+const RECORD_HEADER_LEN: usize = 16;
+/// A record longer than this is treated as garbage (the largest request is far smaller).
+const RECORD_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct WalOptions {
+    /// A segment is closed and a new one started once it grows past this size.
+    pub segment_bytes_max: u64,
+}
+
+impl Default for WalOptions {
+    fn default() -> Self {
+        WalOptions {
+            segment_bytes_max: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// What `open` found on disk.
+#[derive(Debug, Default)]
+pub struct WalRecovery {
+    /// Every record, in index order.
+    pub records: Vec<(u64, Vec<u8>)>,
+    /// Bytes cut off a torn tail, if any.
+    pub torn_bytes: u64,
+}
+
+/// Called once the records of an append are durable (or failed to become so).
+pub type AppendDone = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
+
+enum Op {
+    Append {
+        records: Vec<(u64, Vec<u8>)>,
+        done: AppendDone,
+    },
+    Truncate {
+        from: u64,
+        done: mpsc::Sender<Result<(), StorageError>>,
+    },
+    Purge {
+        upto: u64,
+        done: mpsc::Sender<Result<(), StorageError>>,
+    },
+}
+
+/// Handle to the log; cheap to share behind an `Arc`.
+pub struct Wal {
+    tx: Mutex<Option<mpsc::Sender<Op>>>,
+    failed: Arc<Mutex<Option<String>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+struct Segment {
+    first: u64,
+    path: PathBuf,
+}
+
+struct Writer {
+    dir: PathBuf,
+    opts: WalOptions,
+    segments: Vec<Segment>,
+    /// The open last segment and its length.
+    active: Option<(File, u64)>,
+    /// index → (segment first index, byte offset of the record).
+    offsets: BTreeMap<u64, (u64, u64)>,
+    failed: Arc<Mutex<Option<String>>>,
+}
+
+impl Wal {
+    /// Opens the log in `dir` (created if missing), recovering what is there.
+    pub fn open(dir: &Path, opts: WalOptions) -> Result<(Wal, WalRecovery), StorageError> {
+        fs::create_dir_all(dir)?;
+        let mut segs: Vec<Segment> = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if let Some(stem) = name.strip_suffix(".wal") {
+                let first = stem.parse::<u64>().map_err(|_| {
+                    StorageError::Corrupt(format!("unexpected wal file name {name}"))
+                })?;
+                segs.push(Segment {
+                    first,
+                    path: entry.path(),
+                });
+            }
+        }
+        segs.sort_by_key(|s| s.first);
+
+        let mut recovery = WalRecovery::default();
+        let mut offsets = BTreeMap::new();
+        let n = segs.len();
+        let mut kept = Vec::new();
+        for (i, seg) in segs.into_iter().enumerate() {
+            let is_last = i + 1 == n;
+            let mut raw = Vec::new();
+            File::open(&seg.path)?.read_to_end(&mut raw)?;
+            if (raw.len() as u64) < SEGMENT_HEADER_LEN {
+                if is_last {
+                    // Torn while being created: nothing in it was ever acknowledged.
+                    recovery.torn_bytes += raw.len() as u64;
+                    fs::remove_file(&seg.path)?;
+                    sync_dir(dir)?;
+                    continue;
+                }
+                return Err(StorageError::Corrupt(format!(
+                    "{}: segment shorter than its header",
+                    seg.path.display()
+                )));
+            }
+            if &raw[..6] != SEGMENT_MAGIC || raw[6] != SEGMENT_VERSION {
+                return Err(StorageError::Corrupt(format!(
+                    "{}: bad segment header",
+                    seg.path.display()
+                )));
+            }
+            let mut pos = SEGMENT_HEADER_LEN as usize;
+            let mut expect = seg.first;
+            loop {
+                if pos == raw.len() {
+                    break;
+                }
+                match decode_record(&raw[pos..]) {
+                    Ok((index, payload, used)) if index == expect => {
+                        offsets.insert(index, (seg.first, pos as u64));
+                        recovery.records.push((index, payload.to_vec()));
+                        expect += 1;
+                        pos += used;
+                    }
+                    bad => {
+                        let why = match bad {
+                            Ok((index, _, _)) => format!("index {index} where {expect} was due"),
+                            Err(why) => why,
+                        };
+                        if !is_last {
+                            return Err(StorageError::Corrupt(format!(
+                                "{} at byte {pos}: {why}",
+                                seg.path.display()
+                            )));
+                        }
+                        tracing::warn!(
+                            segment = %seg.path.display(),
+                            offset = pos,
+                            %why,
+                            "cutting torn tail off the log"
+                        );
+                        recovery.torn_bytes += (raw.len() - pos) as u64;
+                        let f = OpenOptions::new().write(true).open(&seg.path)?;
+                        f.set_len(pos as u64)?;
+                        f.sync_all()?;
+                        break;
+                    }
+                }
+            }
+            kept.push(seg);
+        }
+        // Records must be consecutive inside a segment; across segments a gap is allowed only
+        // where the log was purged (for example after a snapshot was installed).
+        let active = match kept.last() {
+            Some(seg) => {
+                let mut f = OpenOptions::new().read(true).write(true).open(&seg.path)?;
+                let len = f.seek(SeekFrom::End(0))?;
+                Some((f, len))
+            }
+            None => None,
+        };
+        let failed = Arc::new(Mutex::new(None));
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            opts,
+            segments: kept,
+            active,
+            offsets,
+            failed: failed.clone(),
+        };
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("c20-wal".into())
+            .spawn(move || writer.run(rx))?;
+        Ok((
+            Wal {
+                tx: Mutex::new(Some(tx)),
+                failed,
+                thread: Mutex::new(Some(thread)),
+            },
+            recovery,
+        ))
+    }
+
+    /// Queues records for a durable append; `done` runs after their fsync. Indexes must follow
+    /// the last appended record, or start a new run after a purge.
+    pub fn append(&self, records: Vec<(u64, Vec<u8>)>, done: AppendDone) {
+        if let Some(e) = self.failure() {
+            done(Err(StorageError::Failed(e)));
+            return;
+        }
+        let op = Op::Append { records, done };
+        if let Err(mpsc::SendError(Op::Append { done, .. })) = self.send(op) {
+            done(Err(StorageError::Failed("log is closed".into())));
+        }
+    }
+
+    /// Removes every record with index >= `from`, durably.
+    pub fn truncate(&self, from: u64) -> Result<(), StorageError> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Op::Truncate { from, done: tx })
+            .map_err(|_| StorageError::Failed("log is closed".into()))?;
+        rx.recv()
+            .map_err(|_| StorageError::Failed("log writer stopped".into()))?
+    }
+
+    /// Deletes segments that hold only records with index <= `upto`.
+    pub fn purge(&self, upto: u64) -> Result<(), StorageError> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Op::Purge { upto, done: tx })
+            .map_err(|_| StorageError::Failed("log is closed".into()))?;
+        rx.recv()
+            .map_err(|_| StorageError::Failed("log writer stopped".into()))?
+    }
+
+    /// The error that stopped the log, if one did.
+    pub fn failure(&self) -> Option<String> {
+        self.failed.lock().expect("wal failure lock").clone()
+    }
+
+    fn send(&self, op: Op) -> Result<(), mpsc::SendError<Op>> {
+        match self.tx.lock().expect("wal sender lock").as_ref() {
+            Some(tx) => tx.send(op),
+            None => Err(mpsc::SendError(op)),
+        }
+    }
+
+    /// Stops the writer after it finished everything queued.
+    pub fn close(&self) {
+        self.tx.lock().expect("wal sender lock").take();
+        if let Some(t) = self.thread.lock().expect("wal thread lock").take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Wal {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Op>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+            }
+            self.handle_batch(batch);
+        }
+        if let Some((f, _)) = &self.active {
+            let _ = f.sync_data();
+        }
+    }
+
+    fn fail(&self, e: &StorageError) -> StorageError {
+        let mut failed = self.failed.lock().expect("wal failure lock");
+        if failed.is_none() {
+            tracing::error!(error = %e, "log write failed; refusing all further writes");
+            *failed = Some(e.to_string());
+        }
+        StorageError::Failed(failed.clone().unwrap_or_default())
+    }
+
+    fn is_failed(&self) -> Option<StorageError> {
+        self.failed
+            .lock()
+            .expect("wal failure lock")
+            .clone()
+            .map(StorageError::Failed)
+    }
+
+    fn handle_batch(&mut self, batch: Vec<Op>) {
+        let mut waiting: Vec<AppendDone> = Vec::new();
+        for op in batch {
+            match op {
+                Op::Append { records, done } => {
+                    if let Some(e) = self.is_failed() {
+                        done(Err(e));
+                        continue;
+                    }
+                    match self.write_records(records) {
+                        Ok(()) => waiting.push(done),
+                        Err(e) => {
+                            let e = self.fail(&e);
+                            done(Err(e));
+                        }
+                    }
+                }
+                Op::Truncate { from, done } => {
+                    // Everything queued before must be settled before the files change.
+                    self.sync_and_report(std::mem::take(&mut waiting));
+                    let res = match self.is_failed() {
+                        Some(e) => Err(e),
+                        None => self.truncate(from).map_err(|e| self.fail(&e)),
+                    };
+                    let _ = done.send(res);
+                }
+                Op::Purge { upto, done } => {
+                    self.sync_and_report(std::mem::take(&mut waiting));
+                    let res = match self.is_failed() {
+                        Some(e) => Err(e),
+                        None => self.purge(upto).map_err(|e| self.fail(&e)),
+                    };
+                    let _ = done.send(res);
+                }
+            }
+        }
+        self.sync_and_report(waiting);
+    }
+
+    /// One fsync for every append written since the last one.
+    fn sync_and_report(&mut self, waiting: Vec<AppendDone>) {
+        if waiting.is_empty() {
+            return;
+        }
+        let res = match &self.active {
+            Some((f, _)) => f.sync_data().map_err(StorageError::from),
+            None => Ok(()),
+        };
+        let res = match res {
+            Ok(()) => self.is_failed().map_or(Ok(()), Err),
+            Err(e) => Err(self.fail(&e)),
+        };
+        for done in waiting {
+            done(res.clone());
+        }
+    }
+
+    fn last_index(&self) -> Option<u64> {
+        self.offsets.keys().next_back().copied()
+    }
+
+    fn write_records(&mut self, records: Vec<(u64, Vec<u8>)>) -> Result<(), StorageError> {
+        let mut buf = Vec::new();
+        for (index, payload) in records {
+            if let Some(last) = self.last_index() {
+                if index <= last {
+                    // Overwriting: the caller replaces a suffix of the log.
+                    self.flush_buf(&mut buf)?;
+                    self.truncate(index)?;
+                }
+            }
+            let needs_new_segment = match (&self.active, self.last_index()) {
+                (None, _) => true,
+                (Some((_, len)), last) => {
+                    let pending = *len + buf.len() as u64;
+                    pending >= self.opts.segment_bytes_max
+                        || last.is_some_and(|l| index != l + 1)
+                        || (last.is_none()
+                            && self.segments.last().is_some_and(|s| s.first != index))
+                }
+            };
+            if needs_new_segment {
+                self.flush_buf(&mut buf)?;
+                self.rotate(index)?;
+            }
+            let (first, len) = match (&self.active, self.segments.last()) {
+                (Some((_, len)), Some(seg)) => (seg.first, *len),
+                _ => unreachable!("a segment is active after rotate"),
+            };
+            self.offsets.insert(index, (first, len + buf.len() as u64));
+            encode_record(&mut buf, index, &payload);
+        }
+        self.flush_buf(&mut buf)
+    }
+
+    fn flush_buf(&mut self, buf: &mut Vec<u8>) -> Result<(), StorageError> {
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let (f, len) = self
+            .active
+            .as_mut()
+            .expect("records are only buffered for an active segment");
+        f.write_all(buf)?;
+        *len += buf.len() as u64;
+        buf.clear();
+        Ok(())
+    }
+
+    /// Closes the active segment durably and starts a new one whose first record is `first`.
+    fn rotate(&mut self, first: u64) -> Result<(), StorageError> {
+        if let Some((f, _)) = &self.active {
+            f.sync_data()?;
+        }
+        let path = self.dir.join(format!("{first:020}.wal"));
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        let mut header = Vec::with_capacity(SEGMENT_HEADER_LEN as usize);
+        header.extend_from_slice(SEGMENT_MAGIC);
+        header.push(SEGMENT_VERSION);
+        header.push(0);
+        f.write_all(&header)?;
+        f.sync_all()?;
+        sync_dir(&self.dir)?;
+        self.segments.push(Segment { first, path });
+        self.active = Some((f, SEGMENT_HEADER_LEN));
+        Ok(())
+    }
+
+    fn truncate(&mut self, from: u64) -> Result<(), StorageError> {
+        let Some(&(seg_first, offset)) = self.offsets.get(&from) else {
+            // Nothing at or after `from` unless `from` precedes everything we hold.
+            let all_after = self.offsets.keys().next().is_some_and(|&f| f > from);
+            if !all_after {
+                return Ok(());
+            }
+            return self.truncate_segments_from(0, None);
+        };
+        let seg_pos = self
+            .segments
+            .iter()
+            .position(|s| s.first == seg_first)
+            .expect("every offset points into a known segment");
+        let cut = if offset == SEGMENT_HEADER_LEN {
+            None
+        } else {
+            Some(offset)
+        };
+        self.truncate_segments_from(seg_pos, cut)?;
+        self.offsets.split_off(&from);
+        Ok(())
+    }
+
+    /// Removes segments from position `pos` on; with `keep_until`, segment `pos` is kept and cut
+    /// to that length instead.
+    fn truncate_segments_from(
+        &mut self,
+        pos: usize,
+        keep_until: Option<u64>,
+    ) -> Result<(), StorageError> {
+        self.active = None;
+        let remove_from = if keep_until.is_some() { pos + 1 } else { pos };
+        for seg in self.segments.drain(remove_from..) {
+            fs::remove_file(&seg.path)?;
+        }
+        if let Some(len) = keep_until {
+            let seg = &self.segments[pos];
+            let f = OpenOptions::new().read(true).write(true).open(&seg.path)?;
+            f.set_len(len)?;
+            f.sync_all()?;
+        }
+        sync_dir(&self.dir)?;
+        if keep_until.is_none() && pos == 0 {
+            self.offsets.clear();
+        }
+        if let Some(seg) = self.segments.last() {
+            let mut f = OpenOptions::new().read(true).write(true).open(&seg.path)?;
+            let len = f.seek(SeekFrom::End(0))?;
+            self.active = Some((f, len));
+        }
+        Ok(())
+    }
+
+    fn purge(&mut self, upto: u64) -> Result<(), StorageError> {
+        // A segment may go when the next one starts at or below upto + 1: all its records are
+        // <= upto. The active segment stays.
+        let mut removable = 0;
+        for w in self.segments.windows(2) {
+            if w[1].first <= upto + 1 {
+                removable += 1;
+            } else {
+                break;
+            }
+        }
+        if removable == 0 {
+            return Ok(());
+        }
+        let next_first = self.segments[removable].first;
+        for seg in self.segments.drain(..removable) {
+            fs::remove_file(&seg.path)?;
+        }
+        sync_dir(&self.dir)?;
+        let keep = self.offsets.split_off(&next_first);
+        self.offsets = keep;
+        Ok(())
+    }
+}
+
+fn encode_record(buf: &mut Vec<u8>, index: u64, payload: &[u8]) {
+    let len = 8 + payload.len();
+    let mut crc = crc32c::crc32c(&index.to_le_bytes());
+    crc = crc32c::crc32c_append(crc, payload);
+    buf.extend_from_slice(&(len as u32).to_le_bytes());
+    buf.extend_from_slice(&crc.to_le_bytes());
+    buf.extend_from_slice(&index.to_le_bytes());
+    buf.extend_from_slice(payload);
+}
+
+/// Decodes one record at the start of `raw`: (index, payload, bytes used).
+pub fn decode_record(raw: &[u8]) -> Result<(u64, &[u8], usize), String> {
+    if raw.len() < RECORD_HEADER_LEN {
+        return Err(format!(
+            "{} bytes left, a record header needs 16",
+            raw.len()
+        ));
+    }
+    let len = u32::from_le_bytes(raw[0..4].try_into().expect("4 bytes")) as usize;
+    let crc = u32::from_le_bytes(raw[4..8].try_into().expect("4 bytes"));
+    if !(8..=RECORD_BYTES_MAX).contains(&len) {
+        return Err(format!("record length {len} out of bounds"));
+    }
+    if raw.len() < 8 + len {
+        return Err(format!("record of {len} bytes, {} left", raw.len() - 8));
+    }
+    let body = &raw[8..8 + len];
+    if crc32c::crc32c(body) != crc {
+        return Err("checksum mismatch".into());
+    }
+    let index = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
+    Ok((index, &body[8..], 8 + len))
+}
+
+#[cfg(test)]
+#[path = "wal_test.rs"]
+mod wal_test;

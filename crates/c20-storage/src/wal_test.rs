@@ -1,0 +1,174 @@
+use super::*;
+use std::sync::mpsc;
+
+fn open(dir: &Path, seg: u64) -> (Wal, WalRecovery) {
+    Wal::open(
+        dir,
+        WalOptions {
+            segment_bytes_max: seg,
+        },
+    )
+    .unwrap()
+}
+
+fn append_sync(wal: &Wal, records: Vec<(u64, Vec<u8>)>) -> Result<(), StorageError> {
+    let (tx, rx) = mpsc::channel();
+    wal.append(records, Box::new(move |r| tx.send(r).unwrap()));
+    rx.recv().unwrap()
+}
+
+fn rec(i: u64) -> (u64, Vec<u8>) {
+    (i, format!("entry-{i}").into_bytes())
+}
+
+fn indexes(r: &WalRecovery) -> Vec<u64> {
+    r.records.iter().map(|(i, _)| *i).collect()
+}
+
+#[test]
+fn appended_records_survive_reopen_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (wal, rec0) = open(dir.path(), 64);
+        assert!(rec0.records.is_empty());
+        for i in 1..=20 {
+            append_sync(&wal, vec![rec(i)]).unwrap();
+        }
+    }
+    let segments = fs::read_dir(dir.path()).unwrap().count();
+    assert!(
+        segments > 1,
+        "a 64-byte limit must rotate segments, got {segments}"
+    );
+    let (_wal, r) = open(dir.path(), 64);
+    assert_eq!(indexes(&r), (1..=20).collect::<Vec<_>>());
+    assert_eq!(r.records[4].1, b"entry-5");
+    assert_eq!(r.torn_bytes, 0);
+}
+
+#[test]
+fn many_queued_appends_all_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path(), 1 << 20);
+    let (tx, rx) = mpsc::channel();
+    for i in 1..=200 {
+        let tx = tx.clone();
+        wal.append(vec![rec(i)], Box::new(move |r| tx.send((i, r)).unwrap()));
+    }
+    drop(tx);
+    let done: Vec<_> = rx.iter().collect();
+    assert_eq!(done.len(), 200);
+    assert!(done.iter().all(|(_, r)| r.is_ok()));
+    drop(wal);
+    let (_wal, r) = open(dir.path(), 1 << 20);
+    assert_eq!(r.records.len(), 200);
+}
+
+#[test]
+fn torn_tail_is_cut_and_the_log_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (wal, _) = open(dir.path(), 1 << 20);
+        append_sync(&wal, (1..=5).map(rec).collect()).unwrap();
+    }
+    // Simulate a crash in the middle of writing record 6: half a record at the end.
+    let seg = dir.path().join(format!("{:020}.wal", 1));
+    let mut partial = Vec::new();
+    encode_record(&mut partial, 6, b"entry-6");
+    let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+    f.write_all(&partial[..partial.len() / 2]).unwrap();
+    drop(f);
+
+    let (wal, r) = open(dir.path(), 1 << 20);
+    assert_eq!(indexes(&r), vec![1, 2, 3, 4, 5]);
+    assert!(r.torn_bytes > 0);
+    append_sync(&wal, vec![rec(6)]).unwrap();
+    drop(wal);
+    let (_wal, r) = open(dir.path(), 1 << 20);
+    assert_eq!(indexes(&r), vec![1, 2, 3, 4, 5, 6]);
+}
+
+#[test]
+fn corruption_before_the_last_segment_stops_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (wal, _) = open(dir.path(), 64);
+        for i in 1..=10 {
+            append_sync(&wal, vec![rec(i)]).unwrap();
+        }
+    }
+    let seg = dir.path().join(format!("{:020}.wal", 1));
+    let mut raw = fs::read(&seg).unwrap();
+    raw[SEGMENT_HEADER_LEN as usize + 17] ^= 0xff;
+    fs::write(&seg, raw).unwrap();
+    match Wal::open(dir.path(), WalOptions::default()) {
+        Err(StorageError::Corrupt(msg)) => assert!(msg.contains("checksum"), "{msg}"),
+        Err(other) => panic!("expected corruption, got {other}"),
+        Ok(_) => panic!("a corrupt middle segment must stop open"),
+    }
+}
+
+#[test]
+fn truncate_removes_the_suffix_durably() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (wal, _) = open(dir.path(), 100);
+        append_sync(&wal, (1..=12).map(rec).collect()).unwrap();
+        wal.truncate(5).unwrap();
+        append_sync(&wal, vec![(5, b"new-5".to_vec())]).unwrap();
+    }
+    let (_wal, r) = open(dir.path(), 100);
+    assert_eq!(indexes(&r), vec![1, 2, 3, 4, 5]);
+    assert_eq!(r.records[4].1, b"new-5");
+}
+
+#[test]
+fn overwriting_an_index_replaces_the_suffix() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (wal, _) = open(dir.path(), 1 << 20);
+        append_sync(&wal, (1..=6).map(rec).collect()).unwrap();
+        append_sync(&wal, vec![(3, b"other-3".to_vec())]).unwrap();
+    }
+    let (_wal, r) = open(dir.path(), 1 << 20);
+    assert_eq!(indexes(&r), vec![1, 2, 3]);
+    assert_eq!(r.records[2].1, b"other-3");
+}
+
+#[test]
+fn purge_drops_whole_segments_only_and_gaps_after_purge_are_allowed() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (wal, _) = open(dir.path(), 80);
+        for i in 1..=10 {
+            append_sync(&wal, vec![rec(i)]).unwrap();
+        }
+        wal.purge(6).unwrap();
+        // After a snapshot install the log restarts further on.
+        append_sync(&wal, vec![rec(100), rec(101)]).unwrap();
+    }
+    let (_wal, r) = open(dir.path(), 80);
+    let idx = indexes(&r);
+    assert!(
+        idx.iter().all(|&i| i > 4),
+        "purged records came back: {idx:?}"
+    );
+    assert!(idx.ends_with(&[100, 101]), "{idx:?}");
+    assert!(
+        idx.contains(&7) && idx.contains(&10),
+        "records above the purge point lost: {idx:?}"
+    );
+}
+
+#[test]
+fn decoder_rejects_garbage_without_panicking() {
+    assert!(decode_record(&[]).is_err());
+    assert!(decode_record(&[0xff; 40]).is_err());
+    let mut ok = Vec::new();
+    encode_record(&mut ok, 9, b"x");
+    let (i, p, used) = decode_record(&ok).unwrap();
+    assert_eq!((i, p, used), (9, &b"x"[..], ok.len()));
+    for cut in 0..ok.len() {
+        assert!(decode_record(&ok[..cut]).is_err());
+    }
+}
