@@ -1,1 +1,14 @@
+//! Consensus for c20.
+//!
+//! openraft (pinned) runs behind [`RaftNode`], c20's own interface: `propose`, `read_barrier`,
+//! `status`, `members`. The log is stored in c20's WAL ([`log_store`]), the state machine is the
+//! MVCC store ([`state_machine`]), and peers talk over gRPC ([`network`]).
 
+pub mod log_store;
+pub mod network;
+pub mod node;
+pub mod state_machine;
+pub mod types;
+
+pub use node::{MemberInfo, NodeStatus, RaftNode, RaftNodeConfig};
+pub use types::{Command, MemberAttrs, NodeId, PeerNode, Reply};

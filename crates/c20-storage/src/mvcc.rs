@@ -43,6 +43,15 @@ struct KeyEvent {
     kv: Option<Arc<KeyValue>>,
 }
 
+/// Everything the store holds, as a snapshot carries it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MvccImage {
+    pub current_rev: i64,
+    pub compact_rev: i64,
+    /// `(main, sub, row)` in revision order; rows as in the events table.
+    pub events: Vec<(u64, u64, Vec<u8>)>,
+}
+
 /// A write request as it is replicated and applied.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WriteOp {
@@ -71,6 +80,7 @@ struct PendingRows {
 
 pub struct MvccStore {
     db: Database,
+    path: std::path::PathBuf,
     index: BTreeMap<Vec<u8>, Vec<KeyEvent>>,
     current_rev: i64,
     compact_rev: i64,
@@ -94,6 +104,7 @@ impl MvccStore {
         }
         let mut store = MvccStore {
             db,
+            path: path.to_path_buf(),
             index: BTreeMap::new(),
             current_rev: 1,
             compact_rev: 0,
@@ -144,6 +155,11 @@ impl MvccStore {
             });
         }
         Ok(())
+    }
+
+    /// Size of the database file in bytes.
+    pub fn file_size(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
     }
 
     /// The revision of the last change.
@@ -329,6 +345,78 @@ impl MvccStore {
             }
         }
         Ok((crc, self.compact_rev))
+    }
+
+    /// A full image of the store (every event kept and the revisions), for snapshots.
+    pub fn export(&self) -> MvccImage {
+        let mut events: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+        for (key, history) in &self.index {
+            for e in history {
+                let mut row = Vec::new();
+                match &e.kv {
+                    Some(kv) => {
+                        row.push(FLAG_PUT);
+                        kv.encode(&mut row)
+                    }
+                    None => {
+                        row.push(FLAG_TOMBSTONE);
+                        KeyValue {
+                            key: key.clone(),
+                            mod_revision: e.main,
+                            ..Default::default()
+                        }
+                        .encode(&mut row)
+                    }
+                }
+                .expect("encoding into a Vec cannot fail");
+                events.push((e.main as u64, e.sub as u64, row));
+            }
+        }
+        events.sort_by_key(|e| (e.0, e.1));
+        MvccImage {
+            current_rev: self.current_rev,
+            compact_rev: self.compact_rev,
+            events,
+        }
+    }
+
+    /// Replaces the whole store with `image` and `applied`, durably.
+    pub fn import(&mut self, image: MvccImage, applied: Vec<u8>) -> Result<(), StorageError> {
+        if let Some(e) = &self.failed {
+            return Err(StorageError::Failed(e.clone()));
+        }
+        let res = (|| -> Result<(), StorageError> {
+            let mut w = self.db.begin_write().map_err(redb::Error::from)?;
+            w.set_durability(Durability::Immediate)
+                .map_err(|e| StorageError::Redb(e.to_string()))?;
+            w.delete_table(EVENTS).map_err(redb::Error::from)?;
+            {
+                let mut events = w.open_table(EVENTS).map_err(redb::Error::from)?;
+                for (main, sub, row) in &image.events {
+                    events
+                        .insert((*main, *sub), row.as_slice())
+                        .map_err(redb::Error::from)?;
+                }
+                let mut meta = w.open_table(META).map_err(redb::Error::from)?;
+                meta.insert(META_CURRENT_REV, image.current_rev.to_le_bytes().as_slice())
+                    .map_err(redb::Error::from)?;
+                meta.insert(META_COMPACT_REV, image.compact_rev.to_le_bytes().as_slice())
+                    .map_err(redb::Error::from)?;
+                meta.insert(META_APPLIED, applied.as_slice())
+                    .map_err(redb::Error::from)?;
+            }
+            w.commit().map_err(redb::Error::from)?;
+            Ok(())
+        })();
+        if let Err(e) = res {
+            self.failed = Some(e.to_string());
+            return Err(e);
+        }
+        self.index.clear();
+        self.pending = PendingRows::default();
+        self.current_rev = 1;
+        self.compact_rev = 0;
+        self.load()
     }
 
     // ---------------------------------------------------------------------------------------

@@ -420,3 +420,29 @@ fn state_survives_checkpoint_and_reopen() {
     assert_eq!(get(&s, "b").unwrap().create_revision, 3);
     assert_eq!(s.hash_kv(0).unwrap(), hash);
 }
+
+#[test]
+fn export_then_import_reproduces_the_store() {
+    let (_d, mut s) = store();
+    put(&mut s, "a", "1");
+    put(&mut s, "b", "2");
+    apply(
+        &mut s,
+        WriteOp::DeleteRange(DeleteRangeRequest {
+            key: "a".into(),
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    put(&mut s, "c", "3");
+    let image = s.export();
+    let (_d2, mut other) = store();
+    put(&mut other, "stale", "x");
+    other.import(image.clone(), b"applied".to_vec()).unwrap();
+    assert_eq!(other.export(), image);
+    assert_eq!(other.hash_kv(0).unwrap(), s.hash_kv(0).unwrap());
+    assert!(get(&other, "stale").is_none());
+    assert!(get(&other, "a").is_none());
+    assert_eq!(other.current_revision(), 5);
+    assert_eq!(other.applied(), b"applied");
+}

@@ -1,0 +1,222 @@
+//! openraft's log storage on c20's WAL.
+//!
+//! Entries live in the WAL (durable) and in memory (for reads by replication); the vote and the
+//! purge point live in small atomically replaced files beside it. An append is reported flushed
+//! to openraft only from the WAL's group-commit thread, after fdatasync.
+
+use crate::types::{Entry, LogId, TypeConfig, Vote};
+use c20_storage::{meta_file, StorageError, Wal, WalOptions};
+use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::OptionalSend;
+use std::collections::BTreeMap;
+use std::fmt::Debug;
+use std::io;
+use std::ops::RangeBounds;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+#[derive(Clone)]
+pub struct LogStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    wal: Arc<Wal>,
+    dir: PathBuf,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    log: BTreeMap<u64, Entry>,
+    last_purged: Option<LogId>,
+    vote: Option<Vote>,
+}
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, raw: &[u8]) -> Result<T, StorageError> {
+    postcard::from_bytes(raw).map_err(|e| StorageError::Corrupt(format!("{what}: {e}")))
+}
+
+impl LogStore {
+    /// Opens the log in `dir`, replaying the WAL.
+    pub fn open(dir: &Path) -> Result<LogStore, StorageError> {
+        std::fs::create_dir_all(dir)?;
+        let (wal, recovery) = Wal::open(&dir.join("wal"), WalOptions::default())?;
+        if recovery.torn_bytes > 0 {
+            tracing::warn!(bytes = recovery.torn_bytes, "cut a torn tail off the raft log");
+        }
+        let vote: Option<Vote> = match meta_file::read(&dir.join("vote"))? {
+            Some(raw) => Some(decode("vote", &raw)?),
+            None => None,
+        };
+        let last_purged: Option<LogId> = match meta_file::read(&dir.join("purged"))? {
+            Some(raw) => Some(decode("purge point", &raw)?),
+            None => None,
+        };
+        let floor = last_purged.as_ref().map(|l| l.index);
+        let mut log = BTreeMap::new();
+        for (index, raw) in recovery.records {
+            if floor.is_some_and(|f| index <= f) {
+                continue;
+            }
+            let entry: Entry = decode("log entry", &raw)?;
+            if entry.log_id.index != index {
+                return Err(StorageError::Corrupt(format!(
+                    "wal record {index} holds entry {}",
+                    entry.log_id
+                )));
+            }
+            log.insert(index, entry);
+        }
+        // The log must be gap-free above the purge point.
+        let mut expect = floor.map(|f| f + 1);
+        for &index in log.keys() {
+            if let Some(e) = expect {
+                if index != e {
+                    return Err(StorageError::Corrupt(format!(
+                        "hole in the raft log: entry {index} follows {}",
+                        e - 1
+                    )));
+                }
+            }
+            expect = Some(index + 1);
+        }
+        Ok(LogStore {
+            shared: Arc::new(Shared {
+                wal: Arc::new(wal),
+                dir: dir.to_path_buf(),
+                state: Mutex::new(State {
+                    log,
+                    last_purged,
+                    vote,
+                }),
+            }),
+        })
+    }
+
+    /// Why the log stopped taking writes, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.wal.failure()
+    }
+
+    /// Index of the last entry held (or of the purge point when none).
+    pub fn last_index(&self) -> Option<u64> {
+        let st = self.shared.state.lock().expect("log state lock");
+        st.log
+            .keys()
+            .next_back()
+            .copied()
+            .or(st.last_purged.as_ref().map(|l| l.index))
+    }
+
+    /// Stops the WAL writer after queued work completes.
+    pub fn close(&self) {
+        self.shared.wal.close();
+    }
+
+    async fn write_meta<T: serde::Serialize>(&self, name: &str, value: &T) -> io::Result<()> {
+        let raw = postcard::to_allocvec(value).map_err(io_err)?;
+        let path = self.shared.dir.join(name);
+        tokio::task::spawn_blocking(move || meta_file::write(&path, &raw))
+            .await
+            .map_err(io_err)?
+            .map_err(io_err)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, io::Error> {
+        let st = self.shared.state.lock().expect("log state lock");
+        Ok(st.log.range(range).map(|(_, e)| e.clone()).collect())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
+        Ok(self.shared.state.lock().expect("log state lock").vote)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = LogStore;
+
+    async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
+        let st = self.shared.state.lock().expect("log state lock");
+        let last = st.log.values().next_back().map(|e| e.log_id);
+        Ok(LogState {
+            last_purged_log_id: st.last_purged,
+            last_log_id: last.or(st.last_purged),
+        })
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+        if let Some(e) = self.failure() {
+            return Err(io_err(e));
+        }
+        self.write_meta("vote", vote).await?;
+        self.shared.state.lock().expect("log state lock").vote = Some(*vote);
+        Ok(())
+    }
+
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut records = Vec::new();
+        {
+            let mut st = self.shared.state.lock().expect("log state lock");
+            for e in entries {
+                let raw = postcard::to_allocvec(&e).map_err(io_err)?;
+                records.push((e.log_id.index, raw));
+                st.log.insert(e.log_id.index, e);
+            }
+        }
+        self.shared.wal.append(
+            records,
+            Box::new(move |res| callback.io_completed(res.map_err(io_err))),
+        );
+        Ok(())
+    }
+
+    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+        let from = last_log_id.map_or(0, |l| l.index + 1);
+        self.shared
+            .state
+            .lock()
+            .expect("log state lock")
+            .log
+            .split_off(&from);
+        let wal = self.shared.wal.clone();
+        tokio::task::spawn_blocking(move || wal.truncate(from))
+            .await
+            .map_err(io_err)?
+            .map_err(io_err)
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+        // The purge point is durable before any record goes, so a restart never sees a hole.
+        self.write_meta("purged", &log_id).await?;
+        {
+            let mut st = self.shared.state.lock().expect("log state lock");
+            let keep = st.log.split_off(&(log_id.index + 1));
+            st.log = keep;
+            st.last_purged = Some(log_id);
+        }
+        let wal = self.shared.wal.clone();
+        let upto = log_id.index;
+        tokio::task::spawn_blocking(move || wal.purge(upto))
+            .await
+            .map_err(io_err)?
+            .map_err(io_err)
+    }
+}

@@ -1,0 +1,151 @@
+//! Node-to-node transport: openraft RPCs over c20's gRPC peer service.
+//!
+//! Each peer gets one lazily connected HTTP/2 channel that reconnects by itself. Payloads are
+//! postcard-encoded openraft messages inside a protobuf envelope with a format byte.
+
+use crate::types::{NodeId, PeerNode, Snapshot, TypeConfig, Vote};
+use c20_api::c20peer::peer_client::PeerClient;
+use c20_api::c20peer::{RaftKind, RaftRequest};
+use openraft::errors::{
+    Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use openraft::OptionalSend;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// The payload format byte: postcard.
+pub const FORMAT_POSTCARD: u32 = 0;
+
+/// Largest message between peers (a whole snapshot travels as one).
+pub const PEER_MESSAGE_BYTES_MAX: usize = 1 << 30;
+
+/// A snapshot as it crosses the wire.
+#[derive(Serialize, Deserialize)]
+pub struct SnapshotWire {
+    pub vote: Vote,
+    pub meta: crate::types::SnapshotMeta,
+    pub data: Vec<u8>,
+}
+
+/// Connects to a peer's URL (`http://host:port`), lazily.
+pub fn peer_channel(url: &str) -> Result<Channel, String> {
+    let endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| format!("bad peer url {url:?}: {e}"))?
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(5))
+        .keep_alive_while_idle(true);
+    Ok(endpoint.connect_lazy())
+}
+
+pub fn peer_client(url: &str) -> Result<PeerClient<Channel>, String> {
+    Ok(PeerClient::new(peer_channel(url)?)
+        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX))
+}
+
+pub struct Network;
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: NodeId, node: &PeerNode) -> Self::Network {
+        let url = node.peer_urls.first().cloned().unwrap_or_default();
+        PeerConnection {
+            target,
+            client: peer_client(&url),
+        }
+    }
+}
+
+pub struct PeerConnection {
+    target: NodeId,
+    client: Result<PeerClient<Channel>, String>,
+}
+
+impl PeerConnection {
+    async fn call<Req: Serialize, Resp: DeserializeOwned>(
+        &mut self,
+        kind: RaftKind,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, RPCError<TypeConfig>> {
+        let client = match &mut self.client {
+            Ok(c) => c,
+            Err(e) => return Err(RPCError::Unreachable(Unreachable::from_string(e.clone()))),
+        };
+        let payload = postcard::to_allocvec(req)
+            .map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())))?;
+        let request = RaftRequest {
+            kind: kind as i32,
+            format: FORMAT_POSTCARD,
+            payload,
+        };
+        let reply = match tokio::time::timeout(timeout, client.raft(request)).await {
+            Err(_) => {
+                return Err(RPCError::Network(NetworkError::from_string(format!(
+                    "{kind:?} to {:x} timed out after {timeout:?}",
+                    self.target
+                ))))
+            }
+            Ok(Err(status)) => {
+                return Err(RPCError::Unreachable(Unreachable::from_string(format!(
+                    "{kind:?} to {:x}: {status}",
+                    self.target
+                ))))
+            }
+            Ok(Ok(r)) => r.into_inner(),
+        };
+        postcard::from_bytes(&reply.payload)
+            .map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())))
+    }
+}
+
+impl RaftNetworkV2<TypeConfig> for PeerConnection {
+    type SnapshotData = Vec<u8>;
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let r: Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>> =
+            self.call(RaftKind::Append, &rpc, option.soft_ttl()).await?;
+        r.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        let r: Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>> =
+            self.call(RaftKind::Vote, &rpc, option.soft_ttl()).await?;
+        r.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        let wire = SnapshotWire {
+            vote,
+            meta: snapshot.meta,
+            data: snapshot.snapshot,
+        };
+        let r: Result<SnapshotResponse<TypeConfig>, Fatal<TypeConfig>> = self
+            .call(RaftKind::Snapshot, &wire, option.soft_ttl())
+            .await?;
+        r.map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))
+    }
+}

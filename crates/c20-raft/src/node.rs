@@ -1,0 +1,501 @@
+//! [`RaftNode`]: c20's consensus interface. Nothing above this file sees an openraft type.
+//!
+//! - [`RaftNode::propose`] replicates a command and returns what applying it produced; a
+//!   follower forwards it to the leader.
+//! - [`RaftNode::read_barrier`] returns once the local state machine reflects every write
+//!   acknowledged before the call (ReadIndex: the leader confirms its leadership with a quorum,
+//!   coalescing concurrent readers into one round; a follower asks the leader for that index and
+//!   waits until it applied it).
+
+use crate::log_store::LogStore;
+use crate::network::{peer_client, Network, SnapshotWire, PEER_MESSAGE_BYTES_MAX};
+use crate::state_machine::{SmShared, StateMachine};
+use crate::types::{Command, MemberAttrs, NodeId, PeerNode, Reply, Snapshot, TypeConfig};
+use c20_api::c20peer::peer_client::PeerClient;
+use c20_api::c20peer::peer_server::{Peer, PeerServer};
+use c20_api::c20peer::{
+    ForwardReply, ForwardRequest, RaftKind, RaftReply, RaftRequest, ReadIndexReply,
+    ReadIndexRequest,
+};
+use c20_api::EtcdError;
+use c20_storage::StorageError;
+use openraft::async_runtime::WatchReceiver;
+use openraft::errors::{ClientWriteError, InitializeError, LinearizableReadError, RaftError};
+use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
+
+/// How one node is set up.
+#[derive(Debug, Clone)]
+pub struct RaftNodeConfig {
+    pub id: NodeId,
+    pub data_dir: PathBuf,
+    /// Every initial member, this one included.
+    pub initial_members: BTreeMap<NodeId, PeerNode>,
+    /// Whether this node may initialize a new cluster (etcd's `--initial-cluster-state new`).
+    pub bootstrap: bool,
+    /// What this node publishes about itself once a leader exists.
+    pub attrs: MemberAttrs,
+    pub heartbeat_interval_ms: u64,
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// How long a request may wait for a leader, a commit or a read index.
+    pub request_timeout: Duration,
+    /// A snapshot is taken after this many entries since the last one (etcd `--snapshot-count`).
+    pub snapshot_count: u64,
+}
+
+impl RaftNodeConfig {
+    pub fn new(id: NodeId, data_dir: PathBuf, initial_members: BTreeMap<NodeId, PeerNode>) -> Self {
+        RaftNodeConfig {
+            id,
+            data_dir,
+            initial_members,
+            bootstrap: true,
+            attrs: MemberAttrs::default(),
+            heartbeat_interval_ms: 100,
+            election_timeout_min_ms: 1000,
+            election_timeout_max_ms: 2000,
+            request_timeout: Duration::from_secs(7),
+            snapshot_count: 10_000,
+        }
+    }
+}
+
+/// A point-in-time view of this node's Raft state.
+#[derive(Debug, Clone)]
+pub struct NodeStatus {
+    pub id: NodeId,
+    pub leader: Option<NodeId>,
+    pub term: u64,
+    pub is_leader: bool,
+    pub is_learner: bool,
+    pub last_log_index: u64,
+    pub applied_index: u64,
+    /// Why this node stopped, if it did (storage failure, ...).
+    pub fatal: Option<String>,
+}
+
+/// One member as the cluster knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    pub id: NodeId,
+    pub name: String,
+    pub peer_urls: Vec<String>,
+    pub client_urls: Vec<String>,
+    pub is_learner: bool,
+}
+
+pub struct RaftNode {
+    id: NodeId,
+    raft: Raft,
+    sm: Arc<SmShared>,
+    log: LogStore,
+    request_timeout: Duration,
+    peers: Mutex<HashMap<NodeId, PeerClient<Channel>>>,
+}
+
+impl RaftNode {
+    /// Opens the node's storage and starts Raft. Call inside a Tokio runtime.
+    pub async fn start(cfg: RaftNodeConfig) -> Result<Arc<RaftNode>, StorageError> {
+        let log = LogStore::open(&cfg.data_dir.join("raft"))?;
+        let sm = StateMachine::open(&cfg.data_dir.join("kv"))?;
+        let shared = sm.shared();
+        let config = Config {
+            cluster_name: "c20".into(),
+            heartbeat_interval: cfg.heartbeat_interval_ms,
+            election_timeout_min: cfg.election_timeout_min_ms,
+            election_timeout_max: cfg.election_timeout_max_ms,
+            install_snapshot_timeout: 60_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_count),
+            max_in_snapshot_log_to_keep: 1000,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| StorageError::Io(format!("raft config: {e}")))?;
+        let raft = Raft::new(cfg.id, Arc::new(config), Network, log.clone(), sm)
+            .await
+            .map_err(|e| StorageError::Io(format!("raft start: {e}")))?;
+        if cfg.bootstrap {
+            match raft.initialize(cfg.initial_members.clone()).await {
+                Ok(()) => tracing::info!(id = %format!("{:x}", cfg.id), "initialized a new cluster"),
+                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+                Err(e) => return Err(StorageError::Io(format!("raft initialize: {e}"))),
+            }
+        }
+        let node = Arc::new(RaftNode {
+            id: cfg.id,
+            raft,
+            sm: shared,
+            log,
+            request_timeout: cfg.request_timeout,
+            peers: Mutex::new(HashMap::new()),
+        });
+        node.spawn_publisher(cfg.attrs);
+        Ok(node)
+    }
+
+    /// Publishes this member's name and client URLs through the log until it took effect.
+    fn spawn_publisher(self: &Arc<Self>, attrs: MemberAttrs) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(node) = weak.upgrade() else { return };
+                if node.sm.member_attrs().get(&node.id) == Some(&attrs) {
+                    return;
+                }
+                let cmd = Command::PublishMember {
+                    id: node.id,
+                    attrs: attrs.clone(),
+                };
+                match node.propose(cmd).await {
+                    Ok(_) => return,
+                    Err(e) => tracing::debug!(error = %e, "publishing member attributes, will retry"),
+                }
+                drop(node);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// The state machine, for local reads.
+    pub fn state(&self) -> &SmShared {
+        &self.sm
+    }
+
+    pub fn status(&self) -> NodeStatus {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let is_learner = m.membership_config.membership().learner_ids().any(|l| l == self.id);
+        NodeStatus {
+            id: self.id,
+            leader: m.current_leader,
+            term: m.current_term,
+            is_leader: m.state == ServerState::Leader,
+            is_learner,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            applied_index: m.last_applied.map_or(0, |l| l.index),
+            fatal: match (&m.running_state, self.log.failure()) {
+                (_, Some(e)) => Some(e),
+                (Err(e), None) => Some(e.to_string()),
+                (Ok(()), None) => None,
+            },
+        }
+    }
+
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let m = self.raft.metrics().borrow_watched().clone();
+        let attrs = self.sm.member_attrs();
+        let membership = m.membership_config.membership();
+        let learners: Vec<NodeId> = membership.learner_ids().collect();
+        membership
+            .nodes()
+            .map(|(id, node)| {
+                let a = attrs.get(id).cloned().unwrap_or_default();
+                MemberInfo {
+                    id: *id,
+                    name: a.name,
+                    peer_urls: node.peer_urls.clone(),
+                    client_urls: a.client_urls,
+                    is_learner: learners.contains(id),
+                }
+            })
+            .collect()
+    }
+
+    /// Waits (bounded by `deadline`) until some node is known as leader.
+    async fn leader(&self, deadline: Instant) -> Result<NodeId, EtcdError> {
+        let mut rx = self.raft.metrics();
+        loop {
+            {
+                let m = rx.borrow_watched();
+                if let Err(e) = &m.running_state {
+                    return Err(EtcdError::StorageFailed(e.to_string()));
+                }
+                if let Some(l) = m.current_leader {
+                    return Ok(l);
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(EtcdError::NoLeader);
+            }
+            match tokio::time::timeout(left, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(EtcdError::Stopped),
+                Err(_) => return Err(EtcdError::NoLeader),
+            }
+        }
+    }
+
+    fn peer(&self, id: NodeId) -> Result<PeerClient<Channel>, EtcdError> {
+        if let Some(c) = self.peers.lock().expect("peers lock").get(&id) {
+            return Ok(c.clone());
+        }
+        let m = self.raft.metrics().borrow_watched().clone();
+        let node = m
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .cloned()
+            .ok_or(EtcdError::MemberNotFound)?;
+        let url = node.peer_urls.first().cloned().unwrap_or_default();
+        let client = peer_client(&url).map_err(EtcdError::Internal)?;
+        self.peers
+            .lock()
+            .expect("peers lock")
+            .insert(id, client.clone());
+        Ok(client)
+    }
+
+    /// Replicates `cmd` and returns what applying it produced. Never retried once it may have
+    /// been appended: an unknown outcome is reported as such.
+    pub async fn propose(&self, cmd: Command) -> Result<Reply, EtcdError> {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let leader = self.leader(deadline).await?;
+            if leader == self.id {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let res = tokio::time::timeout(left, self.raft.client_write(cmd.clone())).await;
+                match res {
+                    Err(_) => return Err(EtcdError::Timeout),
+                    Ok(Ok(resp)) => return Ok(resp.data),
+                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                        // Not appended here: safe to send again once a leader is known.
+                        self.wait_leader_change(leader, deadline).await?;
+                        continue;
+                    }
+                    Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
+                        return Err(EtcdError::TimeoutDueToLeaderFail)
+                    }
+                    Ok(Err(RaftError::APIError(e))) => {
+                        return Err(EtcdError::Internal(e.to_string()))
+                    }
+                    Ok(Err(RaftError::Fatal(e))) => {
+                        return Err(EtcdError::StorageFailed(e.to_string()))
+                    }
+                }
+            }
+            let mut client = self.peer(leader)?;
+            let body = postcard::to_allocvec(&cmd).map_err(|e| EtcdError::Internal(e.to_string()))?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, client.forward(ForwardRequest { command: body })).await {
+                Err(_) => return Err(EtcdError::Timeout),
+                Ok(Err(status)) if status.code() == tonic::Code::Unavailable && is_connect_error(&status) => {
+                    // Never reached the leader: nothing was proposed.
+                    self.wait_leader_change(leader, deadline).await?;
+                    continue;
+                }
+                Ok(Err(_)) => return Err(EtcdError::TimeoutDueToLeaderFail),
+                Ok(Ok(reply)) => {
+                    let res: Result<Reply, EtcdError> =
+                        postcard::from_bytes(&reply.into_inner().result)
+                            .map_err(|e| EtcdError::Internal(e.to_string()))?;
+                    match res {
+                        Err(EtcdError::NotLeader) => {
+                            self.wait_leader_change(leader, deadline).await?;
+                            continue;
+                        }
+                        other => return other,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Proposes only if this node leads; [`EtcdError::NotLeader`] otherwise (nothing proposed).
+    async fn propose_as_leader(&self, cmd: Command) -> Result<Reply, EtcdError> {
+        match tokio::time::timeout(self.request_timeout, self.raft.client_write(cmd)).await {
+            Err(_) => Err(EtcdError::Timeout),
+            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                Err(EtcdError::NotLeader)
+            }
+            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
+                Err(EtcdError::TimeoutDueToLeaderFail)
+            }
+            Ok(Err(RaftError::APIError(e))) => Err(EtcdError::Internal(e.to_string())),
+            Ok(Err(RaftError::Fatal(e))) => Err(EtcdError::StorageFailed(e.to_string())),
+        }
+    }
+
+    /// Waits until the known leader is no longer `old` (or the deadline passes). A short pause
+    /// bounds the loop when the same leader is reported again.
+    async fn wait_leader_change(&self, old: NodeId, deadline: Instant) -> Result<(), EtcdError> {
+        let mut rx = self.raft.metrics();
+        let pause = tokio::time::sleep(Duration::from_millis(50));
+        tokio::pin!(pause);
+        loop {
+            if rx.borrow_watched().current_leader != Some(old) {
+                return Ok(());
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(EtcdError::Timeout);
+            }
+            tokio::select! {
+                _ = &mut pause => return Ok(()),
+                r = rx.changed() => if r.is_err() { return Err(EtcdError::Stopped) },
+                _ = tokio::time::sleep(left) => return Err(EtcdError::Timeout),
+            }
+        }
+    }
+
+    /// Leader side of ReadIndex: confirms leadership with a quorum and returns the index that a
+    /// linearizable read must wait for. openraft queues concurrent requests and answers them
+    /// together with one heartbeat round.
+    async fn read_index_as_leader(&self) -> Result<u64, EtcdError> {
+        let res = tokio::time::timeout(
+            self.request_timeout,
+            self.raft.get_read_linearizer(ReadPolicy::ReadIndex),
+        )
+        .await;
+        match res {
+            Err(_) => Err(EtcdError::Timeout),
+            Ok(Ok(lin)) => Ok(lin.read_log_id().index()),
+            Ok(Err(RaftError::APIError(LinearizableReadError::ForwardToLeader(_)))) => {
+                Err(EtcdError::NotLeader)
+            }
+            Ok(Err(RaftError::APIError(_))) => Err(EtcdError::Timeout),
+            Ok(Err(RaftError::Fatal(e))) => Err(EtcdError::StorageFailed(e.to_string())),
+        }
+    }
+
+    /// Returns once the local state machine reflects every write acknowledged before the call.
+    pub async fn read_barrier(&self) -> Result<(), EtcdError> {
+        let deadline = Instant::now() + self.request_timeout;
+        let index = loop {
+            let leader = self.leader(deadline).await?;
+            let res = if leader == self.id {
+                self.read_index_as_leader().await
+            } else {
+                let mut client = self.peer(leader)?;
+                let left = deadline.saturating_duration_since(Instant::now());
+                match tokio::time::timeout(left, client.read_index(ReadIndexRequest {})).await {
+                    Err(_) => Err(EtcdError::Timeout),
+                    Ok(Err(_)) => Err(EtcdError::NotLeader),
+                    Ok(Ok(r)) => postcard::from_bytes::<Result<u64, EtcdError>>(&r.into_inner().result)
+                        .map_err(|e| EtcdError::Internal(e.to_string()))?,
+                }
+            };
+            match res {
+                Ok(i) => break i,
+                // Reads are safe to retry: try again against whoever leads now.
+                Err(EtcdError::NotLeader) => self.wait_leader_change(leader, deadline).await?,
+                Err(e) => return Err(e),
+            }
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.raft
+            .wait(Some(left))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .map(|_| ())
+            .map_err(|_| EtcdError::Timeout)
+    }
+
+    /// Makes everything applied durable in the state machine (used at shutdown).
+    pub fn checkpoint(&self) -> Result<(), StorageError> {
+        self.sm.checkpoint()
+    }
+
+    /// Starts an election on this node (for tests and leader transfer by hand).
+    pub async fn campaign(&self) -> Result<(), EtcdError> {
+        self.raft
+            .trigger()
+            .elect(false)
+            .await
+            .map_err(|e| EtcdError::Internal(e.to_string()))
+    }
+
+    /// Stops Raft, then makes state durable and closes the log.
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+        if let Err(e) = self.sm.checkpoint() {
+            tracing::warn!(error = %e, "final checkpoint failed; the log will be replayed");
+        }
+        self.log.close();
+    }
+
+    /// The gRPC service peers call on this node.
+    pub fn peer_service(self: &Arc<Self>) -> PeerServer<PeerHandler> {
+        PeerServer::new(PeerHandler { node: self.clone() })
+            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
+    }
+}
+
+fn is_connect_error(status: &Status) -> bool {
+    let msg = status.message().to_ascii_lowercase();
+    msg.contains("connect") || msg.contains("refused") || msg.contains("transport")
+}
+
+/// Serves a node's peer RPCs.
+pub struct PeerHandler {
+    node: Arc<RaftNode>,
+}
+
+fn bad_request(e: impl std::fmt::Display) -> Status {
+    Status::invalid_argument(format!("undecodable peer message: {e}"))
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Status> {
+    postcard::to_allocvec(v).map_err(|e| Status::internal(e.to_string()))
+}
+
+#[tonic::async_trait]
+impl Peer for PeerHandler {
+    async fn raft(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
+        let req = request.into_inner();
+        if req.format != crate::network::FORMAT_POSTCARD {
+            return Err(Status::invalid_argument(format!(
+                "unknown payload format {}",
+                req.format
+            )));
+        }
+        let raft = &self.node.raft;
+        let payload = match RaftKind::try_from(req.kind) {
+            Ok(RaftKind::Append) => {
+                let rpc = postcard::from_bytes(&req.payload).map_err(bad_request)?;
+                encode(&raft.append_entries(rpc).await)?
+            }
+            Ok(RaftKind::Vote) => {
+                let rpc = postcard::from_bytes(&req.payload).map_err(bad_request)?;
+                encode(&raft.vote(rpc).await)?
+            }
+            Ok(RaftKind::Snapshot) => {
+                let wire: SnapshotWire = postcard::from_bytes(&req.payload).map_err(bad_request)?;
+                let snapshot = Snapshot {
+                    meta: wire.meta,
+                    snapshot: wire.data,
+                };
+                encode(&raft.install_full_snapshot(wire.vote, snapshot).await)?
+            }
+            Err(_) => return Err(Status::invalid_argument(format!("unknown raft kind {}", req.kind))),
+        };
+        Ok(Response::new(RaftReply { payload }))
+    }
+
+    async fn forward(&self, request: Request<ForwardRequest>) -> Result<Response<ForwardReply>, Status> {
+        let cmd: Command = postcard::from_bytes(&request.into_inner().command).map_err(bad_request)?;
+        let res = self.node.propose_as_leader(cmd).await;
+        Ok(Response::new(ForwardReply { result: encode(&res)? }))
+    }
+
+    async fn read_index(
+        &self,
+        _request: Request<ReadIndexRequest>,
+    ) -> Result<Response<ReadIndexReply>, Status> {
+        let res = self.node.read_index_as_leader().await;
+        Ok(Response::new(ReadIndexReply { result: encode(&res)? }))
+    }
+}

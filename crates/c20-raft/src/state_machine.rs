@@ -1,0 +1,293 @@
+//! openraft's state machine on the MVCC store.
+//!
+//! Committed entries are applied in batches (every entry ready at once goes into one redb write
+//! transaction). The store is checkpointed durably at intervals; until then the WAL is the only
+//! durable copy, and at restart openraft re-applies entries above the store's applied index.
+//! A snapshot is a full image of the store, written atomically to `snapshot` before openraft may
+//! purge the log below it.
+
+use crate::types::{
+    Command, LogId, MemberAttrs, NodeId, Reply, Snapshot, SnapshotMeta, StoredMembership,
+    TypeConfig,
+};
+use c20_storage::mvcc::MvccImage;
+use c20_storage::{meta_file, MvccStore, StorageError, WriteOp};
+use futures::{FutureExt, Stream, TryStreamExt};
+use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// Most entries applied in one redb transaction.
+const APPLY_BATCH_ENTRIES_MAX: usize = 1024;
+/// A durable checkpoint is taken at least this often while entries are applied...
+const CHECKPOINT_INTERVAL_MS: u64 = 1000;
+/// ...or after this many applied entries, whichever comes first.
+const CHECKPOINT_ENTRIES_MAX: u64 = 10_000;
+
+/// How far the store has applied the log, stored with every applied batch.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Applied {
+    last_applied: Option<LogId>,
+    membership: StoredMembership,
+    members: BTreeMap<NodeId, MemberAttrs>,
+}
+
+/// The snapshot file and wire payload.
+#[derive(Serialize, Deserialize)]
+struct SnapshotPayload {
+    meta: SnapshotMeta,
+    members: BTreeMap<NodeId, MemberAttrs>,
+    image: MvccImage,
+}
+
+/// Shared view of the state machine: the server reads the store through it.
+pub struct SmShared {
+    store: RwLock<MvccStore>,
+    applied: RwLock<Applied>,
+    snapshot_path: PathBuf,
+    checkpoint: Mutex<(Instant, u64)>,
+}
+
+impl SmShared {
+    /// Runs `f` against the store as it is now.
+    pub fn read<T>(&self, f: impl FnOnce(&MvccStore) -> T) -> T {
+        f(&self.store.read().expect("store lock"))
+    }
+
+    /// Index of the last applied entry.
+    pub fn applied_index(&self) -> Option<u64> {
+        self.applied
+            .read()
+            .expect("applied lock")
+            .last_applied
+            .map(|l| l.index)
+    }
+
+    /// Published attributes of every member that has published them.
+    pub fn member_attrs(&self) -> BTreeMap<NodeId, MemberAttrs> {
+        self.applied.read().expect("applied lock").members.clone()
+    }
+
+    /// Makes everything applied so far durable.
+    pub fn checkpoint(&self) -> Result<(), StorageError> {
+        self.store.write().expect("store lock").checkpoint()?;
+        *self.checkpoint.lock().expect("checkpoint lock") = (Instant::now(), 0);
+        Ok(())
+    }
+
+    /// Size in bytes of the store's file (for Status.dbSize).
+    pub fn db_size(&self) -> u64 {
+        let store = self.store.read().expect("store lock");
+        store.file_size()
+    }
+}
+
+#[derive(Clone)]
+pub struct StateMachine {
+    shared: Arc<SmShared>,
+}
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+impl StateMachine {
+    pub fn open(dir: &Path) -> Result<StateMachine, StorageError> {
+        std::fs::create_dir_all(dir)?;
+        let store = MvccStore::open(&dir.join("kv.redb"))?;
+        let applied: Applied = if store.applied().is_empty() {
+            Applied::default()
+        } else {
+            postcard::from_bytes(store.applied())
+                .map_err(|e| StorageError::Corrupt(format!("applied record: {e}")))?
+        };
+        Ok(StateMachine {
+            shared: Arc::new(SmShared {
+                store: RwLock::new(store),
+                applied: RwLock::new(applied),
+                snapshot_path: dir.join("snapshot"),
+                checkpoint: Mutex::new((Instant::now(), 0)),
+            }),
+        })
+    }
+
+    pub fn shared(&self) -> Arc<SmShared> {
+        self.shared.clone()
+    }
+
+    fn apply_batch(&self, batch: Vec<EntryResponder<TypeConfig>>) -> io::Result<()> {
+        let mut ops: Vec<WriteOp> = Vec::new();
+        // For each entry with a responder: where its reply comes from.
+        enum Source {
+            Op(usize),
+            Fixed(Reply),
+        }
+        let mut replies = Vec::new();
+        let mut applied = self.shared.applied.read().expect("applied lock").clone();
+        let n = batch.len() as u64;
+        for (entry, responder) in batch {
+            let source = match entry.payload {
+                EntryPayload::Blank => Source::Fixed(Reply::Published),
+                EntryPayload::Membership(m) => {
+                    applied.membership = StoredMembership::new(Some(entry.log_id), m);
+                    Source::Fixed(Reply::Published)
+                }
+                EntryPayload::Normal(Command::PublishMember { id, attrs }) => {
+                    applied.members.insert(id, attrs);
+                    Source::Fixed(Reply::Published)
+                }
+                EntryPayload::Normal(cmd) => match cmd.to_op() {
+                    Some(Ok(op)) => {
+                        ops.push(op);
+                        Source::Op(ops.len() - 1)
+                    }
+                    Some(Err(e)) => {
+                        panic!(
+                            "invariant violated: committed entry {} does not decode: {e}",
+                            entry.log_id
+                        )
+                    }
+                    None => unreachable!("only PublishMember carries no op"),
+                },
+            };
+            applied.last_applied = Some(entry.log_id);
+            if let Some(r) = responder {
+                replies.push((r, source));
+            }
+        }
+        let raw = postcard::to_allocvec(&applied).map_err(io_err)?;
+        let mut results = {
+            let mut store = self.shared.store.write().expect("store lock");
+            let results = store.apply_batch(&ops, raw).map_err(io_err)?;
+            *self.shared.applied.write().expect("applied lock") = applied;
+            results.into_iter().map(Some).collect::<Vec<_>>()
+        };
+        let due = {
+            let mut cp = self.shared.checkpoint.lock().expect("checkpoint lock");
+            cp.1 += n;
+            cp.0.elapsed() >= Duration::from_millis(CHECKPOINT_INTERVAL_MS)
+                || cp.1 >= CHECKPOINT_ENTRIES_MAX
+        };
+        if due {
+            self.shared.checkpoint().map_err(io_err)?;
+        }
+        for (responder, source) in replies {
+            let reply = match source {
+                Source::Fixed(r) => r,
+                Source::Op(i) => Reply::from_result(results[i].take().expect("one reply per op")),
+            };
+            responder.send(reply);
+        }
+        Ok(())
+    }
+
+    fn read_snapshot_file(&self) -> io::Result<Option<Snapshot>> {
+        let Some(raw) = meta_file::read(&self.shared.snapshot_path).map_err(io_err)? else {
+            return Ok(None);
+        };
+        let payload: SnapshotPayload = postcard::from_bytes(&raw).map_err(io_err)?;
+        Ok(Some(Snapshot {
+            meta: payload.meta,
+            snapshot: raw,
+        }))
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
+    type SnapshotData = Vec<u8>;
+
+    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || -> io::Result<Snapshot> {
+            // The store is durable up to the snapshot before the log below it may be purged.
+            let (image, applied) = {
+                let mut store = shared.store.write().expect("store lock");
+                store.checkpoint().map_err(io_err)?;
+                let applied = shared.applied.read().expect("applied lock").clone();
+                (store.export(), applied)
+            };
+            let payload = SnapshotPayload {
+                meta: SnapshotMeta {
+                    last_log_id: applied.last_applied,
+                    last_membership: applied.membership.clone(),
+                },
+                members: applied.members,
+                image,
+            };
+            let raw = postcard::to_allocvec(&payload).map_err(io_err)?;
+            meta_file::write(&shared.snapshot_path, &raw).map_err(io_err)?;
+            Ok(Snapshot {
+                meta: payload.meta,
+                snapshot: raw,
+            })
+        })
+        .await
+        .map_err(io_err)?
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotData = Vec<u8>;
+    type SnapshotBuilder = StateMachine;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+        let a = self.shared.applied.read().expect("applied lock");
+        Ok((a.last_applied, a.membership.clone()))
+    }
+
+    async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
+    where
+        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+    {
+        loop {
+            let Some(first) = entries.try_next().await? else {
+                return Ok(());
+            };
+            let mut batch = vec![first];
+            while batch.len() < APPLY_BATCH_ENTRIES_MAX {
+                match entries.try_next().now_or_never() {
+                    Some(Ok(Some(next))) => batch.push(next),
+                    Some(Ok(None)) | None => break,
+                    Some(Err(e)) => return Err(e),
+                }
+            }
+            self.apply_batch(batch)?;
+        }
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn install_snapshot(&mut self, meta: &SnapshotMeta, snapshot: Vec<u8>) -> Result<(), io::Error> {
+        let shared = self.shared.clone();
+        let meta = meta.clone();
+        tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let payload: SnapshotPayload = postcard::from_bytes(&snapshot).map_err(io_err)?;
+            let applied = Applied {
+                last_applied: meta.last_log_id,
+                membership: meta.last_membership.clone(),
+                members: payload.members,
+            };
+            let raw = postcard::to_allocvec(&applied).map_err(io_err)?;
+            {
+                let mut store = shared.store.write().expect("store lock");
+                store.import(payload.image, raw).map_err(io_err)?;
+                *shared.applied.write().expect("applied lock") = applied;
+            }
+            meta_file::write(&shared.snapshot_path, &snapshot).map_err(io_err)?;
+            Ok(())
+        })
+        .await
+        .map_err(io_err)?
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+        self.read_snapshot_file()
+    }
+}

@@ -1,0 +1,137 @@
+//! The types c20 replicates through Raft, and the openraft type configuration.
+
+use c20_api::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, TxnRequest, TxnResponse,
+};
+use c20_api::EtcdError;
+use c20_storage::{WriteOp, WriteResult};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A member as Raft knows it: how peers reach it. Client URLs and the name are published through
+/// the log after start (see [`Command::PublishMember`]), as etcd does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerNode {
+    pub name: String,
+    pub peer_urls: Vec<String>,
+}
+
+openraft::declare_raft_types!(
+    /// c20's Raft: standard one-leader-per-term ids (this fixes the on-disk vote and log id format).
+    pub TypeConfig:
+        D = Command,
+        R = Reply,
+        NodeId = u64,
+        Node = PeerNode,
+        LeaderId = openraft::impls::leader_id_std::LeaderId<Self::Term, Self::NodeId>,
+);
+
+pub type NodeId = u64;
+pub type LogId = openraft::type_config::alias::LogIdOf<TypeConfig>;
+pub type Vote = openraft::type_config::alias::VoteOf<TypeConfig>;
+pub type Entry = openraft::type_config::alias::EntryOf<TypeConfig>;
+pub type StoredMembership = openraft::type_config::alias::StoredMembershipOf<TypeConfig>;
+pub type SnapshotMeta = openraft::type_config::alias::SnapshotMetaOf<TypeConfig>;
+pub type Snapshot = openraft::type_config::alias::SnapshotOf<TypeConfig, Vec<u8>>;
+
+/// Published attributes of a member.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberAttrs {
+    pub name: String,
+    pub client_urls: Vec<String>,
+}
+
+/// One replicated request. KV requests travel as their etcd protobuf encoding so that the log
+/// holds exactly what the client asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Command {
+    Put(Vec<u8>),
+    DeleteRange(Vec<u8>),
+    Txn(Vec<u8>),
+    Compact(Vec<u8>),
+    PublishMember { id: NodeId, attrs: MemberAttrs },
+}
+
+impl fmt::Display for Command {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Put(b) => write!(f, "put({} bytes)", b.len()),
+            Command::DeleteRange(b) => write!(f, "delete_range({} bytes)", b.len()),
+            Command::Txn(b) => write!(f, "txn({} bytes)", b.len()),
+            Command::Compact(b) => write!(f, "compact({} bytes)", b.len()),
+            Command::PublishMember { id, attrs } => {
+                write!(f, "publish_member({id:x}, {})", attrs.name)
+            }
+        }
+    }
+}
+
+impl Command {
+    pub fn from_op(op: &WriteOp) -> Command {
+        match op {
+            WriteOp::Put(r) => Command::Put(r.encode_to_vec()),
+            WriteOp::DeleteRange(r) => Command::DeleteRange(r.encode_to_vec()),
+            WriteOp::Txn(r) => Command::Txn(r.encode_to_vec()),
+            WriteOp::Compact(r) => Command::Compact(r.encode_to_vec()),
+        }
+    }
+
+    /// The KV operation this command carries, if it is one. A body that does not decode is a
+    /// corrupt log entry; the caller treats it as an invariant violation.
+    pub fn to_op(&self) -> Option<Result<WriteOp, prost::DecodeError>> {
+        Some(match self {
+            Command::Put(b) => PutRequest::decode(b.as_slice()).map(WriteOp::Put),
+            Command::DeleteRange(b) => {
+                DeleteRangeRequest::decode(b.as_slice()).map(WriteOp::DeleteRange)
+            }
+            Command::Txn(b) => TxnRequest::decode(b.as_slice()).map(WriteOp::Txn),
+            Command::Compact(b) => CompactionRequest::decode(b.as_slice()).map(WriteOp::Compact),
+            Command::PublishMember { .. } => return None,
+        })
+    }
+}
+
+/// What applying a command produced, protobuf-encoded so it can cross to a forwarding peer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Reply {
+    Put(Vec<u8>),
+    DeleteRange(Vec<u8>),
+    Txn(Vec<u8>),
+    Compact(Vec<u8>),
+    Published,
+    Error(EtcdError),
+}
+
+impl Reply {
+    pub fn from_result(r: Result<WriteResult, EtcdError>) -> Reply {
+        match r {
+            Ok(WriteResult::Put(r)) => Reply::Put(r.encode_to_vec()),
+            Ok(WriteResult::DeleteRange(r)) => Reply::DeleteRange(r.encode_to_vec()),
+            Ok(WriteResult::Txn(r)) => Reply::Txn(r.encode_to_vec()),
+            Ok(WriteResult::Compact(r)) => Reply::Compact(r.encode_to_vec()),
+            Err(e) => Reply::Error(e),
+        }
+    }
+
+    pub fn into_result(self) -> Result<WriteResult, EtcdError> {
+        let bad = |e: prost::DecodeError| EtcdError::Internal(format!("bad reply: {e}"));
+        match self {
+            Reply::Put(b) => PutResponse::decode(b.as_slice())
+                .map(WriteResult::Put)
+                .map_err(bad),
+            Reply::DeleteRange(b) => DeleteRangeResponse::decode(b.as_slice())
+                .map(WriteResult::DeleteRange)
+                .map_err(bad),
+            Reply::Txn(b) => TxnResponse::decode(b.as_slice())
+                .map(WriteResult::Txn)
+                .map_err(bad),
+            Reply::Compact(b) => CompactionResponse::decode(b.as_slice())
+                .map(WriteResult::Compact)
+                .map_err(bad),
+            Reply::Published => Err(EtcdError::Internal("not a KV reply".into())),
+            Reply::Error(e) => Err(e),
+        }
+    }
+}
