@@ -1,1 +1,176 @@
-fn main() {}
+//! `c20`: run a node (`serve`) or a local cluster (`up`), and talk to a cluster.
+
+mod client_cmds;
+mod txn_parse;
+mod up;
+
+use anyhow::{Context, Result};
+use c20_server::{parse_initial_cluster, Server, ServerConfig};
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "c20",
+    version,
+    about = "c20: a replicated, transactional key-value store that speaks the etcd v3 API"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run one member (flags as etcd names them).
+    Serve(Box<ServeArgs>),
+    /// Start a local 3-member cluster on 127.0.0.1 (clients on :2379, :22379, :32379).
+    Up(up::UpArgs),
+    /// Write a key.
+    Put(client_cmds::PutArgs),
+    /// Read a key or a range.
+    Get(client_cmds::GetArgs),
+    /// Delete a key or a range.
+    Del(client_cmds::DelArgs),
+    /// Run a transaction read from stdin, in etcdctl's format.
+    Txn(client_cmds::TxnArgs),
+    /// Print each endpoint's status, like `etcdctl endpoint status`.
+    Status(client_cmds::StatusArgs),
+    /// List the members of the cluster.
+    Members(client_cmds::StatusArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Human-readable name of this member.
+    #[arg(long, env = "C20_NAME", default_value = "default")]
+    name: String,
+    /// Where this member keeps its data.
+    #[arg(long, env = "C20_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    #[arg(
+        long,
+        env = "C20_LISTEN_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ','
+    )]
+    listen_client_urls: Vec<String>,
+    #[arg(
+        long,
+        env = "C20_ADVERTISE_CLIENT_URLS",
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ','
+    )]
+    advertise_client_urls: Vec<String>,
+    #[arg(
+        long,
+        env = "C20_LISTEN_PEER_URLS",
+        default_value = "http://127.0.0.1:2380",
+        value_delimiter = ','
+    )]
+    listen_peer_urls: Vec<String>,
+    #[arg(
+        long,
+        env = "C20_INITIAL_ADVERTISE_PEER_URLS",
+        default_value = "http://127.0.0.1:2380",
+        value_delimiter = ','
+    )]
+    initial_advertise_peer_urls: Vec<String>,
+    /// `name=peer-url,...` for every initial member (default: this member alone).
+    #[arg(long, env = "C20_INITIAL_CLUSTER")]
+    initial_cluster: Option<String>,
+    /// `new` to bootstrap a cluster, `existing` to join one.
+    #[arg(long, env = "C20_INITIAL_CLUSTER_STATE", default_value = "new", value_parser = ["new", "existing"])]
+    initial_cluster_state: String,
+    #[arg(
+        long,
+        env = "C20_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
+    initial_cluster_token: String,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, env = "C20_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    heartbeat_interval: u64,
+    /// Raft election timeout in milliseconds.
+    #[arg(long, env = "C20_ELECTION_TIMEOUT", default_value_t = 1000)]
+    election_timeout: u64,
+    /// Committed entries between snapshots.
+    #[arg(long, env = "C20_SNAPSHOT_COUNT", default_value_t = 10_000)]
+    snapshot_count: u64,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    match cli.cmd {
+        Cmd::Serve(args) => {
+            init_logging();
+            rt.block_on(serve(*args))
+        }
+        Cmd::Up(args) => {
+            init_logging();
+            up::run(args)
+        }
+        Cmd::Put(a) => rt.block_on(client_cmds::put(a)),
+        Cmd::Get(a) => rt.block_on(client_cmds::get(a)),
+        Cmd::Del(a) => rt.block_on(client_cmds::del(a)),
+        Cmd::Txn(a) => rt.block_on(client_cmds::txn(a)),
+        Cmd::Status(a) => rt.block_on(client_cmds::status(a)),
+        Cmd::Members(a) => rt.block_on(client_cmds::members(a)),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,openraft=warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn serve(a: ServeArgs) -> Result<()> {
+    let data_dir = a
+        .data_dir
+        .unwrap_or_else(|| PathBuf::from(format!("{}.c20", a.name)));
+    let initial_cluster = match &a.initial_cluster {
+        Some(s) => parse_initial_cluster(s).map_err(anyhow::Error::msg)?,
+        None => vec![(a.name.clone(), a.initial_advertise_peer_urls.clone())],
+    };
+    let cfg = ServerConfig {
+        name: a.name,
+        data_dir,
+        listen_client_urls: a.listen_client_urls,
+        advertise_client_urls: a.advertise_client_urls,
+        listen_peer_urls: a.listen_peer_urls,
+        initial_advertise_peer_urls: a.initial_advertise_peer_urls,
+        initial_cluster,
+        initial_cluster_state_new: a.initial_cluster_state == "new",
+        initial_cluster_token: a.initial_cluster_token,
+        heartbeat_interval_ms: a.heartbeat_interval,
+        election_timeout_ms: a.election_timeout,
+        snapshot_count: a.snapshot_count,
+        request_timeout: Duration::from_secs(7),
+    };
+    let server = Server::start(cfg).await?;
+    wait_for_signal().await?;
+    tracing::info!("stopping");
+    server.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}

@@ -47,7 +47,10 @@ impl LogStore {
         std::fs::create_dir_all(dir)?;
         let (wal, recovery) = Wal::open(&dir.join("wal"), WalOptions::default())?;
         if recovery.torn_bytes > 0 {
-            tracing::warn!(bytes = recovery.torn_bytes, "cut a torn tail off the raft log");
+            tracing::warn!(
+                bytes = recovery.torn_bytes,
+                "cut a torn tail off the raft log"
+            );
         }
         let vote: Option<Vote> = match meta_file::read(&dir.join("vote"))? {
             Some(raw) => Some(decode("vote", &raw)?),
@@ -167,7 +170,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed<TypeConfig>) -> Result<(), io::Error>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: IOFlushed<TypeConfig>,
+    ) -> Result<(), io::Error>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,

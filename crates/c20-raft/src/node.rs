@@ -124,7 +124,9 @@ impl RaftNode {
             .map_err(|e| StorageError::Io(format!("raft start: {e}")))?;
         if cfg.bootstrap {
             match raft.initialize(cfg.initial_members.clone()).await {
-                Ok(()) => tracing::info!(id = %format!("{:x}", cfg.id), "initialized a new cluster"),
+                Ok(()) => {
+                    tracing::info!(id = %format!("{:x}", cfg.id), "initialized a new cluster")
+                }
                 Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
                 Err(e) => return Err(StorageError::Io(format!("raft initialize: {e}"))),
             }
@@ -156,7 +158,9 @@ impl RaftNode {
                 };
                 match node.propose(cmd).await {
                     Ok(_) => return,
-                    Err(e) => tracing::debug!(error = %e, "publishing member attributes, will retry"),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "publishing member attributes, will retry")
+                    }
                 }
                 drop(node);
                 tokio::time::sleep(Duration::from_millis(200)).await;
@@ -175,7 +179,11 @@ impl RaftNode {
 
     pub fn status(&self) -> NodeStatus {
         let m = self.raft.metrics().borrow_watched().clone();
-        let is_learner = m.membership_config.membership().learner_ids().any(|l| l == self.id);
+        let is_learner = m
+            .membership_config
+            .membership()
+            .learner_ids()
+            .any(|l| l == self.id);
         NodeStatus {
             id: self.id,
             leader: m.current_leader,
@@ -286,11 +294,15 @@ impl RaftNode {
                 }
             }
             let mut client = self.peer(leader)?;
-            let body = postcard::to_allocvec(&cmd).map_err(|e| EtcdError::Internal(e.to_string()))?;
+            let body =
+                postcard::to_allocvec(&cmd).map_err(|e| EtcdError::Internal(e.to_string()))?;
             let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, client.forward(ForwardRequest { command: body })).await {
+            match tokio::time::timeout(left, client.forward(ForwardRequest { command: body })).await
+            {
                 Err(_) => return Err(EtcdError::Timeout),
-                Ok(Err(status)) if status.code() == tonic::Code::Unavailable && is_connect_error(&status) => {
+                Ok(Err(status))
+                    if status.code() == tonic::Code::Unavailable && is_connect_error(&status) =>
+                {
                     // Never reached the leader: nothing was proposed.
                     self.wait_leader_change(leader, deadline).await?;
                     continue;
@@ -383,8 +395,10 @@ impl RaftNode {
                 match tokio::time::timeout(left, client.read_index(ReadIndexRequest {})).await {
                     Err(_) => Err(EtcdError::Timeout),
                     Ok(Err(_)) => Err(EtcdError::NotLeader),
-                    Ok(Ok(r)) => postcard::from_bytes::<Result<u64, EtcdError>>(&r.into_inner().result)
-                        .map_err(|e| EtcdError::Internal(e.to_string()))?,
+                    Ok(Ok(r)) => {
+                        postcard::from_bytes::<Result<u64, EtcdError>>(&r.into_inner().result)
+                            .map_err(|e| EtcdError::Internal(e.to_string()))?
+                    }
                 }
             };
             match res {
@@ -480,15 +494,26 @@ impl Peer for PeerHandler {
                 };
                 encode(&raft.install_full_snapshot(wire.vote, snapshot).await)?
             }
-            Err(_) => return Err(Status::invalid_argument(format!("unknown raft kind {}", req.kind))),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown raft kind {}",
+                    req.kind
+                )))
+            }
         };
         Ok(Response::new(RaftReply { payload }))
     }
 
-    async fn forward(&self, request: Request<ForwardRequest>) -> Result<Response<ForwardReply>, Status> {
-        let cmd: Command = postcard::from_bytes(&request.into_inner().command).map_err(bad_request)?;
+    async fn forward(
+        &self,
+        request: Request<ForwardRequest>,
+    ) -> Result<Response<ForwardReply>, Status> {
+        let cmd: Command =
+            postcard::from_bytes(&request.into_inner().command).map_err(bad_request)?;
         let res = self.node.propose_as_leader(cmd).await;
-        Ok(Response::new(ForwardReply { result: encode(&res)? }))
+        Ok(Response::new(ForwardReply {
+            result: encode(&res)?,
+        }))
     }
 
     async fn read_index(
@@ -496,6 +521,8 @@ impl Peer for PeerHandler {
         _request: Request<ReadIndexRequest>,
     ) -> Result<Response<ReadIndexReply>, Status> {
         let res = self.node.read_index_as_leader().await;
-        Ok(Response::new(ReadIndexReply { result: encode(&res)? }))
+        Ok(Response::new(ReadIndexReply {
+            result: encode(&res)?,
+        }))
     }
 }

@@ -1,1 +1,236 @@
+//! One c20 node: etcd's v3 gRPC services on the client URLs, c20's peer service on the peer
+//! URLs, over a [`c20_raft::RaftNode`].
 
+mod cluster;
+pub mod config;
+mod kv;
+mod maintenance;
+
+pub use config::{parse_initial_cluster, parse_url, ServerConfig};
+pub use maintenance::ETCD_API_VERSION;
+
+use c20_api::etcdserverpb::cluster_server::ClusterServer;
+use c20_api::etcdserverpb::kv_server::KvServer;
+use c20_api::etcdserverpb::maintenance_server::MaintenanceServer;
+use c20_api::etcdserverpb::ResponseHeader;
+use c20_api::{GRPC_OVERHEAD_BYTES, MAX_REQUEST_BYTES};
+use c20_raft::{MemberAttrs, NodeId, PeerNode, RaftNode, RaftNodeConfig};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// State every service shares.
+pub(crate) struct Shared {
+    pub(crate) node: Arc<RaftNode>,
+    pub(crate) cluster_id: u64,
+}
+
+impl Shared {
+    /// Fills a response header as etcd does: cluster, member, term; the revision comes from the
+    /// store (already set, or the current one).
+    pub(crate) fn fill_header(&self, header: &mut Option<ResponseHeader>) {
+        let revision = match header {
+            Some(h) => h.revision,
+            None => self.node.state().read(|s| s.current_revision()),
+        };
+        *header = Some(ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.node.id(),
+            revision,
+            raft_term: self.node.status().term,
+        });
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("storage: {0}")]
+    Storage(#[from] c20_storage::StorageError),
+    #[error("cannot listen on {addr}: {err}")]
+    Listen {
+        addr: SocketAddr,
+        err: std::io::Error,
+    },
+}
+
+/// A running node. Dropping it does not stop it; call [`Server::shutdown`].
+pub struct Server {
+    node: Arc<RaftNode>,
+    client_addrs: Vec<SocketAddr>,
+    peer_addrs: Vec<SocketAddr>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Server {
+    /// Starts the node: opens its storage, joins Raft, and serves clients and peers.
+    pub async fn start(cfg: ServerConfig) -> Result<Server, ServerError> {
+        let token = cfg.initial_cluster_token.clone();
+        let mut initial_members = BTreeMap::new();
+        for (name, urls) in &cfg.initial_cluster {
+            let id = config::member_id(urls, &token);
+            initial_members.insert(
+                id,
+                PeerNode {
+                    name: name.clone(),
+                    peer_urls: urls.clone(),
+                },
+            );
+        }
+        let me = config::member_id(&cfg.initial_advertise_peer_urls, &token);
+        if !initial_members.contains_key(&me) {
+            return Err(ServerError::Config(format!(
+                "--initial-cluster has no member with this node's --initial-advertise-peer-urls {}",
+                cfg.initial_advertise_peer_urls.join(",")
+            )));
+        }
+        if initial_members[&me].name != cfg.name {
+            return Err(ServerError::Config(format!(
+                "--initial-cluster names this node's peer URLs {:?}, but --name is {:?}",
+                initial_members[&me].name, cfg.name
+            )));
+        }
+        let ids: Vec<NodeId> = initial_members.keys().copied().collect();
+        let cluster_id = config::cluster_id(&ids, &token);
+
+        // Bind first: a port in use fails fast, before any state is touched.
+        let mut client_listeners = Vec::new();
+        for url in &cfg.listen_client_urls {
+            client_listeners.push(bind(url).await?);
+        }
+        let mut peer_listeners = Vec::new();
+        for url in &cfg.listen_peer_urls {
+            peer_listeners.push(bind(url).await?);
+        }
+
+        let mut rcfg = RaftNodeConfig::new(me, cfg.data_dir.clone(), initial_members);
+        rcfg.bootstrap = cfg.initial_cluster_state_new;
+        rcfg.attrs = MemberAttrs {
+            name: cfg.name.clone(),
+            client_urls: cfg.advertise_client_urls.clone(),
+        };
+        rcfg.heartbeat_interval_ms = cfg.heartbeat_interval_ms;
+        rcfg.election_timeout_min_ms = cfg.election_timeout_ms;
+        rcfg.election_timeout_max_ms = cfg.election_timeout_ms * 2;
+        rcfg.request_timeout = cfg.request_timeout;
+        rcfg.snapshot_count = cfg.snapshot_count;
+        let node = RaftNode::start(rcfg).await?;
+        let shared = Arc::new(Shared {
+            node: node.clone(),
+            cluster_id,
+        });
+
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let mut client_addrs = Vec::new();
+        let recv_max = MAX_REQUEST_BYTES + GRPC_OVERHEAD_BYTES;
+        for l in client_listeners {
+            client_addrs.push(l.local_addr().map_err(|err| ServerError::Listen {
+                addr: "0.0.0.0:0".parse().expect("literal addr"),
+                err,
+            })?);
+            let router = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(
+                    KvServer::new(kv::KvService {
+                        shared: shared.clone(),
+                    })
+                    .max_decoding_message_size(recv_max),
+                )
+                .add_service(
+                    MaintenanceServer::new(maintenance::MaintenanceService {
+                        shared: shared.clone(),
+                    })
+                    .max_decoding_message_size(recv_max),
+                )
+                .add_service(ClusterServer::new(cluster::ClusterService {
+                    shared: shared.clone(),
+                }));
+            let mut rx = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let incoming = TcpListenerStream::new(l);
+                let shutdown = async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                };
+                if let Err(e) = router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+                {
+                    tracing::error!(error = %e, "client server stopped");
+                }
+            }));
+        }
+        let mut peer_addrs = Vec::new();
+        for l in peer_listeners {
+            peer_addrs.push(l.local_addr().map_err(|err| ServerError::Listen {
+                addr: "0.0.0.0:0".parse().expect("literal addr"),
+                err,
+            })?);
+            let router = tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(node.peer_service());
+            let mut rx = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let incoming = TcpListenerStream::new(l);
+                let shutdown = async move {
+                    let _ = rx.wait_for(|s| *s).await;
+                };
+                if let Err(e) = router
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+                {
+                    tracing::error!(error = %e, "peer server stopped");
+                }
+            }));
+        }
+        tracing::info!(
+            name = %cfg.name,
+            member_id = %format!("{me:x}"),
+            cluster_id = %format!("{cluster_id:x}"),
+            clients = ?client_addrs,
+            peers = ?peer_addrs,
+            "c20 member serving"
+        );
+        Ok(Server {
+            node,
+            client_addrs,
+            peer_addrs,
+            stop,
+            tasks,
+        })
+    }
+
+    pub fn node(&self) -> &Arc<RaftNode> {
+        &self.node
+    }
+
+    pub fn client_addrs(&self) -> &[SocketAddr] {
+        &self.client_addrs
+    }
+
+    pub fn peer_addrs(&self) -> &[SocketAddr] {
+        &self.peer_addrs
+    }
+
+    /// Stops serving, stops Raft and makes state durable.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.node.shutdown().await;
+    }
+}
+
+async fn bind(url: &str) -> Result<TcpListener, ServerError> {
+    let addr = parse_url(url).map_err(ServerError::Config)?;
+    TcpListener::bind(addr)
+        .await
+        .map_err(|err| ServerError::Listen { addr, err })
+}

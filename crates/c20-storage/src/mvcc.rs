@@ -324,7 +324,8 @@ impl MvccStore {
         if rev < self.compact_rev {
             return Err(EtcdError::Compacted);
         }
-        let mut events: Vec<(i64, i64, &[u8], Option<&Arc<KeyValue>>)> = Vec::new();
+        type Row<'a> = (i64, i64, &'a [u8], Option<&'a Arc<KeyValue>>);
+        let mut events: Vec<Row> = Vec::new();
         for (k, h) in &self.index {
             for e in h.iter().filter(|e| e.main <= rev) {
                 events.push((e.main, e.sub, k, e.kv.as_ref()));
@@ -903,10 +904,8 @@ fn branch_writes(ops: &[RequestOp]) -> Result<BranchWrites, EtcdError> {
     let mut w = BranchWrites::default();
     for op in ops {
         match &op.request {
-            Some(request_op::Request::RequestPut(p)) => {
-                if !w.puts.insert(p.key.clone()) {
-                    return Err(EtcdError::DuplicateKey);
-                }
+            Some(request_op::Request::RequestPut(p)) if !w.puts.insert(p.key.clone()) => {
+                return Err(EtcdError::DuplicateKey);
             }
             Some(request_op::Request::RequestDeleteRange(d)) => {
                 w.deletes.push((d.key.clone(), d.range_end.clone()))

@@ -1,0 +1,113 @@
+//! The etcd Maintenance service (status and hashes; snapshot, defragment and leader moves come
+//! with the snapshot and membership work).
+
+use crate::Shared;
+use c20_api::etcdserverpb::maintenance_server::Maintenance;
+use c20_api::etcdserverpb::{
+    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
+    DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
+    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
+};
+use futures::stream::BoxStream;
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+/// The etcd API version c20 implements; clients use it to decide which features to use.
+pub const ETCD_API_VERSION: &str = "3.5.0";
+
+pub struct MaintenanceService {
+    pub(crate) shared: Arc<Shared>,
+}
+
+#[tonic::async_trait]
+impl Maintenance for MaintenanceService {
+    async fn alarm(
+        &self,
+        _request: Request<AlarmRequest>,
+    ) -> Result<Response<AlarmResponse>, Status> {
+        // c20 raises no etcd alarms (NOSPACE, CORRUPT) yet: the list is truly empty.
+        let mut resp = AlarmResponse::default();
+        self.shared.fill_header(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn status(
+        &self,
+        _request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
+        let st = self.shared.node.status();
+        let db_size = self.shared.node.state().db_size() as i64;
+        let mut resp = StatusResponse {
+            header: None,
+            version: ETCD_API_VERSION.to_string(),
+            db_size,
+            leader: st.leader.unwrap_or(0),
+            raft_index: st.last_log_index,
+            raft_term: st.term,
+            raft_applied_index: st.applied_index,
+            errors: st.fatal.into_iter().collect(),
+            db_size_in_use: db_size,
+            is_learner: st.is_learner,
+        };
+        self.shared.fill_header(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn defragment(
+        &self,
+        _request: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        Err(Status::unimplemented(
+            "c20: defragment is not supported yet",
+        ))
+    }
+
+    async fn hash(&self, _request: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        let (hash, _) = self.shared.node.state().read(|s| s.hash_kv(0))?;
+        let mut resp = HashResponse { header: None, hash };
+        self.shared.fill_header(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    async fn hash_kv(
+        &self,
+        request: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
+        let rev = request.into_inner().revision;
+        let (hash, compact_revision) = self.shared.node.state().read(|s| s.hash_kv(rev))?;
+        let mut resp = HashKvResponse {
+            header: None,
+            hash,
+            compact_revision,
+        };
+        self.shared.fill_header(&mut resp.header);
+        Ok(Response::new(resp))
+    }
+
+    type SnapshotStream = BoxStream<'static, Result<SnapshotResponse, Status>>;
+
+    async fn snapshot(
+        &self,
+        _request: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(Status::unimplemented(
+            "c20: snapshot over the API is not supported yet",
+        ))
+    }
+
+    async fn move_leader(
+        &self,
+        _request: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        Err(Status::unimplemented(
+            "c20: move-leader is not supported yet",
+        ))
+    }
+
+    async fn downgrade(
+        &self,
+        _request: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
+        Err(Status::unimplemented("c20: downgrade is not supported"))
+    }
+}
