@@ -1,0 +1,271 @@
+//! Three in-process nodes on loopback: replication, forwarding, read barriers, failover, restart.
+
+use c20_api::etcdserverpb::{PutRequest, PutResponse, RangeRequest};
+use c20_api::EtcdError;
+use c20_raft::{Command, MemberAttrs, NodeId, PeerNode, RaftNode, RaftNodeConfig, Reply};
+use c20_storage::{WriteOp, WriteResult};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+struct Member {
+    node: Arc<RaftNode>,
+    stop: oneshot::Sender<()>,
+    server: JoinHandle<()>,
+}
+
+struct TestCluster {
+    dir: tempfile::TempDir,
+    peers: BTreeMap<NodeId, PeerNode>,
+    addrs: BTreeMap<NodeId, SocketAddr>,
+    members: BTreeMap<NodeId, Member>,
+}
+
+async fn start_member(
+    dir: &Path,
+    id: NodeId,
+    addr: SocketAddr,
+    peers: &BTreeMap<NodeId, PeerNode>,
+) -> Member {
+    let mut cfg = RaftNodeConfig::new(id, dir.join(format!("n{id}")), peers.clone());
+    cfg.attrs = MemberAttrs {
+        name: format!("n{id}"),
+        client_urls: vec![],
+    };
+    cfg.heartbeat_interval_ms = 50;
+    cfg.election_timeout_min_ms = 300;
+    cfg.election_timeout_max_ms = 600;
+    let node = RaftNode::start(cfg).await.expect("node starts");
+    // The port was free a moment ago; rebinding the same address after a restart may race with
+    // the old socket's teardown, so retry within a bound.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let listener = loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(l) => break l,
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("cannot bind {addr}: {e}"),
+        }
+    };
+    let (stop, stop_rx) = oneshot::channel();
+    let svc = node.peer_service();
+    let server = tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        let _ = tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(incoming, async {
+                let _ = stop_rx.await;
+            })
+            .await;
+    });
+    Member { node, stop, server }
+}
+
+impl TestCluster {
+    async fn start(n: usize) -> TestCluster {
+        let dir = tempfile::tempdir().unwrap();
+        let listeners: Vec<std::net::TcpListener> = (0..n)
+            .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let mut peers = BTreeMap::new();
+        let mut addrs = BTreeMap::new();
+        for (i, l) in listeners.iter().enumerate() {
+            let id = i as NodeId + 1;
+            let addr = l.local_addr().unwrap();
+            addrs.insert(id, addr);
+            peers.insert(
+                id,
+                PeerNode {
+                    name: format!("n{id}"),
+                    peer_urls: vec![format!("http://{addr}")],
+                },
+            );
+        }
+        drop(listeners);
+        let mut members = BTreeMap::new();
+        for (&id, &addr) in &addrs {
+            members.insert(id, start_member(dir.path(), id, addr, &peers).await);
+        }
+        TestCluster {
+            dir,
+            peers,
+            addrs,
+            members,
+        }
+    }
+
+    async fn stop(&mut self, id: NodeId) {
+        let m = self.members.remove(&id).expect("member running");
+        let _ = m.stop.send(());
+        let _ = m.server.await;
+        m.node.shutdown().await;
+    }
+
+    async fn restart(&mut self, id: NodeId) {
+        let m = start_member(self.dir.path(), id, self.addrs[&id], &self.peers).await;
+        self.members.insert(id, m);
+    }
+
+    fn node(&self, id: NodeId) -> &Arc<RaftNode> {
+        &self.members[&id].node
+    }
+
+    async fn leader(&self) -> NodeId {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            for m in self.members.values() {
+                let st = m.node.status();
+                if st.is_leader {
+                    return st.id;
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader within 10s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn shutdown(mut self) {
+        let ids: Vec<NodeId> = self.members.keys().copied().collect();
+        for id in ids {
+            self.stop(id).await;
+        }
+    }
+}
+
+async fn put(node: &RaftNode, k: &str, v: &str) -> Result<PutResponse, EtcdError> {
+    let op = WriteOp::Put(PutRequest {
+        key: k.into(),
+        value: v.into(),
+        ..Default::default()
+    });
+    match node.propose(Command::from_op(&op)).await?.into_result()? {
+        WriteResult::Put(r) => Ok(r),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn local_get(node: &RaftNode, k: &str) -> Option<Vec<u8>> {
+    node.state()
+        .read(|s| {
+            s.range(&RangeRequest {
+                key: k.into(),
+                ..Default::default()
+            })
+        })
+        .unwrap()
+        .kvs
+        .pop()
+        .map(|kv| kv.value)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_replicate_and_followers_forward() {
+    let c = TestCluster::start(3).await;
+    let leader = c.leader().await;
+    let follower = (1..=3).find(|&i| i != leader).unwrap();
+    let r = put(c.node(leader), "a", "1").await.unwrap();
+    assert_eq!(r.header.unwrap().revision, 2);
+    // A write sent to a follower is forwarded and applied once, at the next revision.
+    let r = put(c.node(follower), "b", "2").await.unwrap();
+    assert_eq!(r.header.unwrap().revision, 3);
+    // After a read barrier every node sees both writes locally.
+    for id in 1..=3 {
+        c.node(id).read_barrier().await.unwrap();
+        assert_eq!(local_get(c.node(id), "a").as_deref(), Some(&b"1"[..]));
+        assert_eq!(local_get(c.node(id), "b").as_deref(), Some(&b"2"[..]));
+    }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leader_loss_elects_a_new_leader_that_keeps_every_write() {
+    let mut c = TestCluster::start(3).await;
+    let old = c.leader().await;
+    for i in 0..20 {
+        put(c.node(old), &format!("k{i}"), "v").await.unwrap();
+    }
+    c.stop(old).await;
+    let new = c.leader().await;
+    assert_ne!(new, old);
+    put(c.node(new), "after", "failover").await.unwrap();
+    for i in 0..20 {
+        c.node(new).read_barrier().await.unwrap();
+        assert!(
+            local_get(c.node(new), &format!("k{i}")).is_some(),
+            "k{i} lost"
+        );
+    }
+    // The old leader comes back as a follower and catches up.
+    c.restart(old).await;
+    c.node(old).read_barrier().await.unwrap();
+    assert_eq!(
+        local_get(c.node(old), "after").as_deref(),
+        Some(&b"failover"[..])
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whole_cluster_restart_continues_at_the_same_revision() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.leader().await;
+    let mut last = 0;
+    for i in 0..10 {
+        last = put(c.node(leader), &format!("k{i}"), "v")
+            .await
+            .unwrap()
+            .header
+            .unwrap()
+            .revision;
+    }
+    for id in 1..=3 {
+        c.stop(id).await;
+    }
+    for id in 1..=3 {
+        c.restart(id).await;
+    }
+    let leader = c.leader().await;
+    let r = put(c.node(leader), "next", "v").await.unwrap();
+    assert_eq!(r.header.unwrap().revision, last + 1);
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_minority_cannot_commit_or_serve_linearizable_reads() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.leader().await;
+    put(c.node(leader), "a", "1").await.unwrap();
+    let others: Vec<NodeId> = (1..=3).filter(|&i| i != leader).collect();
+    for id in &others {
+        c.stop(*id).await;
+    }
+    // Nothing can be committed without a quorum: the write must not be acknowledged.
+    let res = put(c.node(leader), "b", "2").await;
+    assert!(res.is_err(), "a lone leader acknowledged a write: {res:?}");
+    assert!(
+        c.node(leader).read_barrier().await.is_err(),
+        "a lone leader served a linearizable read"
+    );
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_come_back_as_errors_and_change_nothing() {
+    let c = TestCluster::start(3).await;
+    let leader = c.leader().await;
+    let op = WriteOp::Put(PutRequest {
+        key: "missing".into(),
+        ignore_value: true,
+        ..Default::default()
+    });
+    let reply = c.node(leader).propose(Command::from_op(&op)).await.unwrap();
+    assert_eq!(reply, Reply::Error(EtcdError::KeyNotFound));
+    let rev = c.node(leader).state().read(|s| s.current_revision());
+    assert_eq!(rev, 1);
+    c.shutdown().await;
+}
