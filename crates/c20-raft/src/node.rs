@@ -448,9 +448,11 @@ impl RaftNode {
     }
 }
 
+/// Whether a failed call never reached the peer (the connection could not be made), so nothing
+/// was sent. Any other failure may have happened after the peer received the request.
 fn is_connect_error(status: &Status) -> bool {
-    let msg = status.message().to_ascii_lowercase();
-    msg.contains("connect") || msg.contains("refused") || msg.contains("transport")
+    let source = format!("{:?}", std::error::Error::source(status));
+    source.contains("ConnectError") || status.message() == "tcp connect error"
 }
 
 /// Serves a node's peer RPCs.
@@ -524,5 +526,28 @@ impl Peer for PeerHandler {
         Ok(Response::new(ReadIndexReply {
             result: encode(&res)?,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A forwarded write may only be re-sent when it provably never left this node. The check
+    /// once matched any "transport error", which also covers a connection that broke after the
+    /// leader received the request: a retry could then apply one write twice.
+    #[tokio::test]
+    async fn only_refused_connections_count_as_never_sent() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let mut client = peer_client(&format!("http://{addr}")).unwrap();
+        let status = client.read_index(ReadIndexRequest {}).await.unwrap_err();
+        assert!(is_connect_error(&status), "{status:?}");
+
+        let broken = Status::unavailable("error reading a body from connection");
+        assert!(!is_connect_error(&broken));
+        let transport = Status::unavailable("transport error");
+        assert!(!is_connect_error(&transport));
     }
 }
