@@ -26,11 +26,15 @@ pub const FORMAT_POSTCARD: u32 = 0;
 /// Largest message between peers (a whole snapshot travels as one).
 pub const PEER_MESSAGE_BYTES_MAX: usize = 1 << 30;
 
+/// The least time an append that carries entries may take before it counts as lost.
+const APPEND_WITH_ENTRIES_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// A snapshot as it crosses the wire.
 #[derive(Serialize, Deserialize)]
 pub struct SnapshotWire {
     pub vote: Vote,
     pub meta: crate::types::SnapshotMeta,
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 
@@ -116,8 +120,15 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
+        // openraft sizes the append deadline for heartbeats; entries (up to 1.5 MiB requests,
+        // batched) need longer than one heartbeat interval on a busy or slow machine.
+        let timeout = if rpc.entries.is_empty() {
+            option.soft_ttl()
+        } else {
+            option.soft_ttl().max(APPEND_WITH_ENTRIES_TIMEOUT)
+        };
         let r: Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>> =
-            self.call(RaftKind::Append, &rpc, option.soft_ttl()).await?;
+            self.call(RaftKind::Append, &rpc, timeout).await?;
         r.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
     }
 

@@ -123,12 +123,25 @@ impl RaftNode {
             .await
             .map_err(|e| StorageError::Io(format!("raft start: {e}")))?;
         if cfg.bootstrap {
-            match raft.initialize(cfg.initial_members.clone()).await {
-                Ok(()) => {
-                    tracing::info!(id = %format!("{:x}", cfg.id), "initialized a new cluster")
-                }
-                Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
-                Err(e) => return Err(StorageError::Io(format!("raft initialize: {e}"))),
+            // Every initial member may write the same first membership entry, so any of them can
+            // bootstrap. The lowest id does it at once; the others wait for its leader and only
+            // step in if none shows up, so that a normal start has no split vote at term 1.
+            let first = cfg.initial_members.keys().next() == Some(&cfg.id);
+            if first {
+                initialize(&raft, &cfg.initial_members).await?;
+            } else {
+                let raft = raft.clone();
+                let members = cfg.initial_members.clone();
+                let grace = Duration::from_millis(cfg.election_timeout_max_ms * 2);
+                tokio::spawn(async move {
+                    let _ = raft
+                        .wait(Some(grace))
+                        .metrics(|m| m.current_leader.is_some(), "leader after bootstrap")
+                        .await;
+                    if let Err(e) = initialize(&raft, &members).await {
+                        tracing::error!(error = %e, "bootstrapping the cluster failed");
+                    }
+                });
             }
         }
         let node = Arc::new(RaftNode {
@@ -450,6 +463,18 @@ impl RaftNode {
 
 /// Whether a failed call never reached the peer (the connection could not be made), so nothing
 /// was sent. Any other failure may have happened after the peer received the request.
+/// Writes the initial membership unless this node already has state (then it is a no-op).
+async fn initialize(raft: &Raft, members: &BTreeMap<NodeId, PeerNode>) -> Result<(), StorageError> {
+    match raft.initialize(members.clone()).await {
+        Ok(()) => {
+            tracing::info!("initialized a new cluster");
+            Ok(())
+        }
+        Err(RaftError::APIError(InitializeError::NotAllowed(_))) => Ok(()),
+        Err(e) => Err(StorageError::Io(format!("raft initialize: {e}"))),
+    }
+}
+
 fn is_connect_error(status: &Status) -> bool {
     let source = format!("{:?}", std::error::Error::source(status));
     source.contains("ConnectError") || status.message() == "tcp connect error"

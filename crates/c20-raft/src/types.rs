@@ -47,10 +47,10 @@ pub struct MemberAttrs {
 /// holds exactly what the client asked for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
-    Put(Vec<u8>),
-    DeleteRange(Vec<u8>),
-    Txn(Vec<u8>),
-    Compact(Vec<u8>),
+    Put(#[serde(with = "serde_bytes")] Vec<u8>),
+    DeleteRange(#[serde(with = "serde_bytes")] Vec<u8>),
+    Txn(#[serde(with = "serde_bytes")] Vec<u8>),
+    Compact(#[serde(with = "serde_bytes")] Vec<u8>),
     PublishMember { id: NodeId, attrs: MemberAttrs },
 }
 
@@ -96,10 +96,10 @@ impl Command {
 /// What applying a command produced, protobuf-encoded so it can cross to a forwarding peer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Reply {
-    Put(Vec<u8>),
-    DeleteRange(Vec<u8>),
-    Txn(Vec<u8>),
-    Compact(Vec<u8>),
+    Put(#[serde(with = "serde_bytes")] Vec<u8>),
+    DeleteRange(#[serde(with = "serde_bytes")] Vec<u8>),
+    Txn(#[serde(with = "serde_bytes")] Vec<u8>),
+    Compact(#[serde(with = "serde_bytes")] Vec<u8>),
     Published,
     Error(EtcdError),
 }

@@ -63,12 +63,10 @@ impl Cluster for ClusterService {
                 is_learner: m.is_learner,
             })
             .collect();
-        let mut resp = MemberListResponse {
-            header: None,
+        Ok(Response::new(MemberListResponse {
+            header: self.shared.header_without_revision(),
             members,
-        };
-        self.shared.fill_header(&mut resp.header);
-        Ok(Response::new(resp))
+        }))
     }
 
     async fn member_promote(

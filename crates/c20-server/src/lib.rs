@@ -44,6 +44,16 @@ impl Shared {
             raft_term: self.node.status().term,
         });
     }
+
+    /// A header for responses that carry no revision (etcd leaves it out of member responses).
+    pub(crate) fn header_without_revision(&self) -> Option<ResponseHeader> {
+        Some(ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.node.id(),
+            revision: 0,
+            raft_term: self.node.status().term,
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

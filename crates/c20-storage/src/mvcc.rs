@@ -49,7 +49,7 @@ pub struct MvccImage {
     pub current_rev: i64,
     pub compact_rev: i64,
     /// `(main, sub, row)` in revision order; rows as in the events table.
-    pub events: Vec<(u64, u64, Vec<u8>)>,
+    pub events: Vec<(u64, u64, serde_bytes::ByteBuf)>,
 }
 
 /// A write request as it is replicated and applied.
@@ -251,15 +251,18 @@ impl MvccStore {
         }
         if sort_order != range_request::SortOrder::None {
             use range_request::SortTarget as T;
-            match sort_target {
-                T::Key => kvs.sort_by(|a, b| a.key.cmp(&b.key)),
-                T::Version => kvs.sort_by_key(|kv| kv.version),
-                T::Create => kvs.sort_by_key(|kv| kv.create_revision),
-                T::Mod => kvs.sort_by_key(|kv| kv.mod_revision),
-                T::Value => kvs.sort_by(|a, b| a.value.cmp(&b.value)),
-            }
+            let by = |a: &KeyValue, b: &KeyValue| match sort_target {
+                T::Key => a.key.cmp(&b.key),
+                T::Version => a.version.cmp(&b.version),
+                T::Create => a.create_revision.cmp(&b.create_revision),
+                T::Mod => a.mod_revision.cmp(&b.mod_revision),
+                T::Value => a.value.cmp(&b.value),
+            };
+            // Stable in both directions: ties stay in key order, as etcd returns them.
             if sort_order == range_request::SortOrder::Descend {
-                kvs.reverse();
+                kvs.sort_by(|a, b| by(b, a));
+            } else {
+                kvs.sort_by(by);
             }
         }
         let mut more = false;
@@ -350,7 +353,7 @@ impl MvccStore {
 
     /// A full image of the store (every event kept and the revisions), for snapshots.
     pub fn export(&self) -> MvccImage {
-        let mut events: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+        let mut events: Vec<(u64, u64, serde_bytes::ByteBuf)> = Vec::new();
         for (key, history) in &self.index {
             for e in history {
                 let mut row = Vec::new();
@@ -370,7 +373,7 @@ impl MvccStore {
                     }
                 }
                 .expect("encoding into a Vec cannot fail");
-                events.push((e.main as u64, e.sub as u64, row));
+                events.push((e.main as u64, e.sub as u64, serde_bytes::ByteBuf::from(row)));
             }
         }
         events.sort_by_key(|e| (e.0, e.1));

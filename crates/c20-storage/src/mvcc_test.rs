@@ -446,3 +446,22 @@ fn export_then_import_reproduces_the_store() {
     assert_eq!(other.current_revision(), 5);
     assert_eq!(other.applied(), b"applied");
 }
+
+#[test]
+fn descending_sort_keeps_ties_in_key_order() {
+    let (_d, mut s) = store();
+    for k in ["a", "b", "c"] {
+        put(&mut s, k, "same");
+    }
+    put(&mut s, "d", "zzz");
+    let r = s
+        .range(&RangeRequest {
+            key: "a".into(),
+            range_end: "z".into(),
+            sort_target: SortTarget::Value as i32,
+            sort_order: SortOrder::Descend as i32,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(keys(&r), ["d", "a", "b", "c"]);
+}
