@@ -44,8 +44,13 @@ fn decode<T: serde::de::DeserializeOwned>(what: &str, raw: &[u8]) -> Result<T, S
 impl LogStore {
     /// Opens the log in `dir`, replaying the WAL.
     pub fn open(dir: &Path) -> Result<LogStore, StorageError> {
+        Self::open_with(dir, WalOptions::default())
+    }
+
+    /// [`LogStore::open`] with explicit WAL options.
+    pub fn open_with(dir: &Path, opts: WalOptions) -> Result<LogStore, StorageError> {
         std::fs::create_dir_all(dir)?;
-        let (wal, recovery) = Wal::open(&dir.join("wal"), WalOptions::default())?;
+        let (wal, recovery) = Wal::open(&dir.join("wal"), opts)?;
         if recovery.torn_bytes > 0 {
             tracing::warn!(
                 bytes = recovery.torn_bytes,

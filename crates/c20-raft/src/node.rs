@@ -18,7 +18,7 @@ use c20_api::c20peer::{
     ReadIndexRequest,
 };
 use c20_api::EtcdError;
-use c20_storage::StorageError;
+use c20_storage::{StorageError, WalOptions};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, InitializeError, LinearizableReadError, RaftError};
 use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
@@ -49,6 +49,8 @@ pub struct RaftNodeConfig {
     pub request_timeout: Duration,
     /// A snapshot is taken after this many entries since the last one (etcd `--snapshot-count`).
     pub snapshot_count: u64,
+    /// Options of the Raft log's WAL (segment size; fault injection in tests).
+    pub wal: WalOptions,
 }
 
 impl RaftNodeConfig {
@@ -64,6 +66,7 @@ impl RaftNodeConfig {
             election_timeout_max_ms: 2000,
             request_timeout: Duration::from_secs(7),
             snapshot_count: 10_000,
+            wal: WalOptions::default(),
         }
     }
 }
@@ -104,7 +107,7 @@ pub struct RaftNode {
 impl RaftNode {
     /// Opens the node's storage and starts Raft. Call inside a Tokio runtime.
     pub async fn start(cfg: RaftNodeConfig) -> Result<Arc<RaftNode>, StorageError> {
-        let log = LogStore::open(&cfg.data_dir.join("raft"))?;
+        let log = LogStore::open_with(&cfg.data_dir.join("raft"), cfg.wal.clone())?;
         let sm = StateMachine::open(&cfg.data_dir.join("kv"))?;
         let shared = sm.shared();
         let config = Config {

@@ -3,10 +3,11 @@
 use c20_api::etcdserverpb::{PutRequest, PutResponse, RangeRequest};
 use c20_api::EtcdError;
 use c20_raft::{Command, MemberAttrs, NodeId, PeerNode, RaftNode, RaftNodeConfig, Reply};
-use c20_storage::{WriteOp, WriteResult};
+use c20_storage::{IoFaults, WriteOp, WriteResult};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
@@ -23,6 +24,20 @@ struct TestCluster {
     peers: BTreeMap<NodeId, PeerNode>,
     addrs: BTreeMap<NodeId, SocketAddr>,
     members: BTreeMap<NodeId, Member>,
+    faults: BTreeMap<NodeId, Arc<FailSyncs>>,
+}
+
+/// Fails every WAL fsync of one member once armed.
+#[derive(Default)]
+struct FailSyncs(AtomicBool);
+
+impl IoFaults for FailSyncs {
+    fn before_sync(&self) -> std::io::Result<()> {
+        if self.0.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected EIO on fsync"));
+        }
+        Ok(())
+    }
 }
 
 async fn start_member(
@@ -30,8 +45,10 @@ async fn start_member(
     id: NodeId,
     addr: SocketAddr,
     peers: &BTreeMap<NodeId, PeerNode>,
+    faults: Option<Arc<dyn IoFaults>>,
 ) -> Member {
     let mut cfg = RaftNodeConfig::new(id, dir.join(format!("n{id}")), peers.clone());
+    cfg.wal.faults = faults;
     cfg.attrs = MemberAttrs {
         name: format!("n{id}"),
         client_urls: vec![],
@@ -88,14 +105,21 @@ impl TestCluster {
         }
         drop(listeners);
         let mut members = BTreeMap::new();
+        let mut faults = BTreeMap::new();
         for (&id, &addr) in &addrs {
-            members.insert(id, start_member(dir.path(), id, addr, &peers).await);
+            let f = Arc::new(FailSyncs::default());
+            faults.insert(id, f.clone());
+            members.insert(
+                id,
+                start_member(dir.path(), id, addr, &peers, Some(f)).await,
+            );
         }
         TestCluster {
             dir,
             peers,
             addrs,
             members,
+            faults,
         }
     }
 
@@ -107,7 +131,8 @@ impl TestCluster {
     }
 
     async fn restart(&mut self, id: NodeId) {
-        let m = start_member(self.dir.path(), id, self.addrs[&id], &self.peers).await;
+        let f: Arc<dyn IoFaults> = self.faults[&id].clone();
+        let m = start_member(self.dir.path(), id, self.addrs[&id], &self.peers, Some(f)).await;
         self.members.insert(id, m);
     }
 
@@ -267,5 +292,51 @@ async fn bad_requests_come_back_as_errors_and_change_nothing() {
     assert_eq!(reply, Reply::Error(EtcdError::KeyNotFound));
     let rev = c.node(leader).state().read(|s| s.current_revision());
     assert_eq!(rev, 1);
+    c.shutdown().await;
+}
+
+/// The fsyncgate rule: after an fsync error a member must stop taking writes rather than retry,
+/// and nothing it could not make durable may be acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_fsync_error_stops_writes_on_that_member_only() {
+    let c = TestCluster::start(3).await;
+    let leader = c.leader().await;
+    put(c.node(leader), "before", "1").await.unwrap();
+    c.faults[&leader].0.store(true, Ordering::SeqCst);
+    let res = put(c.node(leader), "during", "2").await;
+    assert!(
+        res.is_err(),
+        "a write was acknowledged although the leader's fsync failed: {res:?}"
+    );
+    // The member reports the failure and refuses further writes, even with the disk "healed".
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.node(leader).status().fatal.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the failed member does not report its storage error"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.faults[&leader].0.store(false, Ordering::SeqCst);
+    assert!(put(c.node(leader), "after", "3").await.is_err());
+    // The other two elect a new leader (the failed one went silent) and carry on with every
+    // acknowledged write.
+    let other = (1..=3).find(|&i| i != leader).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while matches!(c.node(other).status().leader, None)
+        || c.node(other).status().leader == Some(leader)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no new leader after the old one stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    put(c.node(other), "after", "3").await.unwrap();
+    c.node(other).read_barrier().await.unwrap();
+    assert_eq!(
+        local_get(c.node(other), "before").as_deref(),
+        Some(&b"1"[..])
+    );
     c.shutdown().await;
 }

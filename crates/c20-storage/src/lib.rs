@@ -13,7 +13,7 @@ pub mod mvcc;
 pub mod wal;
 
 pub use mvcc::{MvccStore, WriteOp, WriteResult};
-pub use wal::{Wal, WalOptions, WalRecovery};
+pub use wal::{IoFaults, Wal, WalOptions, WalRecovery};
 
 /// What can go wrong below the API.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -33,17 +33,40 @@ const RECORD_HEADER_LEN: usize = 16;
 /// A record longer than this is treated as garbage (the largest request is far smaller).
 const RECORD_BYTES_MAX: usize = 256 * 1024 * 1024;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WalOptions {
     /// A segment is closed and a new one started once it grows past this size.
     pub segment_bytes_max: u64,
+    /// Test seam: consulted before each write and sync of the writer thread.
+    pub faults: Option<Arc<dyn IoFaults>>,
 }
 
 impl Default for WalOptions {
     fn default() -> Self {
         WalOptions {
             segment_bytes_max: 64 * 1024 * 1024,
+            faults: None,
         }
+    }
+}
+
+impl std::fmt::Debug for WalOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalOptions")
+            .field("segment_bytes_max", &self.segment_bytes_max)
+            .field("faults", &self.faults.is_some())
+            .finish()
+    }
+}
+
+/// Fault injection for tests: an `Err` returned here is treated exactly as the failure of the
+/// write or sync that was about to happen.
+pub trait IoFaults: Send + Sync + 'static {
+    fn before_write(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn before_sync(&self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -352,7 +375,10 @@ impl Writer {
             return;
         }
         let res = match &self.active {
-            Some((f, _)) => f.sync_data().map_err(StorageError::from),
+            Some((f, _)) => self
+                .before_sync()
+                .and_then(|()| f.sync_data())
+                .map_err(StorageError::from),
             None => Ok(()),
         };
         let res = match res {
@@ -361,6 +387,13 @@ impl Writer {
         };
         for done in waiting {
             done(res.clone());
+        }
+    }
+
+    fn before_sync(&self) -> std::io::Result<()> {
+        match &self.opts.faults {
+            Some(faults) => faults.before_sync(),
+            None => Ok(()),
         }
     }
 
@@ -406,6 +439,9 @@ impl Writer {
         if buf.is_empty() {
             return Ok(());
         }
+        if let Some(faults) = &self.opts.faults {
+            faults.before_write()?;
+        }
         let (f, len) = self
             .active
             .as_mut()
@@ -419,6 +455,7 @@ impl Writer {
     /// Closes the active segment durably and starts a new one whose first record is `first`.
     fn rotate(&mut self, first: u64) -> Result<(), StorageError> {
         if let Some((f, _)) = &self.active {
+            self.before_sync()?;
             f.sync_data()?;
         }
         let path = self.dir.join(format!("{first:020}.wal"));

@@ -6,6 +6,7 @@ fn open(dir: &Path, seg: u64) -> (Wal, WalRecovery) {
         dir,
         WalOptions {
             segment_bytes_max: seg,
+            faults: None,
         },
     )
     .unwrap()
@@ -171,4 +172,43 @@ fn decoder_rejects_garbage_without_panicking() {
     for cut in 0..ok.len() {
         assert!(decode_record(&ok[..cut]).is_err());
     }
+}
+
+/// Fails every sync once armed.
+#[derive(Default)]
+struct FailSyncs(std::sync::atomic::AtomicBool);
+
+impl IoFaults for FailSyncs {
+    fn before_sync(&self) -> std::io::Result<()> {
+        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected EIO on fsync"));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_failed_fsync_fails_the_append_and_every_later_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let faults = Arc::new(FailSyncs::default());
+    let (wal, _) = Wal::open(
+        dir.path(),
+        WalOptions {
+            segment_bytes_max: 1 << 20,
+            faults: Some(faults.clone()),
+        },
+    )
+    .unwrap();
+    append_sync(&wal, vec![rec(1)]).unwrap();
+    faults.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    let err = append_sync(&wal, vec![rec(2)]).unwrap_err();
+    assert!(err.to_string().contains("injected EIO"), "{err}");
+    assert!(wal.failure().is_some());
+    // Even once the disk "recovers", the log does not retry or continue (fsyncgate).
+    faults.0.store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(matches!(
+        append_sync(&wal, vec![rec(3)]),
+        Err(StorageError::Failed(_))
+    ));
+    assert!(matches!(wal.truncate(1), Err(StorageError::Failed(_))));
 }
