@@ -323,9 +323,7 @@ async fn an_fsync_error_stops_writes_on_that_member_only() {
     // acknowledged write.
     let other = (1..=3).find(|&i| i != leader).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while matches!(c.node(other).status().leader, None)
-        || c.node(other).status().leader == Some(leader)
-    {
+    while c.node(other).status().leader.is_none_or(|l| l == leader) {
         assert!(
             Instant::now() < deadline,
             "no new leader after the old one stopped"
