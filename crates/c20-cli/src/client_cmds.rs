@@ -82,6 +82,13 @@ fn print_kv(kv: &KeyValue) {
     println!("{}", String::from_utf8_lossy(&kv.value));
 }
 
+/// The key and range end for one key, or for every key under it as a prefix.
+fn key_range(key: String, prefix: bool) -> (Vec<u8>, Vec<u8>) {
+    let key = key.into_bytes();
+    let range_end = if prefix { prefix_end(&key) } else { Vec::new() };
+    (key, range_end)
+}
+
 fn fail(e: c20_client::ClientError) -> anyhow::Error {
     anyhow::anyhow!(e.message)
 }
@@ -106,12 +113,7 @@ pub async fn put(a: PutArgs) -> Result<()> {
 
 pub async fn get(a: GetArgs) -> Result<()> {
     let mut c = a.ep.connect().await?;
-    let key = a.key.into_bytes();
-    let range_end = if a.prefix {
-        prefix_end(&key)
-    } else {
-        Vec::new()
-    };
+    let (key, range_end) = key_range(a.key, a.prefix);
     let r = c
         .range(RangeRequest {
             key,
@@ -130,12 +132,7 @@ pub async fn get(a: GetArgs) -> Result<()> {
 
 pub async fn del(a: DelArgs) -> Result<()> {
     let mut c = a.ep.connect().await?;
-    let key = a.key.into_bytes();
-    let range_end = if a.prefix {
-        prefix_end(&key)
-    } else {
-        Vec::new()
-    };
+    let (key, range_end) = key_range(a.key, a.prefix);
     let r = c
         .delete(DeleteRangeRequest {
             key,

@@ -138,13 +138,16 @@ impl Server {
 
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
+        let local_addr = |l: &TcpListener| {
+            l.local_addr().map_err(|err| ServerError::Listen {
+                addr: "0.0.0.0:0".parse().expect("literal addr"),
+                err,
+            })
+        };
         let mut client_addrs = Vec::new();
         let recv_max = MAX_REQUEST_BYTES + GRPC_OVERHEAD_BYTES;
         for l in client_listeners {
-            client_addrs.push(l.local_addr().map_err(|err| ServerError::Listen {
-                addr: "0.0.0.0:0".parse().expect("literal addr"),
-                err,
-            })?);
+            client_addrs.push(local_addr(&l)?);
             let router = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(
@@ -162,42 +165,15 @@ impl Server {
                 .add_service(ClusterServer::new(cluster::ClusterService {
                     shared: shared.clone(),
                 }));
-            let mut rx = stop_rx.clone();
-            tasks.push(tokio::spawn(async move {
-                let incoming = TcpListenerStream::new(l);
-                let shutdown = async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                };
-                if let Err(e) = router
-                    .serve_with_incoming_shutdown(incoming, shutdown)
-                    .await
-                {
-                    tracing::error!(error = %e, "client server stopped");
-                }
-            }));
+            tasks.push(serve(router, l, stop_rx.clone(), "client"));
         }
         let mut peer_addrs = Vec::new();
         for l in peer_listeners {
-            peer_addrs.push(l.local_addr().map_err(|err| ServerError::Listen {
-                addr: "0.0.0.0:0".parse().expect("literal addr"),
-                err,
-            })?);
+            peer_addrs.push(local_addr(&l)?);
             let router = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(node.peer_service());
-            let mut rx = stop_rx.clone();
-            tasks.push(tokio::spawn(async move {
-                let incoming = TcpListenerStream::new(l);
-                let shutdown = async move {
-                    let _ = rx.wait_for(|s| *s).await;
-                };
-                if let Err(e) = router
-                    .serve_with_incoming_shutdown(incoming, shutdown)
-                    .await
-                {
-                    tracing::error!(error = %e, "peer server stopped");
-                }
-            }));
+            tasks.push(serve(router, l, stop_rx.clone(), "peer"));
         }
         tracing::info!(
             name = %cfg.name,
@@ -236,6 +212,27 @@ impl Server {
         }
         self.node.shutdown().await;
     }
+}
+
+/// Serves `router` on `listener` until `stop` turns true.
+fn serve(
+    router: tonic::transport::server::Router,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+    what: &'static str,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let incoming = TcpListenerStream::new(listener);
+        let shutdown = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+        {
+            tracing::error!(error = %e, "{what} server stopped");
+        }
+    })
 }
 
 async fn bind(url: &str) -> Result<TcpListener, ServerError> {
