@@ -21,7 +21,8 @@ pub struct LogStore {
 }
 
 struct Shared {
-    wal: Arc<Wal>,
+    /// The durable log; `None` for a log held in memory only.
+    wal: Option<Arc<Wal>>,
     dir: PathBuf,
     state: Mutex<State>,
 }
@@ -95,7 +96,7 @@ impl LogStore {
         }
         Ok(LogStore {
             shared: Arc::new(Shared {
-                wal: Arc::new(wal),
+                wal: Some(Arc::new(wal)),
                 dir: dir.to_path_buf(),
                 state: Mutex::new(State {
                     log,
@@ -106,9 +107,21 @@ impl LogStore {
         })
     }
 
+    /// A log held in memory only: appends complete at once and nothing survives the process.
+    /// Embedded clusters and the simulator use it; a "restart" keeps this object, as a disk.
+    pub fn in_memory() -> LogStore {
+        LogStore {
+            shared: Arc::new(Shared {
+                wal: None,
+                dir: PathBuf::new(),
+                state: Mutex::new(State::default()),
+            }),
+        }
+    }
+
     /// Why the log stopped taking writes, if it did.
     pub fn failure(&self) -> Option<String> {
-        self.shared.wal.failure()
+        self.shared.wal.as_ref().and_then(|w| w.failure())
     }
 
     /// Index of the last entry held (or of the purge point when none).
@@ -123,10 +136,15 @@ impl LogStore {
 
     /// Stops the WAL writer after queued work completes.
     pub fn close(&self) {
-        self.shared.wal.close();
+        if let Some(wal) = &self.shared.wal {
+            wal.close();
+        }
     }
 
     async fn write_meta<T: serde::Serialize>(&self, name: &str, value: &T) -> io::Result<()> {
+        if self.shared.wal.is_none() {
+            return Ok(());
+        }
         let raw = postcard::to_allocvec(value).map_err(io_err)?;
         let path = self.shared.dir.join(name);
         tokio::task::spawn_blocking(move || meta_file::write(&path, &raw))
@@ -184,19 +202,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let durable = self.shared.wal.is_some();
         let mut records = Vec::new();
         {
             let mut st = self.shared.state.lock().expect("log state lock");
             for e in entries {
-                let raw = postcard::to_allocvec(&e).map_err(io_err)?;
-                records.push((e.log_id.index, raw));
+                if durable {
+                    let raw = postcard::to_allocvec(&e).map_err(io_err)?;
+                    records.push((e.log_id.index, raw));
+                }
                 st.log.insert(e.log_id.index, e);
             }
         }
-        self.shared.wal.append(
-            records,
-            Box::new(move |res| callback.io_completed(res.map_err(io_err))),
-        );
+        match &self.shared.wal {
+            Some(wal) => wal.append(
+                records,
+                Box::new(move |res| callback.io_completed(res.map_err(io_err))),
+            ),
+            None => callback.io_completed(Ok(())),
+        }
         Ok(())
     }
 
@@ -208,7 +232,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .expect("log state lock")
             .log
             .split_off(&from);
-        let wal = self.shared.wal.clone();
+        let Some(wal) = self.shared.wal.clone() else {
+            return Ok(());
+        };
         tokio::task::spawn_blocking(move || wal.truncate(from))
             .await
             .map_err(io_err)?
@@ -224,7 +250,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             st.log = keep;
             st.last_purged = Some(log_id);
         }
-        let wal = self.shared.wal.clone();
+        let Some(wal) = self.shared.wal.clone() else {
+            return Ok(());
+        };
         let upto = log_id.index;
         tokio::task::spawn_blocking(move || wal.purge(upto))
             .await

@@ -49,7 +49,9 @@ struct SnapshotPayload {
 pub struct SmShared {
     store: RwLock<MvccStore>,
     applied: RwLock<Applied>,
-    snapshot_path: PathBuf,
+    /// Where the latest snapshot is kept: a file, or memory for an in-memory state machine.
+    snapshot_path: Option<PathBuf>,
+    snapshot_mem: Mutex<Option<Vec<u8>>>,
     checkpoint: Mutex<(Instant, u64)>,
 }
 
@@ -80,6 +82,17 @@ impl SmShared {
         Ok(())
     }
 
+    /// Keeps `raw` as the latest snapshot, durably when the state machine has a directory.
+    fn save_snapshot(&self, raw: &[u8]) -> Result<(), StorageError> {
+        match &self.snapshot_path {
+            Some(path) => meta_file::write(path, raw),
+            None => {
+                *self.snapshot_mem.lock().expect("snapshot lock") = Some(raw.to_vec());
+                Ok(())
+            }
+        }
+    }
+
     /// Size in bytes of the store's file (for Status.dbSize).
     pub fn db_size(&self) -> u64 {
         let store = self.store.read().expect("store lock");
@@ -100,6 +113,18 @@ impl StateMachine {
     pub fn open(dir: &Path) -> Result<StateMachine, StorageError> {
         std::fs::create_dir_all(dir)?;
         let store = MvccStore::open(&dir.join("kv.redb"))?;
+        Self::with_store(store, Some(dir.join("snapshot")))
+    }
+
+    /// A state machine held in memory only.
+    pub fn in_memory() -> Result<StateMachine, StorageError> {
+        Self::with_store(MvccStore::in_memory()?, None)
+    }
+
+    fn with_store(
+        store: MvccStore,
+        snapshot_path: Option<PathBuf>,
+    ) -> Result<StateMachine, StorageError> {
         let applied: Applied = if store.applied().is_empty() {
             Applied::default()
         } else {
@@ -110,7 +135,8 @@ impl StateMachine {
             shared: Arc::new(SmShared {
                 store: RwLock::new(store),
                 applied: RwLock::new(applied),
-                snapshot_path: dir.join("snapshot"),
+                snapshot_path,
+                snapshot_mem: Mutex::new(None),
                 checkpoint: Mutex::new((Instant::now(), 0)),
             }),
         })
@@ -187,7 +213,16 @@ impl StateMachine {
     }
 
     fn read_snapshot_file(&self) -> io::Result<Option<Snapshot>> {
-        let Some(raw) = meta_file::read(&self.shared.snapshot_path).map_err(io_err)? else {
+        let raw = match &self.shared.snapshot_path {
+            Some(path) => meta_file::read(path).map_err(io_err)?,
+            None => self
+                .shared
+                .snapshot_mem
+                .lock()
+                .expect("snapshot lock")
+                .clone(),
+        };
+        let Some(raw) = raw else {
             return Ok(None);
         };
         let payload: SnapshotPayload = postcard::from_bytes(&raw).map_err(io_err)?;
@@ -220,7 +255,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 image,
             };
             let raw = postcard::to_allocvec(&payload).map_err(io_err)?;
-            meta_file::write(&shared.snapshot_path, &raw).map_err(io_err)?;
+            shared.save_snapshot(&raw).map_err(io_err)?;
             Ok(Snapshot {
                 meta: payload.meta,
                 snapshot: raw,
@@ -284,7 +319,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 store.import(payload.image, raw).map_err(io_err)?;
                 *shared.applied.write().expect("applied lock") = applied;
             }
-            meta_file::write(&shared.snapshot_path, &snapshot).map_err(io_err)?;
+            shared.save_snapshot(&snapshot).map_err(io_err)?;
             Ok(())
         })
         .await

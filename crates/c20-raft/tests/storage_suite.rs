@@ -26,3 +26,19 @@ async fn log_store_and_state_machine_pass_openraft_suite() {
         .await
         .expect("openraft storage suite");
 }
+
+struct MemoryBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, ()> for MemoryBuilder {
+    async fn build(&self) -> Result<((), LogStore, StateMachine), StorageError<TypeConfig>> {
+        let sm = StateMachine::in_memory().expect("in-memory state machine");
+        Ok(((), LogStore::in_memory(), sm))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_stores_pass_openraft_suite() {
+    Suite::test_all(MemoryBuilder)
+        .await
+        .expect("openraft storage suite");
+}

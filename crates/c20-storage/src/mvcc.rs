@@ -80,7 +80,8 @@ struct PendingRows {
 
 pub struct MvccStore {
     db: Database,
-    path: std::path::PathBuf,
+    /// The database file; `None` for a store held in memory.
+    path: Option<std::path::PathBuf>,
     index: BTreeMap<Vec<u8>, Vec<KeyEvent>>,
     current_rev: i64,
     compact_rev: i64,
@@ -94,6 +95,18 @@ impl MvccStore {
     /// Opens (or creates) the store at `path` and rebuilds the key index.
     pub fn open(path: &Path) -> Result<MvccStore, StorageError> {
         let db = Database::create(path).map_err(redb::Error::from)?;
+        Self::with_db(db, Some(path.to_path_buf()))
+    }
+
+    /// A store held in memory only (for embedded clusters and simulation).
+    pub fn in_memory() -> Result<MvccStore, StorageError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .map_err(redb::Error::from)?;
+        Self::with_db(db, None)
+    }
+
+    fn with_db(db: Database, path: Option<std::path::PathBuf>) -> Result<MvccStore, StorageError> {
         {
             let mut w = db.begin_write().map_err(redb::Error::from)?;
             w.set_durability(Durability::Immediate)
@@ -104,7 +117,7 @@ impl MvccStore {
         }
         let mut store = MvccStore {
             db,
-            path: path.to_path_buf(),
+            path,
             index: BTreeMap::new(),
             current_rev: 1,
             compact_rev: 0,
@@ -159,7 +172,15 @@ impl MvccStore {
 
     /// Size of the database file in bytes.
     pub fn file_size(&self) -> u64 {
-        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+        match &self.path {
+            Some(p) => std::fs::metadata(p).map(|m| m.len()).unwrap_or(0),
+            None => self
+                .index
+                .values()
+                .flatten()
+                .map(|e| e.kv.as_ref().map_or(16, |kv| 16 + kv.encoded_len() as u64))
+                .sum(),
+        }
     }
 
     /// The revision of the last change.

@@ -465,3 +465,13 @@ fn descending_sort_keeps_ties_in_key_order() {
         .unwrap();
     assert_eq!(keys(&r), ["d", "a", "b", "c"]);
 }
+
+#[test]
+fn in_memory_store_behaves_like_the_file_store() {
+    let mut s = MvccStore::in_memory().unwrap();
+    put(&mut s, "a", "1");
+    put(&mut s, "a", "2");
+    s.checkpoint().unwrap();
+    assert_eq!(get(&s, "a").unwrap().version, 2);
+    assert!(s.file_size() > 0);
+}
