@@ -8,7 +8,9 @@ pub mod log_store;
 pub mod network;
 pub mod node;
 pub mod state_machine;
+pub mod transport;
 pub mod types;
 
 pub use node::{MemberInfo, NodeStatus, RaftNode, RaftNodeConfig};
+pub use transport::{LocalRouter, Transport};
 pub use types::{Command, MemberAttrs, NodeId, PeerNode, Reply};

@@ -3,6 +3,8 @@
 //! Each peer gets one lazily connected HTTP/2 channel that reconnects by itself. Payloads are
 //! postcard-encoded openraft messages inside a protobuf envelope with a format byte.
 
+use crate::node::RaftNode;
+use crate::transport::{LocalRouter, Transport};
 use crate::types::{NodeId, PeerNode, Snapshot, TypeConfig, Vote};
 use c20_api::c20peer::peer_client::PeerClient;
 use c20_api::c20peer::{RaftKind, RaftRequest};
@@ -17,6 +19,7 @@ use openraft::OptionalSend;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
@@ -55,26 +58,82 @@ pub fn peer_client(url: &str) -> Result<PeerClient<Channel>, String> {
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX))
 }
 
-pub struct Network;
+pub struct Network {
+    pub(crate) from: NodeId,
+    pub(crate) transport: Transport,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConnection;
 
     async fn new_client(&mut self, target: NodeId, node: &PeerNode) -> Self::Network {
-        let url = node.peer_urls.first().cloned().unwrap_or_default();
-        PeerConnection {
-            target,
-            client: peer_client(&url),
+        match &self.transport {
+            Transport::Grpc => {
+                let url = node.peer_urls.first().cloned().unwrap_or_default();
+                PeerConnection::Grpc(GrpcConnection {
+                    target,
+                    client: peer_client(&url),
+                })
+            }
+            Transport::Local(router) => PeerConnection::Local(LocalConnection {
+                from: self.from,
+                target,
+                router: router.clone(),
+            }),
         }
     }
 }
 
-pub struct PeerConnection {
+/// One member's link to one peer.
+pub enum PeerConnection {
+    Grpc(GrpcConnection),
+    Local(LocalConnection),
+}
+
+pub struct GrpcConnection {
     target: NodeId,
     client: Result<PeerClient<Channel>, String>,
 }
 
-impl PeerConnection {
+/// A direct in-process link, subject to the router's cuts in both directions: a request that
+/// went through but whose answer is cut counts as a lost reply.
+pub struct LocalConnection {
+    from: NodeId,
+    target: NodeId,
+    router: Arc<LocalRouter>,
+}
+
+impl LocalConnection {
+    async fn call<T, E, F, Fut>(&self, timeout: Duration, f: F) -> Result<T, RPCError<TypeConfig>>
+    where
+        E: std::error::Error + 'static,
+        F: FnOnce(Arc<RaftNode>) -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+    {
+        let node = self
+            .router
+            .route(self.from, self.target)
+            .map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))?;
+        let res = match tokio::time::timeout(timeout, f(node)).await {
+            Err(_) => {
+                return Err(RPCError::Network(NetworkError::from_string(format!(
+                    "call to {:x} timed out after {timeout:?}",
+                    self.target
+                ))))
+            }
+            Ok(r) => r,
+        };
+        if !self.router.can_reach(self.target, self.from) {
+            return Err(RPCError::Network(NetworkError::from_string(format!(
+                "reply from {:x} lost: link is cut",
+                self.target
+            ))));
+        }
+        res.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
+    }
+}
+
+impl GrpcConnection {
     async fn call<Req: Serialize, Resp: DeserializeOwned>(
         &mut self,
         kind: RaftKind,
@@ -120,13 +179,70 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
-        // openraft sizes the append deadline for heartbeats; entries (up to 1.5 MiB requests,
-        // batched) need longer than one heartbeat interval on a busy or slow machine.
-        let timeout = if rpc.entries.is_empty() {
-            option.soft_ttl()
-        } else {
-            option.soft_ttl().max(APPEND_WITH_ENTRIES_TIMEOUT)
-        };
+        let timeout = append_timeout(&rpc, &option);
+        match self {
+            PeerConnection::Grpc(c) => c.append_entries(rpc, timeout).await,
+            PeerConnection::Local(c) => {
+                c.call(
+                    timeout,
+                    |n| async move { n.raft().append_entries(rpc).await },
+                )
+                .await
+            }
+        }
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self {
+            PeerConnection::Grpc(c) => c.vote(rpc, option).await,
+            PeerConnection::Local(c) => {
+                c.call(
+                    option.soft_ttl(),
+                    |n| async move { n.raft().vote(rpc).await },
+                )
+                .await
+            }
+        }
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
+        match self {
+            PeerConnection::Grpc(c) => c.full_snapshot(vote, snapshot, cancel, option).await,
+            PeerConnection::Local(c) => Ok(c
+                .call(option.soft_ttl(), |n| async move {
+                    n.raft().install_full_snapshot(vote, snapshot).await
+                })
+                .await?),
+        }
+    }
+}
+
+/// openraft sizes the append deadline for heartbeats; entries (up to 1.5 MiB requests,
+/// batched) need longer than one heartbeat interval on a busy or slow machine.
+fn append_timeout(rpc: &AppendEntriesRequest<TypeConfig>, option: &RPCOption) -> Duration {
+    if rpc.entries.is_empty() {
+        option.soft_ttl()
+    } else {
+        option.soft_ttl().max(APPEND_WITH_ENTRIES_TIMEOUT)
+    }
+}
+
+impl GrpcConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        timeout: Duration,
+    ) -> Result<AppendEntriesResponse<TypeConfig>, RPCError<TypeConfig>> {
         let r: Result<AppendEntriesResponse<TypeConfig>, RaftError<TypeConfig>> =
             self.call(RaftKind::Append, &rpc, timeout).await?;
         r.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))

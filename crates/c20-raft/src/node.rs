@@ -10,6 +10,7 @@
 use crate::log_store::LogStore;
 use crate::network::{peer_client, Network, SnapshotWire, PEER_MESSAGE_BYTES_MAX};
 use crate::state_machine::{SmShared, StateMachine};
+use crate::transport::Transport;
 use crate::types::{Command, MemberAttrs, NodeId, PeerNode, Reply, Snapshot, TypeConfig};
 use c20_api::c20peer::peer_client::PeerClient;
 use c20_api::c20peer::peer_server::{Peer, PeerServer};
@@ -51,6 +52,10 @@ pub struct RaftNodeConfig {
     pub snapshot_count: u64,
     /// Options of the Raft log's WAL (segment size; fault injection in tests).
     pub wal: WalOptions,
+    /// Keep the log and the store in memory only (embedded clusters, simulation).
+    pub in_memory: bool,
+    /// How this node reaches its peers.
+    pub transport: Transport,
 }
 
 impl RaftNodeConfig {
@@ -67,6 +72,8 @@ impl RaftNodeConfig {
             request_timeout: Duration::from_secs(7),
             snapshot_count: 10_000,
             wal: WalOptions::default(),
+            in_memory: false,
+            transport: Transport::Grpc,
         }
     }
 }
@@ -95,9 +102,20 @@ pub struct MemberInfo {
     pub is_learner: bool,
 }
 
+/// What became of a write handed to the leader.
+enum Forwarded {
+    /// It never left this node: nothing was proposed.
+    NotSent,
+    /// It may have reached the leader, but no answer came back: outcome unknown.
+    Lost,
+    /// The leader's answer.
+    Answered(Result<Reply, EtcdError>),
+}
+
 pub struct RaftNode {
     id: NodeId,
     raft: Raft,
+    transport: Transport,
     sm: Arc<SmShared>,
     log: LogStore,
     request_timeout: Duration,
@@ -107,8 +125,24 @@ pub struct RaftNode {
 impl RaftNode {
     /// Opens the node's storage and starts Raft. Call inside a Tokio runtime.
     pub async fn start(cfg: RaftNodeConfig) -> Result<Arc<RaftNode>, StorageError> {
-        let log = LogStore::open_with(&cfg.data_dir.join("raft"), cfg.wal.clone())?;
-        let sm = StateMachine::open(&cfg.data_dir.join("kv"))?;
+        let (log, sm) = if cfg.in_memory {
+            (LogStore::in_memory(), StateMachine::in_memory()?)
+        } else {
+            (
+                LogStore::open_with(&cfg.data_dir.join("raft"), cfg.wal.clone())?,
+                StateMachine::open(&cfg.data_dir.join("kv"))?,
+            )
+        };
+        Self::start_with(cfg, log, sm).await
+    }
+
+    /// Starts Raft on storage the caller opened (an embedded cluster restarts a member on the
+    /// same in-memory "disk" this way).
+    pub async fn start_with(
+        cfg: RaftNodeConfig,
+        log: LogStore,
+        sm: StateMachine,
+    ) -> Result<Arc<RaftNode>, StorageError> {
         let shared = sm.shared();
         let config = Config {
             cluster_name: "c20".into(),
@@ -122,7 +156,11 @@ impl RaftNode {
         }
         .validate()
         .map_err(|e| StorageError::Io(format!("raft config: {e}")))?;
-        let raft = Raft::new(cfg.id, Arc::new(config), Network, log.clone(), sm)
+        let network = Network {
+            from: cfg.id,
+            transport: cfg.transport.clone(),
+        };
+        let raft = Raft::new(cfg.id, Arc::new(config), network, log.clone(), sm)
             .await
             .map_err(|e| StorageError::Io(format!("raft start: {e}")))?;
         if cfg.bootstrap {
@@ -150,11 +188,15 @@ impl RaftNode {
         let node = Arc::new(RaftNode {
             id: cfg.id,
             raft,
+            transport: cfg.transport.clone(),
             sm: shared,
             log,
             request_timeout: cfg.request_timeout,
             peers: Mutex::new(HashMap::new()),
         });
+        if let Transport::Local(router) = &cfg.transport {
+            router.register(&node);
+        }
         node.spawn_publisher(cfg.attrs);
         Ok(node)
     }
@@ -186,6 +228,10 @@ impl RaftNode {
 
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    pub(crate) fn raft(&self) -> &Raft {
+        &self.raft
     }
 
     /// The state machine, for local reads.
@@ -261,7 +307,7 @@ impl RaftNode {
         }
     }
 
-    fn peer(&self, id: NodeId) -> Result<PeerClient<Channel>, EtcdError> {
+    fn grpc_peer(&self, id: NodeId) -> Result<PeerClient<Channel>, EtcdError> {
         if let Some(c) = self.peers.lock().expect("peers lock").get(&id) {
             return Ok(c.clone());
         }
@@ -309,39 +355,102 @@ impl RaftNode {
                     }
                 }
             }
-            let mut client = self.peer(leader)?;
-            let body =
-                postcard::to_allocvec(&cmd).map_err(|e| EtcdError::Internal(e.to_string()))?;
             let left = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(left, client.forward(ForwardRequest { command: body })).await
-            {
-                Err(_) => return Err(EtcdError::Timeout),
-                Ok(Err(status))
-                    if status.code() == tonic::Code::Unavailable && is_connect_error(&status) =>
-                {
-                    // Never reached the leader: nothing was proposed.
+            match self.forward(leader, &cmd, left).await? {
+                Forwarded::NotSent | Forwarded::Answered(Err(EtcdError::NotLeader)) => {
+                    // Nothing was proposed: safe to send again to whoever leads now.
                     self.wait_leader_change(leader, deadline).await?;
-                    continue;
                 }
-                Ok(Err(_)) => return Err(EtcdError::TimeoutDueToLeaderFail),
-                Ok(Ok(reply)) => {
-                    let res: Result<Reply, EtcdError> =
+                Forwarded::Lost => return Err(EtcdError::TimeoutDueToLeaderFail),
+                Forwarded::Answered(res) => return res,
+            }
+        }
+    }
+
+    /// Hands `cmd` to the leader `to` and waits for its answer.
+    async fn forward(
+        &self,
+        to: NodeId,
+        cmd: &Command,
+        timeout: Duration,
+    ) -> Result<Forwarded, EtcdError> {
+        match &self.transport {
+            Transport::Grpc => {
+                let mut client = self.grpc_peer(to)?;
+                let body =
+                    postcard::to_allocvec(cmd).map_err(|e| EtcdError::Internal(e.to_string()))?;
+                match tokio::time::timeout(
+                    timeout,
+                    client.forward(ForwardRequest { command: body }),
+                )
+                .await
+                {
+                    Err(_) => Err(EtcdError::Timeout),
+                    Ok(Err(status)) if is_connect_error(&status) => Ok(Forwarded::NotSent),
+                    Ok(Err(_)) => Ok(Forwarded::Lost),
+                    Ok(Ok(reply)) => Ok(Forwarded::Answered(
                         postcard::from_bytes(&reply.into_inner().result)
-                            .map_err(|e| EtcdError::Internal(e.to_string()))?;
-                    match res {
-                        Err(EtcdError::NotLeader) => {
-                            self.wait_leader_change(leader, deadline).await?;
-                            continue;
-                        }
-                        other => return other,
+                            .map_err(|e| EtcdError::Internal(e.to_string()))?,
+                    )),
+                }
+            }
+            Transport::Local(router) => {
+                let Ok(leader) = router.route(self.id, to) else {
+                    return Ok(Forwarded::NotSent);
+                };
+                let cmd = cmd.clone();
+                let res =
+                    tokio::time::timeout(
+                        timeout,
+                        async move { leader.propose_as_leader(cmd).await },
+                    )
+                    .await
+                    .map_err(|_| EtcdError::Timeout)?;
+                if router.can_reach(to, self.id) {
+                    Ok(Forwarded::Answered(res))
+                } else {
+                    Ok(Forwarded::Lost)
+                }
+            }
+        }
+    }
+
+    /// Asks the leader `to` for a confirmed read index.
+    async fn remote_read_index(&self, to: NodeId, timeout: Duration) -> Result<u64, EtcdError> {
+        match &self.transport {
+            Transport::Grpc => {
+                let mut client = self.grpc_peer(to)?;
+                match tokio::time::timeout(timeout, client.read_index(ReadIndexRequest {})).await {
+                    Err(_) => Err(EtcdError::Timeout),
+                    Ok(Err(_)) => Err(EtcdError::NotLeader),
+                    Ok(Ok(r)) => {
+                        postcard::from_bytes::<Result<u64, EtcdError>>(&r.into_inner().result)
+                            .map_err(|e| EtcdError::Internal(e.to_string()))?
                     }
+                }
+            }
+            Transport::Local(router) => {
+                let leader = router
+                    .route(self.id, to)
+                    .map_err(|_| EtcdError::NotLeader)?;
+                let res =
+                    tokio::time::timeout(
+                        timeout,
+                        async move { leader.read_index_as_leader().await },
+                    )
+                    .await
+                    .map_err(|_| EtcdError::Timeout)?;
+                if router.can_reach(to, self.id) {
+                    res
+                } else {
+                    Err(EtcdError::Timeout)
                 }
             }
         }
     }
 
     /// Proposes only if this node leads; [`EtcdError::NotLeader`] otherwise (nothing proposed).
-    async fn propose_as_leader(&self, cmd: Command) -> Result<Reply, EtcdError> {
+    pub(crate) async fn propose_as_leader(&self, cmd: Command) -> Result<Reply, EtcdError> {
         match tokio::time::timeout(self.request_timeout, self.raft.client_write(cmd)).await {
             Err(_) => Err(EtcdError::Timeout),
             Ok(Ok(resp)) => Ok(resp.data),
@@ -381,7 +490,7 @@ impl RaftNode {
     /// Leader side of ReadIndex: confirms leadership with a quorum and returns the index that a
     /// linearizable read must wait for. openraft queues concurrent requests and answers them
     /// together with one heartbeat round.
-    async fn read_index_as_leader(&self) -> Result<u64, EtcdError> {
+    pub(crate) async fn read_index_as_leader(&self) -> Result<u64, EtcdError> {
         let res = tokio::time::timeout(
             self.request_timeout,
             self.raft.get_read_linearizer(ReadPolicy::ReadIndex),
@@ -406,16 +515,8 @@ impl RaftNode {
             let res = if leader == self.id {
                 self.read_index_as_leader().await
             } else {
-                let mut client = self.peer(leader)?;
                 let left = deadline.saturating_duration_since(Instant::now());
-                match tokio::time::timeout(left, client.read_index(ReadIndexRequest {})).await {
-                    Err(_) => Err(EtcdError::Timeout),
-                    Ok(Err(_)) => Err(EtcdError::NotLeader),
-                    Ok(Ok(r)) => {
-                        postcard::from_bytes::<Result<u64, EtcdError>>(&r.into_inner().result)
-                            .map_err(|e| EtcdError::Internal(e.to_string()))?
-                    }
-                }
+                self.remote_read_index(leader, left).await
             };
             match res {
                 Ok(i) => break i,
@@ -449,6 +550,9 @@ impl RaftNode {
 
     /// Stops Raft, then makes state durable and closes the log.
     pub async fn shutdown(&self) {
+        if let Transport::Local(router) = &self.transport {
+            router.unregister(self.id);
+        }
         let _ = self.raft.shutdown().await;
         if let Err(e) = self.sm.checkpoint() {
             tracing::warn!(error = %e, "final checkpoint failed; the log will be replayed");

@@ -1,0 +1,136 @@
+//! In-process clusters on the local router with in-memory storage: the same node code, with
+//! partitions under test control.
+
+use c20_api::etcdserverpb::{PutRequest, RangeRequest};
+use c20_api::EtcdError;
+use c20_raft::{Command, LocalRouter, NodeId, PeerNode, RaftNode, RaftNodeConfig, Transport};
+use c20_storage::{WriteOp, WriteResult};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+async fn cluster(n: u64) -> (Arc<LocalRouter>, BTreeMap<NodeId, Arc<RaftNode>>) {
+    let router = LocalRouter::new();
+    let peers: BTreeMap<NodeId, PeerNode> = (1..=n)
+        .map(|id| {
+            (
+                id,
+                PeerNode {
+                    name: format!("r{id}"),
+                    peer_urls: vec![],
+                },
+            )
+        })
+        .collect();
+    let mut nodes = BTreeMap::new();
+    for id in 1..=n {
+        let mut cfg = RaftNodeConfig::new(id, Default::default(), peers.clone());
+        cfg.in_memory = true;
+        cfg.transport = Transport::Local(router.clone());
+        cfg.heartbeat_interval_ms = 50;
+        cfg.election_timeout_min_ms = 300;
+        cfg.election_timeout_max_ms = 600;
+        cfg.request_timeout = Duration::from_secs(3);
+        nodes.insert(id, RaftNode::start(cfg).await.unwrap());
+    }
+    (router, nodes)
+}
+
+async fn leader_among(nodes: &BTreeMap<NodeId, Arc<RaftNode>>, skip: Option<NodeId>) -> NodeId {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        for (id, n) in nodes {
+            if Some(*id) != skip && n.status().is_leader {
+                return *id;
+            }
+        }
+        assert!(Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn put(node: &RaftNode, k: &str, v: &str) -> Result<i64, EtcdError> {
+    let op = WriteOp::Put(PutRequest {
+        key: k.into(),
+        value: v.into(),
+        ..Default::default()
+    });
+    match node.propose(Command::from_op(&op)).await?.into_result()? {
+        WriteResult::Put(r) => Ok(r.header.unwrap().revision),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn local_get(node: &RaftNode, k: &str) -> Option<Vec<u8>> {
+    node.state()
+        .read(|s| {
+            s.range(&RangeRequest {
+                key: k.into(),
+                ..Default::default()
+            })
+        })
+        .unwrap()
+        .kvs
+        .pop()
+        .map(|kv| kv.value)
+}
+
+async fn shutdown(nodes: BTreeMap<NodeId, Arc<RaftNode>>) {
+    for n in nodes.values() {
+        n.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_isolated_follower_is_stale_locally_but_refuses_linearizable_reads() {
+    let (router, nodes) = cluster(3).await;
+    let leader = leader_among(&nodes, None).await;
+    put(&nodes[&leader], "k", "old").await.unwrap();
+    let follower = *nodes.keys().find(|&&i| i != leader).unwrap();
+    nodes[&follower].read_barrier().await.unwrap();
+    router.isolate(follower);
+    put(&nodes[&leader], "k", "new").await.unwrap();
+    // Its local state is stale, which is what a serializable (Eventual) read may show...
+    assert_eq!(local_get(&nodes[&follower], "k").as_deref(), Some(&b"old"[..]));
+    // ...but a linearizable read must not be served from it.
+    assert!(nodes[&follower].read_barrier().await.is_err());
+    router.heal(follower);
+    nodes[&follower].read_barrier().await.unwrap();
+    assert_eq!(local_get(&nodes[&follower], "k").as_deref(), Some(&b"new"[..]));
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_leader_neither_commits_nor_serves_linearizable_reads() {
+    let (router, nodes) = cluster(3).await;
+    let old = leader_among(&nodes, None).await;
+    put(&nodes[&old], "k", "1").await.unwrap();
+    router.isolate(old);
+    let new = leader_among(&nodes, Some(old)).await;
+    put(&nodes[&new], "k", "2").await.unwrap();
+    // The old leader may still believe it leads for a while; it must not confirm reads or writes.
+    assert!(nodes[&old].read_barrier().await.is_err());
+    assert!(put(&nodes[&old], "x", "lost").await.is_err());
+    router.heal(old);
+    nodes[&old].read_barrier().await.unwrap();
+    assert_eq!(local_get(&nodes[&old], "k").as_deref(), Some(&b"2"[..]));
+    assert_eq!(local_get(&nodes[&new], "x"), None, "an unacknowledged write appeared");
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_in_memory_replicas_replicate_through_the_router() {
+    let (_router, nodes) = cluster(5).await;
+    let leader = leader_among(&nodes, None).await;
+    let follower = *nodes.keys().find(|&&i| i != leader).unwrap();
+    let mut last = 0;
+    for i in 0..50 {
+        last = put(&nodes[&follower], &format!("k{i}"), "v").await.unwrap();
+    }
+    assert_eq!(last, 51);
+    for n in nodes.values() {
+        n.read_barrier().await.unwrap();
+        assert!(local_get(n, "k49").is_some());
+    }
+    shutdown(nodes).await;
+}
