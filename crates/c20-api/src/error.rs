@@ -47,6 +47,14 @@ pub enum EtcdError {
     StorageFailed(String),
     #[error("{0}")]
     Unimplemented(String),
+    #[error("c20: the write was discarded by a leader change and never committed")]
+    Discarded,
+    #[error("c20: the write committed, but these voters did not apply it in time: {}", .0.join(", "))]
+    NotAppliedEverywhere(Vec<String>),
+    #[error(
+        "c20: the session has seen revision {wanted}; no replica reached it in time (best {best})"
+    )]
+    SessionAhead { wanted: i64, best: i64 },
 }
 
 impl EtcdError {
@@ -71,6 +79,10 @@ impl EtcdError {
             EtcdError::Internal(_) => Code::Internal,
             EtcdError::StorageFailed(_) => Code::Unavailable,
             EtcdError::Unimplemented(_) => Code::Unimplemented,
+            EtcdError::Discarded => Code::Aborted,
+            EtcdError::NotAppliedEverywhere(_) | EtcdError::SessionAhead { .. } => {
+                Code::DeadlineExceeded
+            }
         }
     }
 }

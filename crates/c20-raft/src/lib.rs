@@ -4,6 +4,7 @@
 //! `status`, `members`. The log is stored in c20's WAL ([`log_store`]), the state machine is the
 //! MVCC store ([`state_machine`]), and peers talk over gRPC ([`network`]).
 
+pub mod consistency;
 pub mod log_store;
 pub mod network;
 pub mod node;
@@ -11,6 +12,7 @@ pub mod state_machine;
 pub mod transport;
 pub mod types;
 
+pub use consistency::PendingWrite;
 pub use node::{MemberInfo, NodeStatus, RaftNode, RaftNodeConfig};
 pub use transport::{LocalRouter, Transport};
-pub use types::{Command, MemberAttrs, NodeId, PeerNode, Reply};
+pub use types::{Command, MemberAttrs, NodeId, Op, PeerNode, Reply};

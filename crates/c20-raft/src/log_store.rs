@@ -7,13 +7,15 @@
 use crate::types::{Entry, LogId, TypeConfig, Vote};
 use c20_storage::{meta_file, StorageError, Wal, WalOptions};
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
+use openraft::EntryPayload;
 use openraft::OptionalSend;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
 
 #[derive(Clone)]
 pub struct LogStore {
@@ -32,7 +34,12 @@ struct State {
     log: BTreeMap<u64, Entry>,
     last_purged: Option<LogId>,
     vote: Option<Vote>,
+    /// Request ids whose proposer wants to know when they are durable in this log.
+    append_waiters: HashMap<u64, AppendWaiter>,
 }
+
+/// Told the log index of an entry once it is durable in this log (or why it cannot be).
+pub type AppendWaiter = oneshot::Sender<Result<u64, String>>;
 
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
@@ -102,6 +109,7 @@ impl LogStore {
                     log,
                     last_purged,
                     vote,
+                    append_waiters: HashMap::new(),
                 }),
             }),
         })
@@ -117,6 +125,29 @@ impl LogStore {
                 state: Mutex::new(State::default()),
             }),
         }
+    }
+
+    /// Registers interest in the entry proposed with request id `id`: the receiver learns its
+    /// index once it is durable here. Ids must be unique among pending waiters.
+    pub fn watch_append(&self, id: u64) -> oneshot::Receiver<Result<u64, String>> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .state
+            .lock()
+            .expect("log state lock")
+            .append_waiters
+            .insert(id, tx);
+        rx
+    }
+
+    /// Forgets the waiter of `id` (its proposal failed before reaching the log).
+    pub fn unwatch_append(&self, id: u64) {
+        self.shared
+            .state
+            .lock()
+            .expect("log state lock")
+            .append_waiters
+            .remove(&id);
     }
 
     /// Why the log stopped taking writes, if it did.
@@ -204,6 +235,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     {
         let durable = self.shared.wal.is_some();
         let mut records = Vec::new();
+        let mut waiting: Vec<(AppendWaiter, u64)> = Vec::new();
         {
             let mut st = self.shared.state.lock().expect("log state lock");
             for e in entries {
@@ -211,15 +243,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                     let raw = postcard::to_allocvec(&e).map_err(io_err)?;
                     records.push((e.log_id.index, raw));
                 }
+                if !st.append_waiters.is_empty() {
+                    if let EntryPayload::Normal(cmd) = &e.payload {
+                        if let Some(w) = st.append_waiters.remove(&cmd.id) {
+                            waiting.push((w, e.log_id.index));
+                        }
+                    }
+                }
                 st.log.insert(e.log_id.index, e);
             }
         }
+        let done = move |res: Result<(), StorageError>| {
+            for (w, index) in waiting {
+                let _ = w.send(res.as_ref().map(|()| index).map_err(|e| e.to_string()));
+            }
+            callback.io_completed(res.map_err(io_err));
+        };
         match &self.shared.wal {
-            Some(wal) => wal.append(
-                records,
-                Box::new(move |res| callback.io_completed(res.map_err(io_err))),
-            ),
-            None => callback.io_completed(Ok(())),
+            Some(wal) => wal.append(records, Box::new(done)),
+            None => done(Ok(())),
         }
         Ok(())
     }

@@ -15,8 +15,8 @@ use crate::types::{Command, MemberAttrs, NodeId, PeerNode, Reply, Snapshot, Type
 use c20_api::c20peer::peer_client::PeerClient;
 use c20_api::c20peer::peer_server::{Peer, PeerServer};
 use c20_api::c20peer::{
-    ForwardReply, ForwardRequest, RaftKind, RaftReply, RaftRequest, ReadIndexReply,
-    ReadIndexRequest,
+    AppliedReply, AppliedRequest, ForwardReply, ForwardRequest, RaftKind, RaftReply, RaftRequest,
+    ReadIndexReply, ReadIndexRequest,
 };
 use c20_api::EtcdError;
 use c20_storage::{StorageError, WalOptions};
@@ -25,6 +25,7 @@ use openraft::errors::{ClientWriteError, InitializeError, LinearizableReadError,
 use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
@@ -109,13 +110,14 @@ enum Forwarded {
     /// It may have reached the leader, but no answer came back: outcome unknown.
     Lost,
     /// The leader's answer.
-    Answered(Result<Reply, EtcdError>),
+    Answered(Result<(Reply, u64), EtcdError>),
 }
 
 pub struct RaftNode {
     id: NodeId,
     raft: Raft,
     transport: Transport,
+    request_seq: AtomicU64,
     sm: Arc<SmShared>,
     log: LogStore,
     request_timeout: Duration,
@@ -189,6 +191,7 @@ impl RaftNode {
             id: cfg.id,
             raft,
             transport: cfg.transport.clone(),
+            request_seq: AtomicU64::new(1),
             sm: shared,
             log,
             request_timeout: cfg.request_timeout,
@@ -210,10 +213,7 @@ impl RaftNode {
                 if node.sm.member_attrs().get(&node.id) == Some(&attrs) {
                     return;
                 }
-                let cmd = Command::PublishMember {
-                    id: node.id,
-                    attrs: attrs.clone(),
-                };
+                let cmd = Command::publish(node.id, attrs.clone());
                 match node.propose(cmd).await {
                     Ok(_) => return,
                     Err(e) => {
@@ -232,6 +232,31 @@ impl RaftNode {
 
     pub(crate) fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    pub(crate) fn log(&self) -> &LogStore {
+        &self.log
+    }
+
+    pub(crate) fn transport(&self) -> &Transport {
+        &self.transport
+    }
+
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    pub(crate) fn metrics(&self) -> openraft::RaftMetrics<TypeConfig> {
+        self.raft.metrics().borrow_watched().clone()
+    }
+
+    /// A request id no other pending proposal of this node uses (0 is reserved for "none").
+    pub(crate) fn next_request_id(&self) -> u64 {
+        let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
+        self.id
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .wrapping_add(n)
+            .max(1)
     }
 
     /// The state machine, for local reads.
@@ -307,7 +332,7 @@ impl RaftNode {
         }
     }
 
-    fn grpc_peer(&self, id: NodeId) -> Result<PeerClient<Channel>, EtcdError> {
+    pub(crate) fn grpc_peer(&self, id: NodeId) -> Result<PeerClient<Channel>, EtcdError> {
         if let Some(c) = self.peers.lock().expect("peers lock").get(&id) {
             return Ok(c.clone());
         }
@@ -330,6 +355,11 @@ impl RaftNode {
     /// Replicates `cmd` and returns what applying it produced. Never retried once it may have
     /// been appended: an unknown outcome is reported as such.
     pub async fn propose(&self, cmd: Command) -> Result<Reply, EtcdError> {
+        self.propose_indexed(cmd).await.map(|(reply, _)| reply)
+    }
+
+    /// [`RaftNode::propose`], also returning the index of the log entry.
+    pub async fn propose_indexed(&self, cmd: Command) -> Result<(Reply, u64), EtcdError> {
         let deadline = Instant::now() + self.request_timeout;
         loop {
             let leader = self.leader(deadline).await?;
@@ -338,7 +368,7 @@ impl RaftNode {
                 let res = tokio::time::timeout(left, self.raft.client_write(cmd.clone())).await;
                 match res {
                     Err(_) => return Err(EtcdError::Timeout),
-                    Ok(Ok(resp)) => return Ok(resp.data),
+                    Ok(Ok(resp)) => return Ok((resp.data, resp.log_id.index)),
                     Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
                         // Not appended here: safe to send again once a leader is known.
                         self.wait_leader_change(leader, deadline).await?;
@@ -450,10 +480,10 @@ impl RaftNode {
     }
 
     /// Proposes only if this node leads; [`EtcdError::NotLeader`] otherwise (nothing proposed).
-    pub(crate) async fn propose_as_leader(&self, cmd: Command) -> Result<Reply, EtcdError> {
+    pub(crate) async fn propose_as_leader(&self, cmd: Command) -> Result<(Reply, u64), EtcdError> {
         match tokio::time::timeout(self.request_timeout, self.raft.client_write(cmd)).await {
             Err(_) => Err(EtcdError::Timeout),
-            Ok(Ok(resp)) => Ok(resp.data),
+            Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
             Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
                 Err(EtcdError::NotLeader)
             }
@@ -509,6 +539,11 @@ impl RaftNode {
 
     /// Returns once the local state machine reflects every write acknowledged before the call.
     pub async fn read_barrier(&self) -> Result<(), EtcdError> {
+        self.read_index().await.map(|_| ())
+    }
+
+    /// [`RaftNode::read_barrier`], returning the confirmed read index.
+    pub async fn read_index(&self) -> Result<u64, EtcdError> {
         let deadline = Instant::now() + self.request_timeout;
         let index = loop {
             let leader = self.leader(deadline).await?;
@@ -530,7 +565,7 @@ impl RaftNode {
             .wait(Some(left))
             .applied_index_at_least(Some(index), "read barrier")
             .await
-            .map(|_| ())
+            .map(|_| index)
             .map_err(|_| EtcdError::Timeout)
     }
 
@@ -546,6 +581,16 @@ impl RaftNode {
             .elect(false)
             .await
             .map_err(|e| EtcdError::Internal(e.to_string()))
+    }
+
+    /// Stops abruptly, as a killed process would: no checkpoint (what the log has is what
+    /// survives).
+    pub async fn crash(&self) {
+        if let Transport::Local(router) = &self.transport {
+            router.unregister(self.id);
+        }
+        let _ = self.raft.shutdown().await;
+        self.log.close();
     }
 
     /// Stops Raft, then makes state durable and closes the log.
@@ -647,6 +692,15 @@ impl Peer for PeerHandler {
         let res = self.node.propose_as_leader(cmd).await;
         Ok(Response::new(ForwardReply {
             result: encode(&res)?,
+        }))
+    }
+
+    async fn applied(
+        &self,
+        _request: Request<AppliedRequest>,
+    ) -> Result<Response<AppliedReply>, Status> {
+        Ok(Response::new(AppliedReply {
+            index: self.node.status().applied_index,
         }))
     }
 

@@ -7,7 +7,7 @@
 //! purge the log below it.
 
 use crate::types::{
-    Command, LogId, MemberAttrs, NodeId, Reply, Snapshot, SnapshotMeta, StoredMembership,
+    Command, LogId, MemberAttrs, NodeId, Op, Reply, Snapshot, SnapshotMeta, StoredMembership,
     TypeConfig,
 };
 use c20_storage::mvcc::MvccImage;
@@ -163,7 +163,10 @@ impl StateMachine {
                     applied.membership = StoredMembership::new(Some(entry.log_id), m);
                     Source::Fixed(Reply::Published)
                 }
-                EntryPayload::Normal(Command::PublishMember { id, attrs }) => {
+                EntryPayload::Normal(Command {
+                    op: Op::PublishMember { id, attrs },
+                    ..
+                }) => {
                     applied.members.insert(id, attrs);
                     Source::Fixed(Reply::Published)
                 }

@@ -43,10 +43,18 @@ pub struct MemberAttrs {
     pub client_urls: Vec<String>,
 }
 
-/// One replicated request. KV requests travel as their etcd protobuf encoding so that the log
-/// holds exactly what the client asked for.
+/// One replicated request: an optional request id (0 = none) and what to do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Command {
+pub struct Command {
+    /// Chosen by the proposing member; lets it learn when its entry reached its own log.
+    pub id: u64,
+    pub op: Op,
+}
+
+/// The operation of a [`Command`]. KV requests travel as their etcd protobuf encoding so that
+/// the log holds exactly what the client asked for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Op {
     Put(#[serde(with = "serde_bytes")] Vec<u8>),
     DeleteRange(#[serde(with = "serde_bytes")] Vec<u8>),
     Txn(#[serde(with = "serde_bytes")] Vec<u8>),
@@ -56,12 +64,12 @@ pub enum Command {
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Command::Put(b) => write!(f, "put({} bytes)", b.len()),
-            Command::DeleteRange(b) => write!(f, "delete_range({} bytes)", b.len()),
-            Command::Txn(b) => write!(f, "txn({} bytes)", b.len()),
-            Command::Compact(b) => write!(f, "compact({} bytes)", b.len()),
-            Command::PublishMember { id, attrs } => {
+        match &self.op {
+            Op::Put(b) => write!(f, "put({} bytes)", b.len()),
+            Op::DeleteRange(b) => write!(f, "delete_range({} bytes)", b.len()),
+            Op::Txn(b) => write!(f, "txn({} bytes)", b.len()),
+            Op::Compact(b) => write!(f, "compact({} bytes)", b.len()),
+            Op::PublishMember { id, attrs } => {
                 write!(f, "publish_member({id:x}, {})", attrs.name)
             }
         }
@@ -70,25 +78,41 @@ impl fmt::Display for Command {
 
 impl Command {
     pub fn from_op(op: &WriteOp) -> Command {
-        match op {
-            WriteOp::Put(r) => Command::Put(r.encode_to_vec()),
-            WriteOp::DeleteRange(r) => Command::DeleteRange(r.encode_to_vec()),
-            WriteOp::Txn(r) => Command::Txn(r.encode_to_vec()),
-            WriteOp::Compact(r) => Command::Compact(r.encode_to_vec()),
+        let op = match op {
+            WriteOp::Put(r) => Op::Put(r.encode_to_vec()),
+            WriteOp::DeleteRange(r) => Op::DeleteRange(r.encode_to_vec()),
+            WriteOp::Txn(r) => Op::Txn(r.encode_to_vec()),
+            WriteOp::Compact(r) => Op::Compact(r.encode_to_vec()),
+        };
+        Command { id: 0, op }
+    }
+
+    pub fn publish(id: NodeId, attrs: MemberAttrs) -> Command {
+        Command {
+            id: 0,
+            op: Op::PublishMember { id, attrs },
+        }
+    }
+
+    /// Size of the request body in bytes (what the request size limit applies to).
+    pub fn body_len(&self) -> usize {
+        match &self.op {
+            Op::Put(b) | Op::DeleteRange(b) | Op::Txn(b) | Op::Compact(b) => b.len(),
+            Op::PublishMember { .. } => 0,
         }
     }
 
     /// The KV operation this command carries, if it is one. A body that does not decode is a
     /// corrupt log entry; the caller treats it as an invariant violation.
     pub fn to_op(&self) -> Option<Result<WriteOp, prost::DecodeError>> {
-        Some(match self {
-            Command::Put(b) => PutRequest::decode(b.as_slice()).map(WriteOp::Put),
-            Command::DeleteRange(b) => {
+        Some(match &self.op {
+            Op::Put(b) => PutRequest::decode(b.as_slice()).map(WriteOp::Put),
+            Op::DeleteRange(b) => {
                 DeleteRangeRequest::decode(b.as_slice()).map(WriteOp::DeleteRange)
             }
-            Command::Txn(b) => TxnRequest::decode(b.as_slice()).map(WriteOp::Txn),
-            Command::Compact(b) => CompactionRequest::decode(b.as_slice()).map(WriteOp::Compact),
-            Command::PublishMember { .. } => return None,
+            Op::Txn(b) => TxnRequest::decode(b.as_slice()).map(WriteOp::Txn),
+            Op::Compact(b) => CompactionRequest::decode(b.as_slice()).map(WriteOp::Compact),
+            Op::PublishMember { .. } => return None,
         })
     }
 }

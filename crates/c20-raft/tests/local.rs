@@ -91,12 +91,18 @@ async fn an_isolated_follower_is_stale_locally_but_refuses_linearizable_reads() 
     router.isolate(follower);
     put(&nodes[&leader], "k", "new").await.unwrap();
     // Its local state is stale, which is what a serializable (Eventual) read may show...
-    assert_eq!(local_get(&nodes[&follower], "k").as_deref(), Some(&b"old"[..]));
+    assert_eq!(
+        local_get(&nodes[&follower], "k").as_deref(),
+        Some(&b"old"[..])
+    );
     // ...but a linearizable read must not be served from it.
     assert!(nodes[&follower].read_barrier().await.is_err());
     router.heal(follower);
     nodes[&follower].read_barrier().await.unwrap();
-    assert_eq!(local_get(&nodes[&follower], "k").as_deref(), Some(&b"new"[..]));
+    assert_eq!(
+        local_get(&nodes[&follower], "k").as_deref(),
+        Some(&b"new"[..])
+    );
     shutdown(nodes).await;
 }
 
@@ -114,7 +120,11 @@ async fn a_deposed_leader_neither_commits_nor_serves_linearizable_reads() {
     router.heal(old);
     nodes[&old].read_barrier().await.unwrap();
     assert_eq!(local_get(&nodes[&old], "k").as_deref(), Some(&b"2"[..]));
-    assert_eq!(local_get(&nodes[&new], "x"), None, "an unacknowledged write appeared");
+    assert_eq!(
+        local_get(&nodes[&new], "x"),
+        None,
+        "an unacknowledged write appeared"
+    );
     shutdown(nodes).await;
 }
 

@@ -21,13 +21,7 @@ pub struct KvService {
 impl KvService {
     async fn write(&self, op: WriteOp) -> Result<WriteResult, Status> {
         let cmd = Command::from_op(&op);
-        let size = match &cmd {
-            Command::Put(b) | Command::DeleteRange(b) | Command::Txn(b) | Command::Compact(b) => {
-                b.len()
-            }
-            Command::PublishMember { .. } => 0,
-        };
-        if size > MAX_REQUEST_BYTES {
+        if cmd.body_len() > MAX_REQUEST_BYTES {
             return Err(EtcdError::RequestTooLarge.into());
         }
         let reply = self.shared.node.propose(cmd).await?;

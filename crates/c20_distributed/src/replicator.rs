@@ -1,0 +1,701 @@
+//! [`LocalReplicator`]: an n-replica c20 cluster inside this process.
+//!
+//! Each replica is a real [`RaftNode`] (the code `c20 serve` runs); they talk through an
+//! in-process router instead of gRPC and keep their log and store in memory unless a directory is
+//! given. The replicator owns a small Tokio runtime, so it can be created outside any runtime
+//! and used from any.
+
+use c20_api::etcdserverpb::{
+    DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, TxnRequest,
+    TxnResponse,
+};
+use c20_api::{ConsistencyLevel, EtcdError};
+use c20_raft::consistency::PendingWrite;
+use c20_raft::{Command, LocalRouter, NodeId, PeerNode, RaftNode, RaftNodeConfig, Transport};
+use c20_storage::{WriteOp, WriteResult};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+/// Why a replicator could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("LocalReplicator: n must be at least 1 (got n = {n})")]
+    NoReplicas { n: usize },
+    #[error("LocalReplicator: r must be between 1 and n = {n} (got r = {r})")]
+    ReadQuorum { n: usize, r: usize },
+    #[error("LocalReplicator: w must be between 1 and n = {n} (got w = {w})")]
+    WriteQuorum { n: usize, w: usize },
+    #[error(
+        "LocalReplicator: r + w must exceed n so that every read quorum meets every write quorum \
+         (got r = {r}, w = {w}, n = {n})"
+    )]
+    QuorumsDoNotOverlap { n: usize, r: usize, w: usize },
+    #[error("LocalReplicator: {0}")]
+    Start(String),
+}
+
+/// Checks `n ≥ 1`, `1 ≤ r, w ≤ n` and `r + w > n`.
+pub fn validate(n: usize, r: usize, w: usize) -> Result<(), ConfigError> {
+    if n < 1 {
+        return Err(ConfigError::NoReplicas { n });
+    }
+    if !(1..=n).contains(&r) {
+        return Err(ConfigError::ReadQuorum { n, r });
+    }
+    if !(1..=n).contains(&w) {
+        return Err(ConfigError::WriteQuorum { n, w });
+    }
+    if r + w <= n {
+        return Err(ConfigError::QuorumsDoNotOverlap { n, r, w });
+    }
+    Ok(())
+}
+
+/// What an acknowledged write tells the caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteAck {
+    /// The store revision the write produced; `None` for an `Eventual` write, whose revision is
+    /// only known once it commits (see [`LocalReplicator::replicate_async`]).
+    pub revision: Option<i64>,
+    /// The log index the write took.
+    pub index: u64,
+}
+
+/// An `Eventual` write that is durable in the leader's log; replication continues.
+#[derive(Debug)]
+pub struct EventualWrite {
+    /// The log index the write took.
+    pub index: u64,
+    pending: PendingWrite,
+}
+
+impl EventualWrite {
+    /// Resolves to the revision once the write commits, or to [`EtcdError::Discarded`] when a
+    /// leader change threw it away.
+    pub async fn outcome(self) -> Result<i64, EtcdError> {
+        match self.pending.outcome().await?.into_result()? {
+            WriteResult::Put(r) => Ok(r.header.map_or(0, |h| h.revision)),
+            other => Err(EtcdError::Internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+}
+
+struct Replica {
+    id: NodeId,
+    node: Option<Arc<RaftNode>>,
+    /// The in-memory "disk" kept across a crash, when there is no directory.
+    disk: Option<(
+        c20_raft::log_store::LogStore,
+        c20_raft::state_machine::StateMachine,
+    )>,
+}
+
+struct Inner {
+    rt: Option<tokio::runtime::Runtime>,
+    router: Arc<LocalRouter>,
+    n: usize,
+    r: usize,
+    w: usize,
+    peers: BTreeMap<NodeId, PeerNode>,
+    dir: Option<PathBuf>,
+    replicas: RwLock<Vec<Replica>>,
+    /// The replicator's own session: the newest revision any of its calls has seen.
+    session: Arc<AtomicI64>,
+    next: AtomicUsize,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// An n-replica cluster in this process; clones share it.
+#[derive(Clone)]
+pub struct LocalReplicator {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for LocalReplicator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalReplicator")
+            .field("n", &self.inner.n)
+            .field("r", &self.inner.r)
+            .field("w", &self.inner.w)
+            .field("leader", &self.leader())
+            .finish()
+    }
+}
+
+/// A read-your-writes, monotonic-reads session over a replicator (for `Sequential`).
+#[derive(Clone)]
+pub struct Session {
+    rep: LocalReplicator,
+    seen: Arc<AtomicI64>,
+}
+
+/// Builds a [`LocalReplicator`] with options.
+pub struct Builder {
+    n: usize,
+    r: usize,
+    w: usize,
+    dir: Option<PathBuf>,
+}
+
+impl Builder {
+    /// Keep each replica's log and store under `dir/r<i>` instead of in memory.
+    pub fn dir(mut self, dir: impl Into<PathBuf>) -> Builder {
+        self.dir = Some(dir.into());
+        self
+    }
+
+    pub fn build(self) -> Result<LocalReplicator, ConfigError> {
+        validate(self.n, self.r, self.w)?;
+        LocalReplicator::start(self)
+    }
+}
+
+fn node_config(
+    inner_peers: &BTreeMap<NodeId, PeerNode>,
+    id: NodeId,
+    dir: &Option<PathBuf>,
+    router: &Arc<LocalRouter>,
+) -> RaftNodeConfig {
+    let data_dir = dir
+        .as_ref()
+        .map(|d| d.join(format!("r{id}")))
+        .unwrap_or_default();
+    let mut cfg = RaftNodeConfig::new(id, data_dir, inner_peers.clone());
+    cfg.in_memory = dir.is_none();
+    cfg.transport = Transport::Local(router.clone());
+    cfg.heartbeat_interval_ms = 50;
+    cfg.election_timeout_min_ms = 250;
+    cfg.election_timeout_max_ms = 500;
+    cfg.request_timeout = Duration::from_secs(5);
+    cfg
+}
+
+impl LocalReplicator {
+    /// Starts `n` replicas; reads at `Quorum` wait for `r`, writes for `w`.
+    ///
+    /// # Panics
+    /// When the parameters break a rule (the message names it); see [`LocalReplicator::try_new`].
+    pub fn new(n: usize, r: usize, w: usize) -> LocalReplicator {
+        match Self::try_new(n, r, w) {
+            Ok(rep) => rep,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`LocalReplicator::new`] that returns the broken rule instead of panicking.
+    pub fn try_new(n: usize, r: usize, w: usize) -> Result<LocalReplicator, ConfigError> {
+        Self::builder(n, r, w).build()
+    }
+
+    pub fn builder(n: usize, r: usize, w: usize) -> Builder {
+        Builder { n, r, w, dir: None }
+    }
+
+    fn start(b: Builder) -> Result<LocalReplicator, ConfigError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("c20-replica")
+            .enable_all()
+            .build()
+            .map_err(|e| ConfigError::Start(e.to_string()))?;
+        let router = LocalRouter::new();
+        let peers: BTreeMap<NodeId, PeerNode> = (1..=b.n as NodeId)
+            .map(|id| {
+                (
+                    id,
+                    PeerNode {
+                        name: format!("r{id}"),
+                        peer_urls: vec![],
+                    },
+                )
+            })
+            .collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let peers = peers.clone();
+            let router = router.clone();
+            let dir = b.dir.clone();
+            rt.spawn(async move {
+                let mut replicas = Vec::new();
+                for &id in peers.keys() {
+                    let cfg = node_config(&peers, id, &dir, &router);
+                    let res = if cfg.in_memory {
+                        let log = c20_raft::log_store::LogStore::in_memory();
+                        match c20_raft::state_machine::StateMachine::in_memory() {
+                            Ok(sm) => RaftNode::start_with(cfg, log.clone(), sm.clone())
+                                .await
+                                .map(|node| (node, Some((log, sm)))),
+                            Err(e) => Err(e),
+                        }
+                    } else {
+                        RaftNode::start(cfg).await.map(|node| (node, None))
+                    };
+                    match res {
+                        Ok((node, disk)) => replicas.push(Replica {
+                            id,
+                            node: Some(node),
+                            disk,
+                        }),
+                        Err(e) => {
+                            let _ = tx.send(Err(ConfigError::Start(e.to_string())));
+                            return;
+                        }
+                    }
+                }
+                let _ = tx.send(Ok(replicas));
+            });
+        }
+        let replicas = rx
+            .recv()
+            .map_err(|_| ConfigError::Start("replica start-up task ended".into()))??;
+        let rep = LocalReplicator {
+            inner: Arc::new(Inner {
+                rt: Some(rt),
+                router,
+                n: b.n,
+                r: b.r,
+                w: b.w,
+                peers,
+                dir: b.dir,
+                replicas: RwLock::new(replicas),
+                session: Arc::new(AtomicI64::new(0)),
+                next: AtomicUsize::new(0),
+            }),
+        };
+        // Ready means a leader exists, so that the first call does not pay for the election.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rep.leader().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(rep)
+    }
+
+    /// Number of replicas.
+    pub fn replicas(&self) -> usize {
+        self.inner.n
+    }
+
+    /// Runs `fut` on the replicator's runtime and waits for it from any runtime.
+    async fn run<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = Result<T, EtcdError>> + Send + 'static,
+    ) -> Result<T, EtcdError> {
+        let rt = self
+            .inner
+            .rt
+            .as_ref()
+            .expect("runtime lives as long as the replicator");
+        rt.spawn(fut)
+            .await
+            .unwrap_or_else(|e| Err(EtcdError::Internal(format!("replica task failed: {e}"))))
+    }
+
+    fn live(&self) -> Vec<(usize, Arc<RaftNode>)> {
+        self.inner
+            .replicas
+            .read()
+            .expect("replicas lock")
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.node.clone().map(|n| (i, n)))
+            .collect()
+    }
+
+    /// The replica (0-based) that currently leads, if one does. During a partition a deposed
+    /// leader may still think it leads; the one with the highest term wins.
+    pub fn leader(&self) -> Option<usize> {
+        self.live()
+            .into_iter()
+            .filter(|(_, n)| n.status().is_leader)
+            .max_by_key(|(_, n)| n.status().term)
+            .map(|(i, _)| i)
+    }
+
+    fn node(&self, i: usize) -> Result<Arc<RaftNode>, EtcdError> {
+        self.inner
+            .replicas
+            .read()
+            .expect("replicas lock")
+            .get(i)
+            .and_then(|r| r.node.clone())
+            .ok_or_else(|| EtcdError::Internal(format!("replica {i} is down")))
+    }
+
+    /// Where writes and `Strong` reads go: the leader, else any live replica (which forwards).
+    fn leader_node(&self) -> Result<Arc<RaftNode>, EtcdError> {
+        match self.leader() {
+            Some(i) => self.node(i),
+            None => self
+                .live()
+                .into_iter()
+                .next()
+                .map(|(_, n)| n)
+                .ok_or(EtcdError::NoLeader),
+        }
+    }
+
+    /// Round-robin over live replicas, followers first when `prefer_follower`.
+    fn pick(&self, prefer_follower: bool) -> Result<Arc<RaftNode>, EtcdError> {
+        let live = self.live();
+        let leader = self.leader();
+        let candidates: Vec<&Arc<RaftNode>> = live
+            .iter()
+            .filter(|(i, _)| !prefer_follower || Some(*i) != leader || live.len() == 1)
+            .map(|(_, n)| n)
+            .collect();
+        if candidates.is_empty() {
+            return Err(EtcdError::NoLeader);
+        }
+        let k = self.inner.next.fetch_add(1, Ordering::Relaxed);
+        Ok(candidates[k % candidates.len()].clone())
+    }
+
+    fn observe(session: &AtomicI64, revision: i64) {
+        session.fetch_max(revision, Ordering::AcqRel);
+    }
+
+    /// Writes `key = value` at `level`.
+    pub async fn replicate(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        level: ConsistencyLevel,
+    ) -> Result<WriteAck, EtcdError> {
+        let seen = self.inner.session.clone();
+        self.put_in(key, value, level, seen).await
+    }
+
+    async fn put_in(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        level: ConsistencyLevel,
+        seen: Arc<AtomicI64>,
+    ) -> Result<WriteAck, EtcdError> {
+        let op = WriteOp::Put(PutRequest {
+            key: key.as_ref().to_vec(),
+            value: value.as_ref().to_vec(),
+            ..Default::default()
+        });
+        if level == ConsistencyLevel::Eventual {
+            let w = self.eventual(op).await?;
+            return Ok(WriteAck {
+                revision: None,
+                index: w.index,
+            });
+        }
+        let (result, index) = self.write_op(op, level, seen).await?;
+        let revision = match result {
+            WriteResult::Put(PutResponse { header, .. }) => header.map(|h| h.revision),
+            other => return Err(EtcdError::Internal(format!("unexpected reply {other:?}"))),
+        };
+        Ok(WriteAck { revision, index })
+    }
+
+    async fn write_op(
+        &self,
+        op: WriteOp,
+        level: ConsistencyLevel,
+        seen: Arc<AtomicI64>,
+    ) -> Result<(WriteResult, u64), EtcdError> {
+        let node = self.leader_node()?;
+        let w = self.inner.w;
+        self.run(async move {
+            let (reply, index) = node.write(Command::from_op(&op), level, w).await?;
+            let result = reply.into_result()?;
+            let rev = match &result {
+                WriteResult::Put(r) => r.header.as_ref().map(|h| h.revision),
+                WriteResult::DeleteRange(r) => r.header.as_ref().map(|h| h.revision),
+                WriteResult::Txn(r) => r.header.as_ref().map(|h| h.revision),
+                WriteResult::Compact(r) => r.header.as_ref().map(|h| h.revision),
+            };
+            Self::observe(&seen, rev.unwrap_or(0));
+            Ok((result, index))
+        })
+        .await
+    }
+
+    async fn eventual(&self, op: WriteOp) -> Result<EventualWrite, EtcdError> {
+        self.eventual_via(None, op).await
+    }
+
+    async fn eventual_via(
+        &self,
+        via: Option<usize>,
+        op: WriteOp,
+    ) -> Result<EventualWrite, EtcdError> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let node = match via {
+                Some(i) => self.node(i)?,
+                None => self.leader_node()?,
+            };
+            let cmd = Command::from_op(&op);
+            match self.run(async move { node.write_async(cmd).await }).await {
+                Ok(pending) => {
+                    return Ok(EventualWrite {
+                        index: pending.index,
+                        pending,
+                    })
+                }
+                // Nothing was proposed: try the leader as it is now.
+                Err(EtcdError::NotLeader) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// An `Eventual` write: returns once it is durable in the leader's log; the handle resolves
+    /// when it commits (with its revision) or is discarded.
+    pub async fn replicate_async(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<EventualWrite, EtcdError> {
+        let op = WriteOp::Put(PutRequest {
+            key: key.as_ref().to_vec(),
+            value: value.as_ref().to_vec(),
+            ..Default::default()
+        });
+        self.eventual(op).await
+    }
+
+    /// Reads `key` at `level`.
+    pub async fn read(
+        &self,
+        key: impl AsRef<[u8]>,
+        level: ConsistencyLevel,
+    ) -> Result<Option<Vec<u8>>, EtcdError> {
+        let seen = self.inner.session.clone();
+        self.read_in(key, level, seen).await
+    }
+
+    async fn read_in(
+        &self,
+        key: impl AsRef<[u8]>,
+        level: ConsistencyLevel,
+        seen: Arc<AtomicI64>,
+    ) -> Result<Option<Vec<u8>>, EtcdError> {
+        let node = match level {
+            ConsistencyLevel::Eventual => self.pick(false)?,
+            ConsistencyLevel::Sequential => {
+                // Prefer a replica that already reached the session; any one otherwise (it waits).
+                let want = seen.load(Ordering::Acquire);
+                let live = self.live();
+                live.iter()
+                    .map(|(_, n)| n)
+                    .find(|n| n.state().read(|s| s.current_revision()) >= want)
+                    .cloned()
+                    .map_or_else(|| self.pick(false), Ok)?
+            }
+            ConsistencyLevel::Quorum => self.pick(true)?,
+            ConsistencyLevel::Strong | ConsistencyLevel::All => self.leader_node()?,
+        };
+        self.read_at(node, key.as_ref().to_vec(), level, seen).await
+    }
+
+    /// Reads `key` at `level` from replica `i` (0-based), wherever it stands: for tests that
+    /// need to ask one particular replica.
+    pub async fn read_from(
+        &self,
+        i: usize,
+        key: impl AsRef<[u8]>,
+        level: ConsistencyLevel,
+    ) -> Result<Option<Vec<u8>>, EtcdError> {
+        let node = self.node(i)?;
+        let seen = self.inner.session.clone();
+        self.read_at(node, key.as_ref().to_vec(), level, seen).await
+    }
+
+    async fn read_at(
+        &self,
+        node: Arc<RaftNode>,
+        key: Vec<u8>,
+        level: ConsistencyLevel,
+        seen: Arc<AtomicI64>,
+    ) -> Result<Option<Vec<u8>>, EtcdError> {
+        let r = self.inner.r;
+        self.run(async move {
+            node.read_gate(level, r, seen.load(Ordering::Acquire))
+                .await?;
+            let resp = node.state().read(|s| {
+                s.range(&RangeRequest {
+                    key,
+                    ..Default::default()
+                })
+            })?;
+            if level != ConsistencyLevel::Eventual {
+                Self::observe(&seen, resp.header.as_ref().map_or(0, |h| h.revision));
+            }
+            Ok(resp.kvs.into_iter().next().map(|kv| kv.value))
+        })
+        .await
+    }
+
+    /// Deletes `key` at `level` (`Eventual` deletes are acknowledged like `Quorum` ones);
+    /// returns whether it existed.
+    pub async fn delete(
+        &self,
+        key: impl AsRef<[u8]>,
+        level: ConsistencyLevel,
+    ) -> Result<bool, EtcdError> {
+        let op = WriteOp::DeleteRange(DeleteRangeRequest {
+            key: key.as_ref().to_vec(),
+            ..Default::default()
+        });
+        let level = if level == ConsistencyLevel::Eventual {
+            ConsistencyLevel::Quorum
+        } else {
+            level
+        };
+        match self
+            .write_op(op, level, self.inner.session.clone())
+            .await?
+            .0
+        {
+            WriteResult::DeleteRange(DeleteRangeResponse { deleted, .. }) => Ok(deleted > 0),
+            other => Err(EtcdError::Internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// Runs an etcd transaction at `level` (`Eventual` runs as `Quorum`).
+    pub async fn txn(
+        &self,
+        txn: TxnRequest,
+        level: ConsistencyLevel,
+    ) -> Result<TxnResponse, EtcdError> {
+        c20_storage::mvcc::validate_txn(&txn)?;
+        let level = if level == ConsistencyLevel::Eventual {
+            ConsistencyLevel::Quorum
+        } else {
+            level
+        };
+        match self
+            .write_op(WriteOp::Txn(txn), level, self.inner.session.clone())
+            .await?
+            .0
+        {
+            WriteResult::Txn(r) => Ok(r),
+            other => Err(EtcdError::Internal(format!("unexpected reply {other:?}"))),
+        }
+    }
+
+    /// A new session (its own read-your-writes horizon) over this replicator.
+    pub fn session(&self) -> Session {
+        Session {
+            rep: self.clone(),
+            seen: Arc::new(AtomicI64::new(0)),
+        }
+    }
+
+    // ------------------------------------------------------------------ test controls
+
+    /// An `Eventual` write proposed on replica `i` (0-based), which must believe it leads.
+    pub async fn replicate_async_via(
+        &self,
+        i: usize,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<EventualWrite, EtcdError> {
+        let op = WriteOp::Put(PutRequest {
+            key: key.as_ref().to_vec(),
+            value: value.as_ref().to_vec(),
+            ..Default::default()
+        });
+        self.eventual_via(Some(i), op).await
+    }
+
+    /// Cuts replica `i` off from every other replica (both directions).
+    pub fn isolate(&self, i: usize) {
+        let id = self.inner.replicas.read().expect("replicas lock")[i].id;
+        self.inner.router.isolate(id);
+    }
+
+    /// Restores every link of replica `i`.
+    pub fn heal(&self, i: usize) {
+        let id = self.inner.replicas.read().expect("replicas lock")[i].id;
+        self.inner.router.heal(id);
+    }
+
+    /// Restores every link.
+    pub fn heal_all(&self) {
+        self.inner.router.heal_all();
+    }
+
+    /// Stops replica `i` abruptly (its storage stays, as a disk would).
+    pub async fn crash(&self, i: usize) {
+        let node = self.inner.replicas.write().expect("replicas lock")[i]
+            .node
+            .take();
+        if let Some(node) = node {
+            let _ = self
+                .run(async move {
+                    node.crash().await;
+                    Ok(())
+                })
+                .await;
+        }
+    }
+
+    /// Starts replica `i` again on its storage.
+    pub async fn restart(&self, i: usize) -> Result<(), EtcdError> {
+        let (id, disk) = {
+            let reps = self.inner.replicas.read().expect("replicas lock");
+            if reps[i].node.is_some() {
+                return Ok(());
+            }
+            (reps[i].id, reps[i].disk.clone())
+        };
+        let cfg = node_config(&self.inner.peers, id, &self.inner.dir, &self.inner.router);
+        let node = self
+            .run(async move {
+                match disk {
+                    Some((log, sm)) => RaftNode::start_with(cfg, log, sm).await,
+                    None => RaftNode::start(cfg).await,
+                }
+                .map_err(|e| EtcdError::StorageFailed(e.to_string()))
+            })
+            .await?;
+        self.inner.replicas.write().expect("replicas lock")[i].node = Some(node);
+        Ok(())
+    }
+}
+
+impl Session {
+    /// Writes `key = value`; later reads of this session see it.
+    pub async fn replicate(
+        &self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+        level: ConsistencyLevel,
+    ) -> Result<WriteAck, EtcdError> {
+        self.rep.put_in(key, value, level, self.seen.clone()).await
+    }
+
+    /// Reads `key`; at `Sequential`, never older than anything this session saw.
+    pub async fn read(
+        &self,
+        key: impl AsRef<[u8]>,
+        level: ConsistencyLevel,
+    ) -> Result<Option<Vec<u8>>, EtcdError> {
+        self.rep.read_in(key, level, self.seen.clone()).await
+    }
+
+    /// The newest revision this session has seen.
+    pub fn seen_revision(&self) -> i64 {
+        self.seen.load(Ordering::Acquire)
+    }
+}
