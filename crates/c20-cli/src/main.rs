@@ -1,5 +1,6 @@
 //! `c20`: run a node (`serve`) or a local cluster (`up`), and talk to a cluster.
 
+mod bench;
 mod client_cmds;
 mod txn_parse;
 mod up;
@@ -39,6 +40,8 @@ enum Cmd {
     Status(client_cmds::StatusArgs),
     /// List the members of the cluster.
     Members(client_cmds::StatusArgs),
+    /// Measure throughput and latency of puts, gets, txn CAS or a mix (against c20 or etcd).
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -121,6 +124,7 @@ fn main() -> Result<()> {
         Cmd::Txn(a) => rt.block_on(client_cmds::txn(a)),
         Cmd::Status(a) => rt.block_on(client_cmds::status(a)),
         Cmd::Members(a) => rt.block_on(client_cmds::members(a)),
+        Cmd::Bench(a) => rt.block_on(bench::run(a)),
     }
 }
 

@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# Runs the same `c20 bench` workloads against a 3-member etcd and a 3-member c20 on this machine,
+# one after the other in one run, and prints a side-by-side table.
+#
+#   scripts/bench-vs-etcd.sh [--total N] [--quick]
+#
+# Needs Debian's etcd-server (/usr/bin/etcd). Both clusters run on 127.0.0.1 with fsync on,
+# data in a temporary directory; everything started here is stopped on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TOTAL=20000
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --total) TOTAL="$2"; shift 2 ;;
+        --quick) TOTAL=2000; shift ;;
+        *) echo "unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+
+command -v etcd >/dev/null || { echo "etcd not found: apt-get install etcd-server" >&2; exit 1; }
+cargo build --release -q -p c20-cli
+C20=target/release/c20
+WORK=$(mktemp -d /tmp/c20-bench-XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# Six free loopback ports per cluster, found by binding port 0.
+free_ports() {
+    python3 - "$1" <<'PY'
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+for s in socks: s.close()
+PY
+}
+
+start_cluster() { # flavor -> sets ENDPOINTS
+    local flavor=$1 ports cluster="" i
+    read -r -a ports <<<"$(free_ports 6)"
+    for i in 0 1 2; do cluster+="n$((i+1))=http://127.0.0.1:${ports[$((i*2+1))]},"; done
+    cluster=${cluster%,}
+    ENDPOINTS=""
+    for i in 0 1 2; do
+        local c=${ports[$((i*2))]} p=${ports[$((i*2+1))]}
+        local args=(--name "n$((i+1))" --data-dir "$WORK/$flavor/n$((i+1))"
+            --listen-client-urls "http://127.0.0.1:$c" --advertise-client-urls "http://127.0.0.1:$c"
+            --listen-peer-urls "http://127.0.0.1:$p" --initial-advertise-peer-urls "http://127.0.0.1:$p"
+            --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token "bench-$flavor")
+        if [ "$flavor" = etcd ]; then
+            etcd "${args[@]}" >"$WORK/$flavor-n$((i+1)).log" 2>&1 &
+        else
+            "$C20" serve "${args[@]}" >"$WORK/$flavor-n$((i+1)).log" 2>&1 &
+        fi
+        PIDS+=($!)
+        ENDPOINTS+="127.0.0.1:$c,"
+    done
+    ENDPOINTS=${ENDPOINTS%,}
+    for _ in $(seq 1 200); do
+        if ETCDCTL_API=3 etcdctl --endpoints "$ENDPOINTS" endpoint health >/dev/null 2>&1; then return; fi
+        sleep 0.1
+    done
+    echo "$flavor cluster did not become healthy" >&2; exit 1
+}
+
+stop_cluster() {
+    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    PIDS=()
+}
+
+WORKLOADS=(
+    "put-1:--workload put --clients 1 --conns 1"
+    "put-100:--workload put --clients 100 --conns 10"
+    "get-strong-100:--workload get --consistency strong --clients 100 --conns 10 --key-space 10000"
+    "get-eventual-100:--workload get --consistency eventual --clients 100 --conns 10 --key-space 10000"
+    "txn-cas-100:--workload txn-cas --clients 100 --conns 10 --key-space 10000"
+    "mixed-100:--workload mixed --clients 100 --conns 10 --key-space 10000"
+)
+
+declare -A RES
+for flavor in etcd c20; do
+    start_cluster "$flavor"
+    for w in "${WORKLOADS[@]}"; do
+        name=${w%%:*}; args=${w#*:}
+        total=$TOTAL; [ "$name" = put-1 ] && total=$((TOTAL / 10))
+        # shellcheck disable=SC2086
+        RES[$flavor/$name]=$("$C20" bench --endpoints "$ENDPOINTS" $args --val-size 256 --total "$total" --json)
+    done
+    stop_cluster
+done
+
+field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+printf '%-18s | %12s %9s %9s | %12s %9s %9s | %7s\n' workload "etcd ops/s" "p50 ms" "p99 ms" "c20 ops/s" "p50 ms" "p99 ms" "c20/etcd"
+for w in "${WORKLOADS[@]}"; do
+    name=${w%%:*}
+    e=${RES[etcd/$name]}; c=${RES[c20/$name]}
+    eo=$(field "$e" ops_per_s); co=$(field "$c" ops_per_s)
+    printf '%-18s | %12s %9s %9s | %12s %9s %9s | %7.2f\n' "$name" \
+        "$eo" "$(field "$e" p50_ms)" "$(field "$e" p99_ms)" \
+        "$co" "$(field "$c" p50_ms)" "$(field "$c" p99_ms)" \
+        "$(python3 -c "print($co/$eo)")"
+done
+echo "errors: $(for k in "${!RES[@]}"; do printf '%s=%s ' "$k" "$(field "${RES[$k]}" errors)"; done)"
