@@ -99,7 +99,7 @@ struct ServeArgs {
     #[arg(long, env = "C20_ELECTION_TIMEOUT", default_value_t = 1000)]
     election_timeout: u64,
     /// Committed entries between snapshots.
-    #[arg(long, env = "C20_SNAPSHOT_COUNT", default_value_t = 10_000)]
+    #[arg(long, env = "C20_SNAPSHOT_COUNT", default_value_t = 100_000)]
     snapshot_count: u64,
 }
 

@@ -71,7 +71,7 @@ impl RaftNodeConfig {
             election_timeout_min_ms: 1000,
             election_timeout_max_ms: 2000,
             request_timeout: Duration::from_secs(7),
-            snapshot_count: 10_000,
+            snapshot_count: 100_000,
             wal: WalOptions::default(),
             in_memory: false,
             transport: Transport::Grpc,
@@ -154,6 +154,8 @@ impl RaftNode {
             install_snapshot_timeout: 60_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_count),
             max_in_snapshot_log_to_keep: 1000,
+            // Appends carry up to this many entries; a bigger batch amortizes the per-RPC work.
+            max_payload_entries: 1024,
             ..Default::default()
         }
         .validate()
@@ -265,7 +267,8 @@ impl RaftNode {
     }
 
     pub fn status(&self) -> NodeStatus {
-        let m = self.raft.metrics().borrow_watched().clone();
+        let rx = self.raft.metrics();
+        let m = rx.borrow_watched();
         let is_learner = m
             .membership_config
             .membership()
@@ -285,6 +288,16 @@ impl RaftNode {
                 (Ok(()), None) => None,
             },
         }
+    }
+
+    /// Whether this node believes it leads (cheaper than [`RaftNode::status`]).
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow_watched().state == ServerState::Leader
+    }
+
+    /// This node's current term (cheaper than [`RaftNode::status`]).
+    pub fn term(&self) -> u64 {
+        self.raft.metrics().borrow_watched().current_term
     }
 
     pub fn members(&self) -> Vec<MemberInfo> {

@@ -51,7 +51,7 @@ impl ServerConfig {
             initial_cluster_token: "etcd-cluster".to_string(),
             heartbeat_interval_ms: 100,
             election_timeout_ms: 1000,
-            snapshot_count: 10_000,
+            snapshot_count: 100_000,
             request_timeout: Duration::from_secs(7),
         }
     }

@@ -41,7 +41,7 @@ impl Shared {
             cluster_id: self.cluster_id,
             member_id: self.node.id(),
             revision,
-            raft_term: self.node.status().term,
+            raft_term: self.node.term(),
         });
     }
 
@@ -51,7 +51,7 @@ impl Shared {
             cluster_id: self.cluster_id,
             member_id: self.node.id(),
             revision: 0,
-            raft_term: self.node.status().term,
+            raft_term: self.node.term(),
         })
     }
 }

@@ -5,8 +5,11 @@
 //! events keyed by `(main, sub)` revision, one of metadata); the serving copy is an in-memory key
 //! index rebuilt from redb at open, like etcd's `treeIndex` over bbolt.
 //!
-//! A batch of writes is applied in one redb write transaction without fsync; the Raft log is the
-//! source of truth and is replayed above the last durable [`MvccStore::checkpoint`] at restart.
+//! Applying changes only the in-memory index; the changed rows wait in memory and reach redb in
+//! one durable transaction at each [`MvccStore::checkpoint`] (the caller checkpoints every
+//! second or so, before snapshots and at shutdown). The Raft log is the source of truth and is
+//! replayed above the last checkpoint at restart, so rows that never reached redb are rebuilt.
+//! A store made with [`MvccStore::in_memory`] has no redb at all.
 
 use crate::StorageError;
 use c20_api::etcdserverpb::{
@@ -71,15 +74,17 @@ pub enum WriteResult {
     Compact(CompactionResponse),
 }
 
-/// Row changes of one batch, flushed to redb together.
+/// Row changes since the last checkpoint, written to redb together: events added (put or
+/// tombstone, the tombstone's key and revision in its `KeyValue`), then events compacted away.
 #[derive(Default)]
 struct PendingRows {
-    inserts: Vec<((u64, u64), Vec<u8>)>,
+    inserts: Vec<((u64, u64), bool, Arc<KeyValue>)>,
     removes: Vec<(u64, u64)>,
 }
 
 pub struct MvccStore {
-    db: Database,
+    /// The durable copy; `None` for a store held in memory only.
+    db: Option<Database>,
     /// The database file; `None` for a store held in memory.
     path: Option<std::path::PathBuf>,
     index: BTreeMap<Vec<u8>, Vec<KeyEvent>>,
@@ -100,10 +105,16 @@ impl MvccStore {
 
     /// A store held in memory only (for embedded clusters and simulation).
     pub fn in_memory() -> Result<MvccStore, StorageError> {
-        let db = Database::builder()
-            .create_with_backend(redb::backends::InMemoryBackend::new())
-            .map_err(redb::Error::from)?;
-        Self::with_db(db, None)
+        Ok(MvccStore {
+            db: None,
+            path: None,
+            index: BTreeMap::new(),
+            current_rev: 1,
+            compact_rev: 0,
+            applied: Vec::new(),
+            pending: PendingRows::default(),
+            failed: None,
+        })
     }
 
     fn with_db(db: Database, path: Option<std::path::PathBuf>) -> Result<MvccStore, StorageError> {
@@ -116,7 +127,7 @@ impl MvccStore {
             w.commit().map_err(redb::Error::from)?;
         }
         let mut store = MvccStore {
-            db,
+            db: Some(db),
             path,
             index: BTreeMap::new(),
             current_rev: 1,
@@ -130,7 +141,10 @@ impl MvccStore {
     }
 
     fn load(&mut self) -> Result<(), StorageError> {
-        let r = self.db.begin_read().map_err(redb::Error::from)?;
+        let Some(db) = &self.db else {
+            return Ok(());
+        };
+        let r = db.begin_read().map_err(redb::Error::from)?;
         let meta = r.open_table(META).map_err(redb::Error::from)?;
         if let Some(v) = meta.get(META_CURRENT_REV).map_err(redb::Error::from)? {
             self.current_rev = decode_i64(v.value())?;
@@ -145,27 +159,7 @@ impl MvccStore {
         for row in events.iter().map_err(redb::Error::from)? {
             let (k, v) = row.map_err(redb::Error::from)?;
             let (main, sub) = k.value();
-            let raw = v.value();
-            let (flag, body) = raw
-                .split_first()
-                .ok_or_else(|| StorageError::Corrupt(format!("empty event row at {main}.{sub}")))?;
-            let kv = KeyValue::decode(body)
-                .map_err(|e| StorageError::Corrupt(format!("event row {main}.{sub}: {e}")))?;
-            let key = kv.key.clone();
-            let kv = match *flag {
-                FLAG_PUT => Some(Arc::new(kv)),
-                FLAG_TOMBSTONE => None,
-                f => {
-                    return Err(StorageError::Corrupt(format!(
-                        "event row {main}.{sub}: flag {f}"
-                    )))
-                }
-            };
-            self.index.entry(key).or_default().push(KeyEvent {
-                main: main as i64,
-                sub: sub as i64,
-                kv,
-            });
+            index_row(&mut self.index, main, sub, v.value())?;
         }
         Ok(())
     }
@@ -410,8 +404,19 @@ impl MvccStore {
         if let Some(e) = &self.failed {
             return Err(StorageError::Failed(e.clone()));
         }
+        self.pending = PendingRows::default();
+        let Some(db) = &self.db else {
+            self.index.clear();
+            for (main, sub, row) in &image.events {
+                index_row(&mut self.index, *main, *sub, row)?;
+            }
+            self.current_rev = image.current_rev;
+            self.compact_rev = image.compact_rev;
+            self.applied = applied;
+            return Ok(());
+        };
         let res = (|| -> Result<(), StorageError> {
-            let mut w = self.db.begin_write().map_err(redb::Error::from)?;
+            let mut w = db.begin_write().map_err(redb::Error::from)?;
             w.set_durability(Durability::Immediate)
                 .map_err(|e| StorageError::Redb(e.to_string()))?;
             w.delete_table(EVENTS).map_err(redb::Error::from)?;
@@ -459,10 +464,6 @@ impl MvccStore {
         }
         let results = ops.iter().map(|op| self.apply_one(op)).collect();
         self.applied = applied;
-        if let Err(e) = self.flush(Durability::None) {
-            self.failed = Some(e.to_string());
-            return Err(e);
-        }
         Ok(results)
     }
 
@@ -477,25 +478,42 @@ impl MvccStore {
         if let Some(e) = &self.failed {
             return Err(StorageError::Failed(e.clone()));
         }
-        let res = self.flush(Durability::Immediate);
+        let res = self.flush();
         if let Err(e) = &res {
             self.failed = Some(e.to_string());
         }
         res
     }
 
-    fn flush(&mut self, durability: Durability) -> Result<(), StorageError> {
+    /// Number of row changes waiting for the next checkpoint.
+    pub fn pending_rows(&self) -> usize {
+        self.pending.inserts.len() + self.pending.removes.len()
+    }
+
+    fn flush(&mut self) -> Result<(), StorageError> {
         let pending = std::mem::take(&mut self.pending);
-        let mut w = self.db.begin_write().map_err(redb::Error::from)?;
-        w.set_durability(durability)
+        let Some(db) = &self.db else {
+            return Ok(());
+        };
+        let mut w = db.begin_write().map_err(redb::Error::from)?;
+        w.set_durability(Durability::Immediate)
             .map_err(|e| StorageError::Redb(e.to_string()))?;
         {
             let mut events = w.open_table(EVENTS).map_err(redb::Error::from)?;
+            let mut row = Vec::new();
+            // Inserts before removes: an event added and compacted away within one checkpoint
+            // interval must not survive.
+            for (k, is_put, kv) in &pending.inserts {
+                row.clear();
+                row.push(if *is_put { FLAG_PUT } else { FLAG_TOMBSTONE });
+                kv.encode(&mut row)
+                    .expect("encoding into a Vec cannot fail");
+                events
+                    .insert(*k, row.as_slice())
+                    .map_err(redb::Error::from)?;
+            }
             for k in &pending.removes {
                 events.remove(*k).map_err(redb::Error::from)?;
-            }
-            for (k, v) in &pending.inserts {
-                events.insert(*k, v.as_slice()).map_err(redb::Error::from)?;
             }
             let mut meta = w.open_table(META).map_err(redb::Error::from)?;
             meta.insert(META_CURRENT_REV, self.current_rev.to_le_bytes().as_slice())
@@ -616,17 +634,23 @@ impl MvccStore {
         let main = w.rev();
         let sub = w.changes;
         w.changes += 1;
-        let mut row = Vec::with_capacity(1 + kv.encoded_len());
-        row.push(if is_put { FLAG_PUT } else { FLAG_TOMBSTONE });
-        kv.encode(&mut row)
-            .expect("encoding into a Vec cannot fail");
-        self.pending.inserts.push(((main as u64, sub as u64), row));
-        let key = kv.key.clone();
-        self.index.entry(key).or_default().push(KeyEvent {
+        let kv = Arc::new(kv);
+        if self.db.is_some() {
+            self.pending
+                .inserts
+                .push(((main as u64, sub as u64), is_put, kv.clone()));
+        }
+        let event = KeyEvent {
             main,
             sub,
-            kv: is_put.then(|| Arc::new(kv)),
-        });
+            kv: is_put.then(|| kv.clone()),
+        };
+        match self.index.get_mut(kv.key.as_slice()) {
+            Some(history) => history.push(event),
+            None => {
+                self.index.insert(kv.key.clone(), vec![event]);
+            }
+        }
     }
 
     /// Evaluates the compares of `t` and of the nested txns on the branches taken, against the
@@ -778,7 +802,9 @@ impl MvccStore {
             let keep_newest = history[upto - 1].kv.is_some();
             let drop_n = if keep_newest { upto - 1 } else { upto };
             for e in history.drain(..drop_n) {
-                self.pending.removes.push((e.main as u64, e.sub as u64));
+                if self.db.is_some() {
+                    self.pending.removes.push((e.main as u64, e.sub as u64));
+                }
             }
             if history.is_empty() {
                 emptied.push(key.clone());
@@ -819,6 +845,36 @@ impl TxnWriter {
             self.begin_rev
         }
     }
+}
+
+/// Adds one stored row to the key index.
+fn index_row(
+    index: &mut BTreeMap<Vec<u8>, Vec<KeyEvent>>,
+    main: u64,
+    sub: u64,
+    raw: &[u8],
+) -> Result<(), StorageError> {
+    let (flag, body) = raw
+        .split_first()
+        .ok_or_else(|| StorageError::Corrupt(format!("empty event row at {main}.{sub}")))?;
+    let kv = KeyValue::decode(body)
+        .map_err(|e| StorageError::Corrupt(format!("event row {main}.{sub}: {e}")))?;
+    let key = kv.key.clone();
+    let kv = match *flag {
+        FLAG_PUT => Some(Arc::new(kv)),
+        FLAG_TOMBSTONE => None,
+        f => {
+            return Err(StorageError::Corrupt(format!(
+                "event row {main}.{sub}: flag {f}"
+            )))
+        }
+    };
+    index.entry(key).or_default().push(KeyEvent {
+        main: main as i64,
+        sub: sub as i64,
+        kv,
+    });
+    Ok(())
 }
 
 fn latest_at(history: &[KeyEvent], rev: i64) -> Option<&KeyEvent> {

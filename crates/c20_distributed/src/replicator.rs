@@ -317,8 +317,8 @@ impl LocalReplicator {
     pub fn leader(&self) -> Option<usize> {
         self.live()
             .into_iter()
-            .filter(|(_, n)| n.status().is_leader)
-            .max_by_key(|(_, n)| n.status().term)
+            .filter(|(_, n)| n.is_leader())
+            .max_by_key(|(_, n)| n.term())
             .map(|(i, _)| i)
     }
 
