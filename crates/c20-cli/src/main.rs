@@ -11,6 +11,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// mimalloc: the node allocates many small objects per request (keys, values, log entries);
+/// measured faster than the system allocator on the write path (docs/BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "c20",

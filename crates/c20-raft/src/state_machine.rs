@@ -77,7 +77,16 @@ impl SmShared {
 
     /// Makes everything applied so far durable.
     pub fn checkpoint(&self) -> Result<(), StorageError> {
-        self.store.write().expect("store lock").checkpoint()?;
+        let mut store = self.store.write().expect("store lock");
+        self.checkpoint_locked(&mut store)
+    }
+
+    /// Checkpoints `store` (whose lock the caller holds) with the current applied record.
+    fn checkpoint_locked(&self, store: &mut MvccStore) -> Result<(), StorageError> {
+        let raw = postcard::to_allocvec(&*self.applied.read().expect("applied lock"))
+            .map_err(|e| StorageError::Io(e.to_string()))?;
+        store.set_applied(raw);
+        store.checkpoint()?;
         *self.checkpoint.lock().expect("checkpoint lock") = (Instant::now(), 0);
         Ok(())
     }
@@ -148,26 +157,29 @@ impl StateMachine {
 
     fn apply_batch(&self, batch: Vec<EntryResponder<TypeConfig>>) -> io::Result<()> {
         let mut ops: Vec<WriteOp> = Vec::new();
-        // For each entry with a responder: where its reply comes from.
+        // For each entry with a responder (only the leader's client writes have one): where its
+        // reply comes from. Replies are built only for those.
         enum Source {
             Op(usize),
             Fixed(Reply),
         }
         let mut replies = Vec::new();
-        let mut applied = self.shared.applied.read().expect("applied lock").clone();
+        let mut membership = None;
+        let mut published = Vec::new();
+        let mut last_applied = None;
         let n = batch.len() as u64;
         for (entry, responder) in batch {
             let source = match entry.payload {
                 EntryPayload::Blank => Source::Fixed(Reply::Published),
                 EntryPayload::Membership(m) => {
-                    applied.membership = StoredMembership::new(Some(entry.log_id), m);
+                    membership = Some(StoredMembership::new(Some(entry.log_id), m));
                     Source::Fixed(Reply::Published)
                 }
                 EntryPayload::Normal(Command {
                     op: Op::PublishMember { id, attrs },
                     ..
                 }) => {
-                    applied.members.insert(id, attrs);
+                    published.push((id, attrs));
                     Source::Fixed(Reply::Published)
                 }
                 EntryPayload::Normal(cmd) => match cmd.to_op() {
@@ -184,16 +196,22 @@ impl StateMachine {
                     None => unreachable!("only PublishMember carries no op"),
                 },
             };
-            applied.last_applied = Some(entry.log_id);
+            last_applied = Some(entry.log_id);
             if let Some(r) = responder {
                 replies.push((r, source));
             }
         }
-        let raw = postcard::to_allocvec(&applied).map_err(io_err)?;
         let mut results = {
             let mut store = self.shared.store.write().expect("store lock");
-            let results = store.apply_batch(&ops, raw).map_err(io_err)?;
-            *self.shared.applied.write().expect("applied lock") = applied;
+            let results = store.apply_batch(ops).map_err(io_err)?;
+            let mut applied = self.shared.applied.write().expect("applied lock");
+            if let Some(m) = membership {
+                applied.membership = m;
+            }
+            applied.members.extend(published);
+            if last_applied.is_some() {
+                applied.last_applied = last_applied;
+            }
             results.into_iter().map(Some).collect::<Vec<_>>()
         };
         let due = {
@@ -243,12 +261,14 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || -> io::Result<Snapshot> {
             // The store is durable up to the snapshot before the log below it may be purged.
-            let (image, applied) = {
+            let (refs, applied) = {
                 let mut store = shared.store.write().expect("store lock");
-                store.checkpoint().map_err(io_err)?;
+                shared.checkpoint_locked(&mut store).map_err(io_err)?;
                 let applied = shared.applied.read().expect("applied lock").clone();
-                (store.export(), applied)
+                (store.export_refs(), applied)
             };
+            // Encoding happens without the lock: applying goes on meanwhile.
+            let image = refs.into_image();
             let payload = SnapshotPayload {
                 meta: SnapshotMeta {
                     last_log_id: applied.last_applied,

@@ -51,8 +51,56 @@ struct KeyEvent {
 pub struct MvccImage {
     pub current_rev: i64,
     pub compact_rev: i64,
-    /// `(main, sub, row)` in revision order; rows as in the events table.
+    /// `(main, sub, row)` in key order, each key's events in revision order; rows as in the
+    /// events table.
     pub events: Vec<(u64, u64, serde_bytes::ByteBuf)>,
+}
+
+/// The store's events by reference (see [`MvccStore::export_refs`]).
+pub struct ExportRefs {
+    current_rev: i64,
+    compact_rev: i64,
+    events: Vec<(i64, i64, EventRef)>,
+}
+
+enum EventRef {
+    Put(Arc<KeyValue>),
+    Tombstone(Vec<u8>),
+}
+
+impl ExportRefs {
+    /// Encodes every event as the events table stores it.
+    pub fn into_image(self) -> MvccImage {
+        let events = self
+            .events
+            .into_iter()
+            .map(|(main, sub, e)| {
+                let mut row = Vec::new();
+                match e {
+                    EventRef::Put(kv) => {
+                        row.push(FLAG_PUT);
+                        kv.encode(&mut row)
+                    }
+                    EventRef::Tombstone(key) => {
+                        row.push(FLAG_TOMBSTONE);
+                        KeyValue {
+                            key,
+                            mod_revision: main,
+                            ..Default::default()
+                        }
+                        .encode(&mut row)
+                    }
+                }
+                .expect("encoding into a Vec cannot fail");
+                (main as u64, sub as u64, serde_bytes::ByteBuf::from(row))
+            })
+            .collect();
+        MvccImage {
+            current_rev: self.current_rev,
+            compact_rev: self.compact_rev,
+            events,
+        }
+    }
 }
 
 /// A write request as it is replicated and applied.
@@ -332,8 +380,8 @@ impl MvccStore {
             .and_then(|e| e.kv.as_ref())
     }
 
-    /// A hash of every stored event up to `rev` (0 = current); equal on replicas that hold the
-    /// same history. Returns (hash, compact revision).
+    /// A hash of every stored event up to `rev` (0 = current), in key order; equal on replicas
+    /// that hold the same history. Returns (hash, compact revision).
     pub fn hash_kv(&self, rev: i64) -> Result<(u32, i64), EtcdError> {
         let rev = if rev <= 0 { self.current_rev } else { rev };
         if rev > self.current_rev {
@@ -349,7 +397,6 @@ impl MvccStore {
                 events.push((e.main, e.sub, k, e.kv.as_ref()));
             }
         }
-        events.sort_by_key(|e| (e.0, e.1));
         let mut crc = 0u32;
         for (main, sub, key, kv) in events {
             crc = crc32c::crc32c_append(crc, &main.to_le_bytes());
@@ -368,31 +415,24 @@ impl MvccStore {
 
     /// A full image of the store (every event kept and the revisions), for snapshots.
     pub fn export(&self) -> MvccImage {
-        let mut events: Vec<(u64, u64, serde_bytes::ByteBuf)> = Vec::new();
+        self.export_refs().into_image()
+    }
+
+    /// The store's content by reference: cheap to take (shared values are not copied), so a
+    /// snapshot holds the store's lock only for this; [`ExportRefs::into_image`] does the
+    /// encoding afterwards.
+    pub fn export_refs(&self) -> ExportRefs {
+        let mut events = Vec::new();
         for (key, history) in &self.index {
             for e in history {
-                let mut row = Vec::new();
-                match &e.kv {
-                    Some(kv) => {
-                        row.push(FLAG_PUT);
-                        kv.encode(&mut row)
-                    }
-                    None => {
-                        row.push(FLAG_TOMBSTONE);
-                        KeyValue {
-                            key: key.clone(),
-                            mod_revision: e.main,
-                            ..Default::default()
-                        }
-                        .encode(&mut row)
-                    }
-                }
-                .expect("encoding into a Vec cannot fail");
-                events.push((e.main as u64, e.sub as u64, serde_bytes::ByteBuf::from(row)));
+                let kv = match &e.kv {
+                    Some(kv) => EventRef::Put(kv.clone()),
+                    None => EventRef::Tombstone(key.clone()),
+                };
+                events.push((e.main, e.sub, kv));
             }
         }
-        events.sort_by_key(|e| (e.0, e.1));
-        MvccImage {
+        ExportRefs {
             current_rev: self.current_rev,
             compact_rev: self.compact_rev,
             events,
@@ -456,21 +496,18 @@ impl MvccStore {
     /// how far the log has been applied) atomically with it.
     pub fn apply_batch(
         &mut self,
-        ops: &[WriteOp],
-        applied: Vec<u8>,
+        ops: Vec<WriteOp>,
     ) -> Result<Vec<Result<WriteResult, EtcdError>>, StorageError> {
         if let Some(e) = &self.failed {
             return Err(StorageError::Failed(e.clone()));
         }
-        let results = ops.iter().map(|op| self.apply_one(op)).collect();
-        self.applied = applied;
-        Ok(results)
+        Ok(ops.into_iter().map(|op| self.apply_one(op)).collect())
     }
 
-    /// Records a new `applied` marker without any KV change (for log entries such as membership
-    /// changes and blanks).
-    pub fn set_applied(&mut self, applied: Vec<u8>) -> Result<(), StorageError> {
-        self.apply_batch(&[], applied).map(|_| ())
+    /// Sets the caller's record of how far the log has been applied; the next checkpoint stores
+    /// it atomically with the rows.
+    pub fn set_applied(&mut self, applied: Vec<u8>) {
+        self.applied = applied;
     }
 
     /// Makes everything applied so far durable (one fsync).
@@ -527,10 +564,10 @@ impl MvccStore {
         Ok(())
     }
 
-    fn apply_one(&mut self, op: &WriteOp) -> Result<WriteResult, EtcdError> {
+    fn apply_one(&mut self, op: WriteOp) -> Result<WriteResult, EtcdError> {
         match op {
             WriteOp::Put(p) => {
-                check_put_semantics(self, p, self.current_rev)?;
+                check_put_semantics(self, &p, self.current_rev)?;
                 let mut w = TxnWriter::new(self.current_rev);
                 let resp = self.put(&mut w, p);
                 self.finish(w);
@@ -538,17 +575,17 @@ impl MvccStore {
             }
             WriteOp::DeleteRange(d) => {
                 let mut w = TxnWriter::new(self.current_rev);
-                let resp = self.delete_range(&mut w, d);
+                let resp = self.delete_range(&mut w, &d);
                 self.finish(w);
                 Ok(WriteResult::DeleteRange(resp))
             }
             WriteOp::Txn(t) => {
                 // Compares of the txn and of every nested txn see the state before the txn.
-                let path = self.txn_path(t);
-                self.check_txn_path(t, &path, 0)?;
+                let path = self.txn_path(&t);
+                self.check_txn_path(&t, &path, 0)?;
                 let mut w = TxnWriter::new(self.current_rev);
                 let mut at = 0;
-                let resp = self.exec_txn(&mut w, t, &path, &mut at);
+                let resp = self.exec_txn(&mut w, &t, &path, &mut at);
                 self.finish(w);
                 Ok(WriteResult::Txn(resp))
             }
@@ -566,30 +603,44 @@ impl MvccStore {
         }
     }
 
-    fn put(&mut self, w: &mut TxnWriter, p: &PutRequest) -> PutResponse {
+    fn put(&mut self, w: &mut TxnWriter, p: PutRequest) -> PutResponse {
         let rev = w.rev();
-        let prev = self.get(&p.key, w.visible_rev()).cloned();
+        let visible = w.visible_rev();
+        let sub = w.changes;
+        w.changes += 1;
+        // One walk of the key index for the read of the previous version and the append.
+        let history = self.index.entry(p.key.clone()).or_default();
+        let prev = latest_at(history, visible).and_then(|e| e.kv.clone());
         let (create_revision, version) = match &prev {
             Some(kv) => (kv.create_revision, kv.version + 1),
             None => (rev, 1),
         };
         let value = match (&prev, p.ignore_value) {
             (Some(kv), true) => kv.value.clone(),
-            _ => p.value.clone(),
+            _ => p.value,
         };
         let lease = match (&prev, p.ignore_lease) {
             (Some(kv), true) => kv.lease,
             _ => p.lease,
         };
-        let kv = KeyValue {
-            key: p.key.clone(),
+        let kv = Arc::new(KeyValue {
+            key: p.key,
             create_revision,
             mod_revision: rev,
             version,
             value,
             lease,
-        };
-        self.record(w, kv, true);
+        });
+        history.push(KeyEvent {
+            main: rev,
+            sub,
+            kv: Some(kv.clone()),
+        });
+        if self.db.is_some() {
+            self.pending
+                .inserts
+                .push(((rev as u64, sub as u64), true, kv));
+        }
         PutResponse {
             header: Some(header(rev)),
             prev_kv: if p.prev_kv {
@@ -723,7 +774,7 @@ impl MvccStore {
                     Some(response_op::Response::ResponseRange(resp))
                 }
                 Some(request_op::Request::RequestPut(p)) => {
-                    Some(response_op::Response::ResponsePut(self.put(w, p)))
+                    Some(response_op::Response::ResponsePut(self.put(w, p.clone())))
                 }
                 Some(request_op::Request::RequestDeleteRange(d)) => Some(
                     response_op::Response::ResponseDeleteRange(self.delete_range(w, d)),

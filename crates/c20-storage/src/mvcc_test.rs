@@ -15,18 +15,14 @@ fn put(s: &mut MvccStore, k: &str, v: &str) -> PutResponse {
         prev_kv: true,
         ..Default::default()
     };
-    match s
-        .apply_batch(&[WriteOp::Put(req)], vec![])
-        .unwrap()
-        .remove(0)
-    {
+    match s.apply_batch(vec![WriteOp::Put(req)]).unwrap().remove(0) {
         Ok(WriteResult::Put(r)) => r,
         other => panic!("put failed: {other:?}"),
     }
 }
 
 fn apply(s: &mut MvccStore, op: WriteOp) -> Result<WriteResult, EtcdError> {
-    s.apply_batch(&[op], vec![]).unwrap().remove(0)
+    s.apply_batch(vec![op]).unwrap().remove(0)
 }
 
 fn get(s: &MvccStore, k: &str) -> Option<KeyValue> {
@@ -408,7 +404,7 @@ fn state_survives_checkpoint_and_reopen() {
             }),
         )
         .unwrap();
-        s.set_applied(b"applied-7".to_vec()).unwrap();
+        s.set_applied(b"applied-7".to_vec());
         s.checkpoint().unwrap();
         hash = s.hash_kv(0).unwrap();
     }
@@ -483,11 +479,11 @@ fn only_checkpointed_changes_reach_the_file() {
     {
         let mut s = MvccStore::open(&path).unwrap();
         put(&mut s, "a", "1");
-        s.set_applied(b"at-a".to_vec()).unwrap();
+        s.set_applied(b"at-a".to_vec());
         s.checkpoint().unwrap();
         assert_eq!(s.pending_rows(), 0);
         put(&mut s, "b", "2");
-        s.set_applied(b"at-b".to_vec()).unwrap();
+        s.set_applied(b"at-b".to_vec());
         assert_eq!(s.pending_rows(), 1);
         // Dropped without a checkpoint, as in a crash: the log replays "b" at restart.
     }
