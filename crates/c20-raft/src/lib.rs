@@ -4,6 +4,7 @@
 //! `status`, `members`. The log is stored in c20's WAL ([`log_store`]), the state machine is the
 //! MVCC store ([`state_machine`]), and peers talk over gRPC ([`network`]).
 
+pub mod batcher;
 pub mod consistency;
 pub mod log_store;
 pub mod network;
@@ -12,6 +13,7 @@ pub mod state_machine;
 pub mod transport;
 pub mod types;
 
+pub use batcher::BatchConfig;
 pub use consistency::PendingWrite;
 pub use node::{MemberInfo, NodeStatus, RaftNode, RaftNodeConfig};
 pub use transport::{LocalRouter, Transport};

@@ -7,6 +7,7 @@
 //!   coalescing concurrent readers into one round; a follower asks the leader for that index and
 //!   waits until it applied it).
 
+use crate::batcher::{BatchConfig, Batcher};
 use crate::log_store::LogStore;
 use crate::network::{peer_client, Network, SnapshotWire, PEER_MESSAGE_BYTES_MAX};
 use crate::state_machine::{SmShared, StateMachine};
@@ -21,7 +22,7 @@ use c20_api::c20peer::{
 use c20_api::EtcdError;
 use c20_storage::{StorageError, WalOptions};
 use openraft::async_runtime::WatchReceiver;
-use openraft::errors::{ClientWriteError, InitializeError, LinearizableReadError, RaftError};
+use openraft::errors::{InitializeError, LinearizableReadError, RaftError};
 use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -57,6 +58,8 @@ pub struct RaftNodeConfig {
     pub in_memory: bool,
     /// How this node reaches its peers.
     pub transport: Transport,
+    /// How client requests are grouped into log entries.
+    pub batch: BatchConfig,
 }
 
 impl RaftNodeConfig {
@@ -75,6 +78,7 @@ impl RaftNodeConfig {
             wal: WalOptions::default(),
             in_memory: false,
             transport: Transport::Grpc,
+            batch: BatchConfig::default(),
         }
     }
 }
@@ -116,6 +120,7 @@ enum Forwarded {
 pub struct RaftNode {
     id: NodeId,
     raft: Raft,
+    batcher: Batcher,
     transport: Transport,
     request_seq: AtomicU64,
     sm: Arc<SmShared>,
@@ -191,6 +196,7 @@ impl RaftNode {
         }
         let node = Arc::new(RaftNode {
             id: cfg.id,
+            batcher: Batcher::spawn(raft.clone(), cfg.batch.clone()),
             raft,
             transport: cfg.transport.clone(),
             request_seq: AtomicU64::new(1),
@@ -378,24 +384,14 @@ impl RaftNode {
             let leader = self.leader(deadline).await?;
             if leader == self.id {
                 let left = deadline.saturating_duration_since(Instant::now());
-                let res = tokio::time::timeout(left, self.raft.client_write(cmd.clone())).await;
-                match res {
+                match tokio::time::timeout(left, self.batcher.submit(cmd.clone())).await {
                     Err(_) => return Err(EtcdError::Timeout),
-                    Ok(Ok(resp)) => return Ok((resp.data, resp.log_id.index)),
-                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+                    Ok(Err(EtcdError::NotLeader)) => {
                         // Not appended here: safe to send again once a leader is known.
                         self.wait_leader_change(leader, deadline).await?;
                         continue;
                     }
-                    Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
-                        return Err(EtcdError::TimeoutDueToLeaderFail)
-                    }
-                    Ok(Err(RaftError::APIError(e))) => {
-                        return Err(EtcdError::Internal(e.to_string()))
-                    }
-                    Ok(Err(RaftError::Fatal(e))) => {
-                        return Err(EtcdError::StorageFailed(e.to_string()))
-                    }
+                    Ok(res) => return res,
                 }
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -494,18 +490,9 @@ impl RaftNode {
 
     /// Proposes only if this node leads; [`EtcdError::NotLeader`] otherwise (nothing proposed).
     pub(crate) async fn propose_as_leader(&self, cmd: Command) -> Result<(Reply, u64), EtcdError> {
-        match tokio::time::timeout(self.request_timeout, self.raft.client_write(cmd)).await {
-            Err(_) => Err(EtcdError::Timeout),
-            Ok(Ok(resp)) => Ok((resp.data, resp.log_id.index)),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-                Err(EtcdError::NotLeader)
-            }
-            Ok(Err(RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)))) => {
-                Err(EtcdError::TimeoutDueToLeaderFail)
-            }
-            Ok(Err(RaftError::APIError(e))) => Err(EtcdError::Internal(e.to_string())),
-            Ok(Err(RaftError::Fatal(e))) => Err(EtcdError::StorageFailed(e.to_string())),
-        }
+        tokio::time::timeout(self.request_timeout, self.batcher.submit(cmd))
+            .await
+            .unwrap_or(Err(EtcdError::Timeout))
     }
 
     /// Waits until the known leader is no longer `old` (or the deadline passes). A short pause

@@ -10,8 +10,9 @@ use crate::types::{
     Command, LogId, MemberAttrs, NodeId, Op, Reply, Snapshot, SnapshotMeta, StoredMembership,
     TypeConfig,
 };
+use c20_api::EtcdError;
 use c20_storage::mvcc::MvccImage;
-use c20_storage::{meta_file, MvccStore, StorageError, WriteOp};
+use c20_storage::{meta_file, MvccStore, StorageError, WriteOp, WriteResult};
 use futures::{FutureExt, Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
@@ -43,6 +44,53 @@ struct SnapshotPayload {
     meta: SnapshotMeta,
     members: BTreeMap<NodeId, MemberAttrs>,
     image: MvccImage,
+}
+
+/// Where the reply of an applied request comes from. Replies are built only for entries a client
+/// waits for (the leader's), not on every replica.
+enum Source {
+    Op(usize),
+    Fixed(Reply),
+    Batch(Vec<Source>),
+}
+
+impl Source {
+    fn reply(self, results: &mut [Option<Result<WriteResult, EtcdError>>]) -> Reply {
+        match self {
+            Source::Fixed(r) => r,
+            Source::Op(i) => Reply::from_result(results[i].take().expect("one reply per op")),
+            Source::Batch(parts) => {
+                Reply::Batch(parts.into_iter().map(|p| p.reply(results)).collect())
+            }
+        }
+    }
+}
+
+/// Files one command of a committed entry: a KV op goes to `ops`, a member publication to
+/// `published`.
+fn collect(
+    cmd: Command,
+    log_id: &LogId,
+    ops: &mut Vec<WriteOp>,
+    published: &mut Vec<(NodeId, MemberAttrs)>,
+) -> Source {
+    match cmd.op {
+        Op::PublishMember { id, attrs } => {
+            published.push((id, attrs));
+            Source::Fixed(Reply::Published)
+        }
+        Op::Batch(_) => panic!("invariant violated: entry {log_id} nests a batch in a batch"),
+        _ => match cmd.to_op() {
+            Some(Ok(op)) => {
+                ops.push(op);
+                Source::Op(ops.len() - 1)
+            }
+            Some(Err(e)) => {
+                panic!("invariant violated: committed entry {log_id} does not decode: {e}")
+            }
+            None => unreachable!("every other op is a KV op"),
+        },
+    }
 }
 
 /// Shared view of the state machine: the server reads the store through it.
@@ -157,12 +205,6 @@ impl StateMachine {
 
     fn apply_batch(&self, batch: Vec<EntryResponder<TypeConfig>>) -> io::Result<()> {
         let mut ops: Vec<WriteOp> = Vec::new();
-        // For each entry with a responder (only the leader's client writes have one): where its
-        // reply comes from. Replies are built only for those.
-        enum Source {
-            Op(usize),
-            Fixed(Reply),
-        }
         let mut replies = Vec::new();
         let mut membership = None;
         let mut published = Vec::new();
@@ -176,25 +218,14 @@ impl StateMachine {
                     Source::Fixed(Reply::Published)
                 }
                 EntryPayload::Normal(Command {
-                    op: Op::PublishMember { id, attrs },
+                    op: Op::Batch(cmds),
                     ..
-                }) => {
-                    published.push((id, attrs));
-                    Source::Fixed(Reply::Published)
-                }
-                EntryPayload::Normal(cmd) => match cmd.to_op() {
-                    Some(Ok(op)) => {
-                        ops.push(op);
-                        Source::Op(ops.len() - 1)
-                    }
-                    Some(Err(e)) => {
-                        panic!(
-                            "invariant violated: committed entry {} does not decode: {e}",
-                            entry.log_id
-                        )
-                    }
-                    None => unreachable!("only PublishMember carries no op"),
-                },
+                }) => Source::Batch(
+                    cmds.into_iter()
+                        .map(|c| collect(c, &entry.log_id, &mut ops, &mut published))
+                        .collect(),
+                ),
+                EntryPayload::Normal(cmd) => collect(cmd, &entry.log_id, &mut ops, &mut published),
             };
             last_applied = Some(entry.log_id);
             if let Some(r) = responder {
@@ -224,11 +255,7 @@ impl StateMachine {
             self.shared.checkpoint().map_err(io_err)?;
         }
         for (responder, source) in replies {
-            let reply = match source {
-                Source::Fixed(r) => r,
-                Source::Op(i) => Reply::from_result(results[i].take().expect("one reply per op")),
-            };
-            responder.send(reply);
+            responder.send(source.reply(&mut results));
         }
         Ok(())
     }

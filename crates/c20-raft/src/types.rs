@@ -59,7 +59,12 @@ pub enum Op {
     DeleteRange(#[serde(with = "serde_bytes")] Vec<u8>),
     Txn(#[serde(with = "serde_bytes")] Vec<u8>),
     Compact(#[serde(with = "serde_bytes")] Vec<u8>),
-    PublishMember { id: NodeId, attrs: MemberAttrs },
+    PublishMember {
+        id: NodeId,
+        attrs: MemberAttrs,
+    },
+    /// Several client requests in one log entry, applied in order (never nested).
+    Batch(Vec<Command>),
 }
 
 impl fmt::Display for Command {
@@ -72,6 +77,7 @@ impl fmt::Display for Command {
             Op::PublishMember { id, attrs } => {
                 write!(f, "publish_member({id:x}, {})", attrs.name)
             }
+            Op::Batch(cmds) => write!(f, "batch({})", cmds.len()),
         }
     }
 }
@@ -99,6 +105,7 @@ impl Command {
         match &self.op {
             Op::Put(b) | Op::DeleteRange(b) | Op::Txn(b) | Op::Compact(b) => b.len(),
             Op::PublishMember { .. } => 0,
+            Op::Batch(cmds) => cmds.iter().map(Command::body_len).sum(),
         }
     }
 
@@ -112,7 +119,7 @@ impl Command {
             }
             Op::Txn(b) => TxnRequest::decode(b.as_slice()).map(WriteOp::Txn),
             Op::Compact(b) => CompactionRequest::decode(b.as_slice()).map(WriteOp::Compact),
-            Op::PublishMember { .. } => return None,
+            Op::PublishMember { .. } | Op::Batch(_) => return None,
         })
     }
 }
@@ -126,6 +133,8 @@ pub enum Reply {
     Compact(#[serde(with = "serde_bytes")] Vec<u8>),
     Published,
     Error(EtcdError),
+    /// One reply per request of an [`Op::Batch`], in order.
+    Batch(Vec<Reply>),
 }
 
 impl Reply {
@@ -154,7 +163,7 @@ impl Reply {
             Reply::Compact(b) => CompactionResponse::decode(b.as_slice())
                 .map(WriteResult::Compact)
                 .map_err(bad),
-            Reply::Published => Err(EtcdError::Internal("not a KV reply".into())),
+            Reply::Published | Reply::Batch(_) => Err(EtcdError::Internal("not a KV reply".into())),
             Reply::Error(e) => Err(e),
         }
     }

@@ -1,0 +1,130 @@
+//! Proposal batching on the leader: requests that arrive while earlier ones are being handed to
+//! Raft leave together as one log entry, bounded by operations and bytes (and an optional
+//! linger). One entry means one append, one replication message and one apply call for many
+//! client requests; each request still gets its own revision and its own reply.
+
+use crate::node::Raft;
+use crate::types::{Command, Op, Reply};
+use c20_api::EtcdError;
+use openraft::errors::{ClientWriteError, RaftError};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Bounds of one batch; `ops_max: 1` turns batching off.
+#[derive(Debug, Clone)]
+pub struct BatchConfig {
+    /// Most client requests in one log entry.
+    pub ops_max: usize,
+    /// Most request bytes in one log entry.
+    pub bytes_max: usize,
+    /// How long the first request of a batch waits for company (0: take what is queued).
+    pub linger: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            ops_max: 256,
+            bytes_max: 1024 * 1024,
+            linger: Duration::ZERO,
+        }
+    }
+}
+
+type Done = oneshot::Sender<Result<(Reply, u64), EtcdError>>;
+
+/// Hands commands to Raft in batches. Dropping it stops the batching task.
+pub(crate) struct Batcher {
+    tx: mpsc::UnboundedSender<(Command, Done)>,
+}
+
+impl Batcher {
+    pub(crate) fn spawn(raft: Raft, cfg: BatchConfig) -> Batcher {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Command, Done)>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                if !cfg.linger.is_zero() {
+                    tokio::time::sleep(cfg.linger).await;
+                }
+                let mut bytes = first.0.body_len();
+                let mut batch = vec![first];
+                while batch.len() < cfg.ops_max.max(1) && bytes < cfg.bytes_max {
+                    match rx.try_recv() {
+                        Ok(next) => {
+                            bytes += next.0.body_len();
+                            batch.push(next);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                // Each batch is proposed on its own task so that the next one can form while
+                // this one replicates (pipelining).
+                tokio::spawn(propose(raft.clone(), batch));
+            }
+        });
+        Batcher { tx }
+    }
+
+    /// Proposes `cmd` as the leader; `NotLeader` means nothing was proposed.
+    pub(crate) async fn submit(&self, cmd: Command) -> Result<(Reply, u64), EtcdError> {
+        let (done, rx) = oneshot::channel();
+        self.tx.send((cmd, done)).map_err(|_| EtcdError::Stopped)?;
+        rx.await.unwrap_or(Err(EtcdError::Stopped))
+    }
+}
+
+fn write_error(
+    e: RaftError<crate::types::TypeConfig, ClientWriteError<crate::types::TypeConfig>>,
+) -> EtcdError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => EtcdError::NotLeader,
+        RaftError::APIError(ClientWriteError::LogEntryDiscarded(_)) => {
+            EtcdError::TimeoutDueToLeaderFail
+        }
+        RaftError::APIError(e) => EtcdError::Internal(e.to_string()),
+        RaftError::Fatal(e) => EtcdError::StorageFailed(e.to_string()),
+    }
+}
+
+async fn propose(raft: Raft, mut batch: Vec<(Command, Done)>) {
+    if batch.len() == 1 {
+        let (cmd, done) = batch.pop().expect("one element");
+        let res = raft
+            .client_write(cmd)
+            .await
+            .map(|r| (r.data, r.log_id.index))
+            .map_err(write_error);
+        let _ = done.send(res);
+        return;
+    }
+    let (cmds, dones): (Vec<Command>, Vec<Done>) = batch.into_iter().unzip();
+    let entry = Command {
+        id: 0,
+        op: Op::Batch(cmds),
+    };
+    match raft.client_write(entry).await {
+        Ok(resp) => {
+            let index = resp.log_id.index;
+            match resp.data {
+                Reply::Batch(replies) if replies.len() == dones.len() => {
+                    for (reply, done) in replies.into_iter().zip(dones) {
+                        let _ = done.send(Ok((reply, index)));
+                    }
+                }
+                other => {
+                    let e =
+                        EtcdError::Internal(format!("a batch of {} got {other:?}", dones.len()));
+                    for done in dones {
+                        let _ = done.send(Err(e.clone()));
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            let e = write_error(e);
+            for done in dones {
+                let _ = done.send(Err(e.clone()));
+            }
+        }
+    }
+}
