@@ -29,6 +29,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -107,7 +108,14 @@ pub struct MemberInfo {
     pub is_learner: bool,
 }
 
+/// Queue of writes waiting to be forwarded to one leader.
+type ForwardQueue = mpsc::UnboundedSender<(Command, oneshot::Sender<Forwarded>)>;
+
+/// Most writes forwarded to the leader in one peer call.
+const FORWARD_BATCH_MAX: usize = 256;
+
 /// What became of a write handed to the leader.
+#[derive(Clone)]
 enum Forwarded {
     /// It never left this node: nothing was proposed.
     NotSent,
@@ -127,6 +135,7 @@ pub struct RaftNode {
     log: LogStore,
     request_timeout: Duration,
     peers: Mutex<HashMap<NodeId, PeerClient<Channel>>>,
+    forwarders: Mutex<HashMap<NodeId, ForwardQueue>>,
 }
 
 impl RaftNode {
@@ -204,6 +213,7 @@ impl RaftNode {
             log,
             request_timeout: cfg.request_timeout,
             peers: Mutex::new(HashMap::new()),
+            forwarders: Mutex::new(HashMap::new()),
         });
         if let Transport::Local(router) = &cfg.transport {
             router.register(&node);
@@ -415,22 +425,15 @@ impl RaftNode {
     ) -> Result<Forwarded, EtcdError> {
         match &self.transport {
             Transport::Grpc => {
-                let mut client = self.grpc_peer(to)?;
-                let body =
-                    postcard::to_allocvec(cmd).map_err(|e| EtcdError::Internal(e.to_string()))?;
-                match tokio::time::timeout(
-                    timeout,
-                    client.forward(ForwardRequest { command: body }),
-                )
-                .await
-                {
+                let sender = self.forwarder(to)?;
+                let (done, rx) = oneshot::channel();
+                sender
+                    .send((cmd.clone(), done))
+                    .map_err(|_| EtcdError::Stopped)?;
+                match tokio::time::timeout(timeout, rx).await {
                     Err(_) => Err(EtcdError::Timeout),
-                    Ok(Err(status)) if is_connect_error(&status) => Ok(Forwarded::NotSent),
                     Ok(Err(_)) => Ok(Forwarded::Lost),
-                    Ok(Ok(reply)) => Ok(Forwarded::Answered(
-                        postcard::from_bytes(&reply.into_inner().result)
-                            .map_err(|e| EtcdError::Internal(e.to_string()))?,
-                    )),
+                    Ok(Ok(f)) => Ok(f),
                 }
             }
             Transport::Local(router) => {
@@ -452,6 +455,79 @@ impl RaftNode {
                 }
             }
         }
+    }
+
+    /// The queue of writes to forward to leader `to`. Its task sends whatever has queued up in
+    /// one peer call, and keeps several calls in flight.
+    fn forwarder(&self, to: NodeId) -> Result<ForwardQueue, EtcdError> {
+        if let Some(q) = self.forwarders.lock().expect("forwarders lock").get(&to) {
+            return Ok(q.clone());
+        }
+        let client = self.grpc_peer(to)?;
+        let timeout = self.request_timeout;
+        let (tx, mut rx) = mpsc::unbounded_channel::<(Command, oneshot::Sender<Forwarded>)>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < FORWARD_BATCH_MAX {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let mut client = client.clone();
+                tokio::spawn(async move {
+                    let (cmds, dones): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
+                    let outcome = match postcard::to_allocvec(&cmds) {
+                        Err(e) => Err(Forwarded::Answered(Err(EtcdError::Internal(e.to_string())))),
+                        Ok(body) => {
+                            match tokio::time::timeout(
+                                timeout,
+                                client.forward(ForwardRequest { command: body }),
+                            )
+                            .await
+                            {
+                                Err(_) => Err(Forwarded::Lost),
+                                Ok(Err(status)) if is_connect_error(&status) => {
+                                    Err(Forwarded::NotSent)
+                                }
+                                Ok(Err(_)) => Err(Forwarded::Lost),
+                                Ok(Ok(reply)) => {
+                                    postcard::from_bytes::<Vec<Result<(Reply, u64), EtcdError>>>(
+                                        &reply.into_inner().result,
+                                    )
+                                    .map_err(|e| {
+                                        Forwarded::Answered(Err(EtcdError::Internal(e.to_string())))
+                                    })
+                                }
+                            }
+                        }
+                    };
+                    match outcome {
+                        Ok(results) if results.len() == dones.len() => {
+                            for (r, done) in results.into_iter().zip(dones) {
+                                let _ = done.send(Forwarded::Answered(r));
+                            }
+                        }
+                        Ok(_) => {
+                            for done in dones {
+                                let _ = done.send(Forwarded::Lost);
+                            }
+                        }
+                        Err(f) => {
+                            for done in dones {
+                                let _ = done.send(f.clone());
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        self.forwarders
+            .lock()
+            .expect("forwarders lock")
+            .insert(to, tx.clone());
+        Ok(tx)
     }
 
     /// Asks the leader `to` for a confirmed read index.
@@ -687,11 +763,14 @@ impl Peer for PeerHandler {
         &self,
         request: Request<ForwardRequest>,
     ) -> Result<Response<ForwardReply>, Status> {
-        let cmd: Command =
+        // A batch of commands from one follower; each is proposed as if it arrived here.
+        let cmds: Vec<Command> =
             postcard::from_bytes(&request.into_inner().command).map_err(bad_request)?;
-        let res = self.node.propose_as_leader(cmd).await;
+        let results =
+            futures::future::join_all(cmds.into_iter().map(|cmd| self.node.propose_as_leader(cmd)))
+                .await;
         Ok(Response::new(ForwardReply {
-            result: encode(&res)?,
+            result: encode(&results)?,
         }))
     }
 
