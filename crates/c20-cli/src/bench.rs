@@ -106,7 +106,8 @@ pub struct BenchArgs {
     /// Run this long instead of a number of requests (e.g. 500ms, 10s, 2m).
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
-    /// Read consistency for get and mixed: eventual|sequential|quorum|strong|all [default: strong].
+    /// Consistency for get and mixed [default: strong], and for put (sent as c20-consistency):
+    /// eventual|sequential|quorum|strong|all.
     #[arg(long, value_parser = parse_consistency)]
     consistency: Option<ConsistencyLevel>,
     /// Fraction of requests that are gets in mixed [default: 0.9].
@@ -225,9 +226,11 @@ impl BenchArgs {
         let consistency = match (workload.reads(), self.consistency) {
             (true, level) => Some(level.unwrap_or(ConsistencyLevel::Strong)),
             (false, None) => None,
+            // Writes take a level too (c20 only; etcd ignores the metadata).
+            (false, Some(level)) if matches!(workload, Workload::Put) => Some(level),
             (false, Some(_)) => {
                 return Err(format!(
-                    "--consistency applies to get and mixed, not {}",
+                    "--consistency applies to get, mixed and put, not {}",
                     workload.as_str()
                 ))
             }
@@ -909,7 +912,9 @@ mod tests {
         let p = plan(&["--workload", "txn-cas"]).unwrap();
         assert_eq!((p.consistency, p.read_ratio, p.preload), (None, None, 0));
 
-        assert!(plan(&["--workload", "put", "--consistency", "all"]).is_err());
+        assert!(plan(&["--workload", "txn-cas", "--consistency", "all"]).is_err());
+        let p = plan(&["--workload", "put", "--consistency", "all"]).unwrap();
+        assert_eq!(p.consistency, Some(ConsistencyLevel::All));
         assert!(plan(&["--workload", "get", "--read-ratio", "0.5"]).is_err());
         assert!(plan(&["--workload", "mixed", "--read-ratio", "1.5"]).is_err());
         assert!(plan(&["--workload", "get", "--consistency", "linear"]).is_err());
