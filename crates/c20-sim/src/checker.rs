@@ -53,7 +53,11 @@ impl std::fmt::Display for Violation {
                 Kind::Get(None) => "get -> absent".to_string(),
                 Kind::Get(Some(v)) => format!("get -> {:?}", String::from_utf8_lossy(v)),
             };
-            writeln!(f, "  [{:>6}, {:>6}] client {:>2}: {what}", op.call, ret, op.client)?;
+            writeln!(
+                f,
+                "  [{:>6}, {:>6}] client {:>2}: {what}",
+                op.call, ret, op.client
+            )?;
         }
         Ok(())
     }

@@ -122,10 +122,16 @@ pub async fn run(cfg: &RunConfig) -> Vec<Op> {
                     let value = format!("c{c}-{i}").into_bytes();
                     let res = rep.replicate(&key, &value, cfg.write_level).await;
                     // A failed write may still have happened: its outcome is unknown.
-                    (Kind::Put(value), res.ok().map(|_| clock.fetch_add(1, Ordering::SeqCst)))
+                    (
+                        Kind::Put(value),
+                        res.ok().map(|_| clock.fetch_add(1, Ordering::SeqCst)),
+                    )
                 } else if choice < 5 {
                     let res = rep.delete(&key, cfg.write_level).await;
-                    (Kind::Delete, res.ok().map(|_| clock.fetch_add(1, Ordering::SeqCst)))
+                    (
+                        Kind::Delete,
+                        res.ok().map(|_| clock.fetch_add(1, Ordering::SeqCst)),
+                    )
                 } else {
                     match rep.read(&key, cfg.read_level).await {
                         Ok(v) => (Kind::Get(v), Some(clock.fetch_add(1, Ordering::SeqCst))),

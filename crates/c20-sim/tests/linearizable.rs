@@ -20,7 +20,10 @@ async fn quorum_writes_and_strong_or_quorum_reads_stay_linearizable_under_faults
         };
         let history = run(&cfg).await;
         let definite = history.iter().filter(|o| o.ret.is_some()).count();
-        assert!(definite > history.len() / 2, "seed {seed}: too few completed operations");
+        assert!(
+            definite > history.len() / 2,
+            "seed {seed}: too few completed operations"
+        );
         if let Err(v) = check(&history) {
             panic!("seed {seed} ({read_level}): {v}");
         }
@@ -45,5 +48,8 @@ async fn reads_that_skip_the_read_index_are_caught() {
             break;
         }
     }
-    assert!(caught.is_some(), "20 seeds of Eventual reads under partitions showed no stale read");
+    assert!(
+        caught.is_some(),
+        "20 seeds of Eventual reads under partitions showed no stale read"
+    );
 }
