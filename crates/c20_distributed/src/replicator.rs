@@ -286,8 +286,24 @@ impl LocalReplicator {
         self.inner.n
     }
 
-    /// Runs `fut` on the replicator's runtime and waits for it from any runtime.
+    /// Runs a request's future: inline when the caller is inside a Tokio runtime (which must
+    /// have time enabled, as `#[tokio::main]` does), else on the replicator's own runtime. The
+    /// replicas themselves always run on the replicator's runtime; running the request side
+    /// inline saves a task hand-off per call (measured: about twice the throughput in the
+    /// stress example).
     async fn run<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = Result<T, EtcdError>> + Send + 'static,
+    ) -> Result<T, EtcdError> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return fut.await;
+        }
+        self.run_owned(fut).await
+    }
+
+    /// Runs `fut` on the replicator's runtime (for work that spawns replica tasks) and waits for
+    /// it from any runtime.
+    async fn run_owned<T: Send + 'static>(
         &self,
         fut: impl Future<Output = Result<T, EtcdError>> + Send + 'static,
     ) -> Result<T, EtcdError> {
@@ -442,7 +458,10 @@ impl LocalReplicator {
                 None => self.leader_node()?,
             };
             let cmd = Command::from_op(&op);
-            match self.run(async move { node.write_async(cmd).await }).await {
+            match self
+                .run_owned(async move { node.write_async(cmd).await })
+                .await
+            {
                 Ok(pending) => {
                     return Ok(EventualWrite {
                         index: pending.index,
@@ -642,7 +661,7 @@ impl LocalReplicator {
             .take();
         if let Some(node) = node {
             let _ = self
-                .run(async move {
+                .run_owned(async move {
                     node.crash().await;
                     Ok(())
                 })
@@ -661,7 +680,7 @@ impl LocalReplicator {
         };
         let cfg = node_config(&self.inner.peers, id, &self.inner.dir, &self.inner.router);
         let node = self
-            .run(async move {
+            .run_owned(async move {
                 match disk {
                     Some((log, sm)) => RaftNode::start_with(cfg, log, sm).await,
                     None => RaftNode::start(cfg).await,
