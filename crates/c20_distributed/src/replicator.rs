@@ -161,6 +161,15 @@ impl Builder {
     }
 }
 
+/// A plain put of `key = value`.
+fn put_op(key: &[u8], value: &[u8]) -> WriteOp {
+    WriteOp::Put(PutRequest {
+        key: key.to_vec(),
+        value: value.to_vec(),
+        ..Default::default()
+    })
+}
+
 fn node_config(
     inner_peers: &BTreeMap<NodeId, PeerNode>,
     id: NodeId,
@@ -399,11 +408,7 @@ impl LocalReplicator {
         level: ConsistencyLevel,
         seen: Arc<AtomicI64>,
     ) -> Result<WriteAck, EtcdError> {
-        let op = WriteOp::Put(PutRequest {
-            key: key.as_ref().to_vec(),
-            value: value.as_ref().to_vec(),
-            ..Default::default()
-        });
+        let op = put_op(key.as_ref(), value.as_ref());
         if level == ConsistencyLevel::Eventual {
             let w = self.eventual(op).await?;
             return Ok(WriteAck {
@@ -484,11 +489,7 @@ impl LocalReplicator {
         key: impl AsRef<[u8]>,
         value: impl AsRef<[u8]>,
     ) -> Result<EventualWrite, EtcdError> {
-        let op = WriteOp::Put(PutRequest {
-            key: key.as_ref().to_vec(),
-            value: value.as_ref().to_vec(),
-            ..Default::default()
-        });
+        let op = put_op(key.as_ref(), value.as_ref());
         self.eventual(op).await
     }
 
@@ -629,11 +630,7 @@ impl LocalReplicator {
         key: impl AsRef<[u8]>,
         value: impl AsRef<[u8]>,
     ) -> Result<EventualWrite, EtcdError> {
-        let op = WriteOp::Put(PutRequest {
-            key: key.as_ref().to_vec(),
-            value: value.as_ref().to_vec(),
-            ..Default::default()
-        });
+        let op = put_op(key.as_ref(), value.as_ref());
         self.eventual_via(Some(i), op).await
     }
 
