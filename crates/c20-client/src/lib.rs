@@ -52,7 +52,6 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 /// A connection to one endpoint of a cluster.
 #[derive(Clone)]
 pub struct Client {
-    endpoint: String,
     kv: KvClient<Channel>,
     maintenance: MaintenanceClient<Channel>,
     cluster: ClusterClient<Channel>,
@@ -95,17 +94,12 @@ impl Client {
             })?;
         let big = 64 * 1024 * 1024;
         Ok(Client {
-            endpoint: ep.to_string(),
             kv: KvClient::new(channel.clone())
                 .max_decoding_message_size(big)
                 .max_encoding_message_size(big),
             maintenance: MaintenanceClient::new(channel.clone()),
             cluster: ClusterClient::new(channel),
         })
-    }
-
-    pub fn endpoint(&self) -> &str {
-        &self.endpoint
     }
 
     pub async fn put(

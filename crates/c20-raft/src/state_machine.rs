@@ -109,15 +109,6 @@ impl SmShared {
         f(&self.store.read().expect("store lock"))
     }
 
-    /// Index of the last applied entry.
-    pub fn applied_index(&self) -> Option<u64> {
-        self.applied
-            .read()
-            .expect("applied lock")
-            .last_applied
-            .map(|l| l.index)
-    }
-
     /// Published attributes of every member that has published them.
     pub fn member_attrs(&self) -> BTreeMap<NodeId, MemberAttrs> {
         self.applied.read().expect("applied lock").members.clone()

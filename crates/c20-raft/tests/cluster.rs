@@ -1,9 +1,12 @@
 //! Three in-process nodes on loopback: replication, forwarding, read barriers, failover, restart.
 
-use c20_api::etcdserverpb::{PutRequest, PutResponse, RangeRequest};
+mod common;
+
+use c20_api::etcdserverpb::PutRequest;
 use c20_api::EtcdError;
 use c20_raft::{Command, MemberAttrs, NodeId, PeerNode, RaftNode, RaftNodeConfig, Reply};
-use c20_storage::{IoFaults, WriteOp, WriteResult};
+use c20_storage::{IoFaults, WriteOp};
+use common::{local_get, put};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -163,42 +166,16 @@ impl TestCluster {
     }
 }
 
-async fn put(node: &RaftNode, k: &str, v: &str) -> Result<PutResponse, EtcdError> {
-    let op = WriteOp::Put(PutRequest {
-        key: k.into(),
-        value: v.into(),
-        ..Default::default()
-    });
-    match node.propose(Command::from_op(&op)).await?.into_result()? {
-        WriteResult::Put(r) => Ok(r),
-        other => panic!("unexpected {other:?}"),
-    }
-}
-
-fn local_get(node: &RaftNode, k: &str) -> Option<Vec<u8>> {
-    node.state()
-        .read(|s| {
-            s.range(&RangeRequest {
-                key: k.into(),
-                ..Default::default()
-            })
-        })
-        .unwrap()
-        .kvs
-        .pop()
-        .map(|kv| kv.value)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_replicate_and_followers_forward() {
     let c = TestCluster::start(3).await;
     let leader = c.leader().await;
     let follower = (1..=3).find(|&i| i != leader).unwrap();
     let r = put(c.node(leader), "a", "1").await.unwrap();
-    assert_eq!(r.header.unwrap().revision, 2);
+    assert_eq!(r, 2);
     // A write sent to a follower is forwarded and applied once, at the next revision.
     let r = put(c.node(follower), "b", "2").await.unwrap();
-    assert_eq!(r.header.unwrap().revision, 3);
+    assert_eq!(r, 3);
     // After a read barrier every node sees both writes locally.
     for id in 1..=3 {
         c.node(id).read_barrier().await.unwrap();
@@ -242,12 +219,7 @@ async fn whole_cluster_restart_continues_at_the_same_revision() {
     let leader = c.leader().await;
     let mut last = 0;
     for i in 0..10 {
-        last = put(c.node(leader), &format!("k{i}"), "v")
-            .await
-            .unwrap()
-            .header
-            .unwrap()
-            .revision;
+        last = put(c.node(leader), &format!("k{i}"), "v").await.unwrap();
     }
     for id in 1..=3 {
         c.stop(id).await;
@@ -257,7 +229,7 @@ async fn whole_cluster_restart_continues_at_the_same_revision() {
     }
     let leader = c.leader().await;
     let r = put(c.node(leader), "next", "v").await.unwrap();
-    assert_eq!(r.header.unwrap().revision, last + 1);
+    assert_eq!(r, last + 1);
     c.shutdown().await;
 }
 

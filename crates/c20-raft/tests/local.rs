@@ -1,10 +1,13 @@
 //! In-process clusters on the local router with in-memory storage: the same node code, with
 //! partitions under test control.
 
-use c20_api::etcdserverpb::{PutRequest, RangeRequest};
+mod common;
+
+use c20_api::etcdserverpb::PutRequest;
 use c20_api::EtcdError;
 use c20_raft::{Command, LocalRouter, NodeId, PeerNode, RaftNode, RaftNodeConfig, Transport};
 use c20_storage::{WriteOp, WriteResult};
+use common::{local_get, put};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,32 +50,6 @@ async fn leader_among(nodes: &BTreeMap<NodeId, Arc<RaftNode>>, skip: Option<Node
         assert!(Instant::now() < deadline, "no leader");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-async fn put(node: &RaftNode, k: &str, v: &str) -> Result<i64, EtcdError> {
-    let op = WriteOp::Put(PutRequest {
-        key: k.into(),
-        value: v.into(),
-        ..Default::default()
-    });
-    match node.propose(Command::from_op(&op)).await?.into_result()? {
-        WriteResult::Put(r) => Ok(r.header.unwrap().revision),
-        other => panic!("unexpected {other:?}"),
-    }
-}
-
-fn local_get(node: &RaftNode, k: &str) -> Option<Vec<u8>> {
-    node.state()
-        .read(|s| {
-            s.range(&RangeRequest {
-                key: k.into(),
-                ..Default::default()
-            })
-        })
-        .unwrap()
-        .kvs
-        .pop()
-        .map(|kv| kv.value)
 }
 
 async fn shutdown(nodes: BTreeMap<NodeId, Arc<RaftNode>>) {

@@ -10,7 +10,6 @@ use c20_api::{ConsistencyLevel, EtcdError, MAX_REQUEST_BYTES};
 use c20_raft::Command;
 use c20_storage::mvcc::{validate_delete, validate_put, validate_range, validate_txn};
 use c20_storage::{WriteOp, WriteResult};
-use prost::Message;
 use std::sync::Arc;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
@@ -147,9 +146,6 @@ impl Kv for KvService {
         let (level, _) = requested_level(request.metadata())?;
         let req = request.into_inner();
         validate_txn(&req)?;
-        if req.encoded_len() > MAX_REQUEST_BYTES {
-            return Err(EtcdError::RequestTooLarge.into());
-        }
         match self.write(WriteOp::Txn(req), level).await? {
             WriteResult::Txn(mut resp) => {
                 self.shared.fill_header(&mut resp.header);

@@ -153,16 +153,21 @@ impl MvccStore {
 
     /// A store held in memory only (for embedded clusters and simulation).
     pub fn in_memory() -> Result<MvccStore, StorageError> {
-        Ok(MvccStore {
-            db: None,
-            path: None,
+        Ok(Self::empty(None, None))
+    }
+
+    /// A store at revision 1 with nothing in it.
+    fn empty(db: Option<Database>, path: Option<std::path::PathBuf>) -> MvccStore {
+        MvccStore {
+            db,
+            path,
             index: BTreeMap::new(),
             current_rev: 1,
             compact_rev: 0,
             applied: Vec::new(),
             pending: PendingRows::default(),
             failed: None,
-        })
+        }
     }
 
     fn with_db(db: Database, path: Option<std::path::PathBuf>) -> Result<MvccStore, StorageError> {
@@ -174,16 +179,7 @@ impl MvccStore {
             w.open_table(META).map_err(redb::Error::from)?;
             w.commit().map_err(redb::Error::from)?;
         }
-        let mut store = MvccStore {
-            db: Some(db),
-            path,
-            index: BTreeMap::new(),
-            current_rev: 1,
-            compact_rev: 0,
-            applied: Vec::new(),
-            pending: PendingRows::default(),
-            failed: None,
-        };
+        let mut store = Self::empty(Some(db), path);
         store.load()?;
         Ok(store)
     }
@@ -238,14 +234,6 @@ impl MvccStore {
     /// The opaque "applied up to" record last stored with [`MvccStore::apply_batch`].
     pub fn applied(&self) -> &[u8] {
         &self.applied
-    }
-
-    /// Number of keys that exist at the current revision.
-    pub fn key_count(&self) -> usize {
-        self.index
-            .values()
-            .filter(|h| h.last().is_some_and(|e| e.kv.is_some()))
-            .count()
     }
 
     // ---------------------------------------------------------------------------------------

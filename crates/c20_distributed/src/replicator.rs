@@ -161,6 +161,15 @@ impl Builder {
     }
 }
 
+/// The live replica that leads with the highest term, if any.
+fn leader_in(reps: &[Replica]) -> Option<(usize, &Arc<RaftNode>)> {
+    reps.iter()
+        .enumerate()
+        .filter_map(|(i, r)| r.node.as_ref().map(|n| (i, n)))
+        .filter(|(_, n)| n.is_leader())
+        .max_by_key(|(_, n)| n.term())
+}
+
 /// A plain put of `key = value`.
 fn put_op(key: &[u8], value: &[u8]) -> WriteOp {
     WriteOp::Put(PutRequest {
@@ -326,32 +335,19 @@ impl LocalReplicator {
             .unwrap_or_else(|e| Err(EtcdError::Internal(format!("replica task failed: {e}"))))
     }
 
-    fn live(&self) -> Vec<(usize, Arc<RaftNode>)> {
-        self.inner
-            .replicas
-            .read()
-            .expect("replicas lock")
-            .iter()
-            .enumerate()
-            .filter_map(|(i, r)| r.node.clone().map(|n| (i, n)))
-            .collect()
+    /// The replicas, read-locked. Routing looks at them in place on every call: no copies.
+    fn slots(&self) -> std::sync::RwLockReadGuard<'_, Vec<Replica>> {
+        self.inner.replicas.read().expect("replicas lock")
     }
 
     /// The replica (0-based) that currently leads, if one does. During a partition a deposed
     /// leader may still think it leads; the one with the highest term wins.
     pub fn leader(&self) -> Option<usize> {
-        self.live()
-            .into_iter()
-            .filter(|(_, n)| n.is_leader())
-            .max_by_key(|(_, n)| n.term())
-            .map(|(i, _)| i)
+        leader_in(&self.slots()).map(|(i, _)| i)
     }
 
     fn node(&self, i: usize) -> Result<Arc<RaftNode>, EtcdError> {
-        self.inner
-            .replicas
-            .read()
-            .expect("replicas lock")
+        self.slots()
             .get(i)
             .and_then(|r| r.node.clone())
             .ok_or_else(|| EtcdError::Internal(format!("replica {i} is down")))
@@ -359,31 +355,34 @@ impl LocalReplicator {
 
     /// Where writes and `Strong` reads go: the leader, else any live replica (which forwards).
     fn leader_node(&self) -> Result<Arc<RaftNode>, EtcdError> {
-        match self.leader() {
-            Some(i) => self.node(i),
-            None => self
-                .live()
-                .into_iter()
-                .next()
-                .map(|(_, n)| n)
-                .ok_or(EtcdError::NoLeader),
-        }
+        let reps = self.slots();
+        leader_in(&reps)
+            .map(|(_, n)| n.clone())
+            .or_else(|| reps.iter().find_map(|r| r.node.clone()))
+            .ok_or(EtcdError::NoLeader)
     }
 
-    /// Round-robin over live replicas, followers first when `prefer_follower`.
+    /// Round-robin over live replicas, skipping the leader when `prefer_follower` and another
+    /// replica is live.
     fn pick(&self, prefer_follower: bool) -> Result<Arc<RaftNode>, EtcdError> {
-        let live = self.live();
-        let leader = self.leader();
-        let candidates: Vec<&Arc<RaftNode>> = live
-            .iter()
-            .filter(|(i, _)| !prefer_follower || Some(*i) != leader || live.len() == 1)
-            .map(|(_, n)| n)
-            .collect();
-        if candidates.is_empty() {
+        let reps = self.slots();
+        let live = reps.iter().filter(|r| r.node.is_some()).count();
+        let skip = if prefer_follower && live > 1 {
+            leader_in(&reps).map(|(i, _)| i)
+        } else {
+            None
+        };
+        let candidates = live - usize::from(skip.is_some());
+        if candidates == 0 {
             return Err(EtcdError::NoLeader);
         }
-        let k = self.inner.next.fetch_add(1, Ordering::Relaxed);
-        Ok(candidates[k % candidates.len()].clone())
+        let k = self.inner.next.fetch_add(1, Ordering::Relaxed) % candidates;
+        reps.iter()
+            .enumerate()
+            .filter(|(i, r)| r.node.is_some() && Some(*i) != skip)
+            .nth(k)
+            .and_then(|(_, r)| r.node.clone())
+            .ok_or(EtcdError::NoLeader)
     }
 
     fn observe(session: &AtomicI64, revision: i64) {
@@ -514,12 +513,13 @@ impl LocalReplicator {
             ConsistencyLevel::Sequential => {
                 // Prefer a replica that already reached the session; any one otherwise (it waits).
                 let want = seen.load(Ordering::Acquire);
-                let live = self.live();
-                live.iter()
-                    .map(|(_, n)| n)
-                    .find(|n| n.state().read(|s| s.current_revision()) >= want)
-                    .cloned()
-                    .map_or_else(|| self.pick(false), Ok)?
+                let caught_up = self.slots().iter().find_map(|r| {
+                    r.node
+                        .as_ref()
+                        .filter(|n| n.state().read(|s| s.current_revision()) >= want)
+                        .cloned()
+                });
+                caught_up.map_or_else(|| self.pick(false), Ok)?
             }
             ConsistencyLevel::Quorum => self.pick(true)?,
             ConsistencyLevel::Strong | ConsistencyLevel::All => self.leader_node()?,
