@@ -155,14 +155,9 @@ impl LogStore {
         self.shared.wal.as_ref().and_then(|w| w.failure())
     }
 
-    /// Index of the last entry held (or of the purge point when none).
-    pub fn last_index(&self) -> Option<u64> {
-        let st = self.shared.state.lock().expect("log state lock");
-        st.log
-            .keys()
-            .next_back()
-            .copied()
-            .or(st.last_purged.as_ref().map(|l| l.index))
+    /// Number of handles to this log (clones share one log).
+    pub fn handles(&self) -> usize {
+        Arc::strong_count(&self.shared)
     }
 
     /// Stops the WAL writer after queued work completes.

@@ -131,6 +131,8 @@ pub struct RaftNode {
     batcher: Batcher,
     transport: Transport,
     request_seq: AtomicU64,
+    /// Handle counts of (state machine, log store) once openraft let go of them.
+    released: (usize, usize),
     sm: Arc<SmShared>,
     log: LogStore,
     request_timeout: Duration,
@@ -160,6 +162,9 @@ impl RaftNode {
         sm: StateMachine,
     ) -> Result<Arc<RaftNode>, StorageError> {
         let shared = sm.shared();
+        // What the handle counts return to once openraft has dropped its copies: the caller's
+        // handles and ours, without the state machine and log store moved into openraft.
+        let released = (Arc::strong_count(&shared) - 1, log.handles());
         let config = Config {
             cluster_name: "c20".into(),
             heartbeat_interval: cfg.heartbeat_interval_ms,
@@ -209,6 +214,7 @@ impl RaftNode {
             raft,
             transport: cfg.transport.clone(),
             request_seq: AtomicU64::new(1),
+            released,
             sm: shared,
             log,
             request_timeout: cfg.request_timeout,
@@ -645,20 +651,6 @@ impl RaftNode {
             .map_err(|_| EtcdError::Timeout)
     }
 
-    /// Makes everything applied durable in the state machine (used at shutdown).
-    pub fn checkpoint(&self) -> Result<(), StorageError> {
-        self.sm.checkpoint()
-    }
-
-    /// Starts an election on this node (for tests and leader transfer by hand).
-    pub async fn campaign(&self) -> Result<(), EtcdError> {
-        self.raft
-            .trigger()
-            .elect(false)
-            .await
-            .map_err(|e| EtcdError::Internal(e.to_string()))
-    }
-
     /// Stops abruptly, as a killed process would: no checkpoint (what the log has is what
     /// survives).
     pub async fn crash(&self) {
@@ -666,7 +658,23 @@ impl RaftNode {
             router.unregister(self.id);
         }
         let _ = self.raft.shutdown().await;
+        self.await_storage_released().await;
         self.log.close();
+    }
+
+    /// Waits (bounded) until openraft's tasks have dropped their handles to the state machine and
+    /// the log store. `Raft::shutdown` returns before every worker has finished dropping them,
+    /// and a restart on the same directory must not find the store still open.
+    async fn await_storage_released(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Arc::strong_count(&self.sm) > self.released.0 || self.log.handles() > self.released.1
+        {
+            if Instant::now() >= deadline {
+                tracing::warn!("raft tasks still hold the storage after shutdown");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     /// Stops Raft, then makes state durable and closes the log.
@@ -675,6 +683,7 @@ impl RaftNode {
             router.unregister(self.id);
         }
         let _ = self.raft.shutdown().await;
+        self.await_storage_released().await;
         if let Err(e) = self.sm.checkpoint() {
             tracing::warn!(error = %e, "final checkpoint failed; the log will be replayed");
         }
