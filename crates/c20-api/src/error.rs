@@ -25,6 +25,10 @@ pub enum EtcdError {
     RequestTooLarge,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExist,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("etcdserver: member not found")]
     MemberNotFound,
     #[error("etcdserver: no leader")]
@@ -67,7 +71,10 @@ impl EtcdError {
             | EtcdError::TooManyOps
             | EtcdError::DuplicateKey
             | EtcdError::RequestTooLarge => Code::InvalidArgument,
-            EtcdError::Compacted | EtcdError::FutureRev => Code::OutOfRange,
+            EtcdError::Compacted | EtcdError::FutureRev | EtcdError::LeaseTtlTooLarge => {
+                Code::OutOfRange
+            }
+            EtcdError::LeaseExist => Code::FailedPrecondition,
             EtcdError::LeaseNotFound | EtcdError::MemberNotFound => Code::NotFound,
             EtcdError::NotLeader => Code::FailedPrecondition,
             EtcdError::NoLeader

@@ -106,6 +106,35 @@ struct ServeArgs {
     /// Committed entries between snapshots.
     #[arg(long, env = "C20_SNAPSHOT_COUNT", default_value_t = 100_000)]
     snapshot_count: u64,
+    /// How often idle watchers that asked for progress notifications get one (`100ms`, `5s`,
+    /// `10m`).
+    #[arg(
+        long,
+        env = "C20_EXPERIMENTAL_WATCH_PROGRESS_NOTIFY_INTERVAL",
+        default_value = "10m",
+        value_parser = parse_duration
+    )]
+    experimental_watch_progress_notify_interval: Duration,
+}
+
+/// Parses a duration as etcd's flags write them: a number and `ms`, `s`, `m` or `h`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let split = s
+        .find(|c: char| !c.is_ascii_digit())
+        .ok_or_else(|| format!("{s:?} has no unit (ms, s, m or h)"))?;
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("{s:?} is not a duration"))?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n * 1000,
+        "m" => n * 60_000,
+        "h" => n * 3_600_000,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m or h)")),
+    };
+    if ms < 100 {
+        return Err(format!("{s:?} is below the 100ms minimum"));
+    }
+    Ok(Duration::from_millis(ms))
 }
 
 fn main() -> Result<()> {
@@ -164,6 +193,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         election_timeout_ms: a.election_timeout,
         snapshot_count: a.snapshot_count,
         request_timeout: Duration::from_secs(7),
+        watch_progress_notify_interval: a.experimental_watch_progress_notify_interval,
     };
     let server = Server::start(cfg).await?;
     wait_for_signal().await?;

@@ -6,6 +6,7 @@
 
 pub mod batcher;
 pub mod consistency;
+pub mod lease;
 pub mod log_store;
 pub mod network;
 pub mod node;
@@ -15,6 +16,7 @@ pub mod types;
 
 pub use batcher::BatchConfig;
 pub use consistency::PendingWrite;
+pub use lease::{LeaseAnswer, LeaseAsk, MAX_LEASE_TTL};
 pub use node::{MemberInfo, NodeStatus, RaftNode, RaftNodeConfig};
 pub use transport::{LocalRouter, Transport};
 pub use types::{Command, MemberAttrs, NodeId, Op, PeerNode, Reply};

@@ -8,6 +8,7 @@
 //!   waits until it applied it).
 
 use crate::batcher::{BatchConfig, Batcher};
+use crate::lease::{LeaseAnswer, LeaseAsk, Lessor};
 use crate::log_store::LogStore;
 use crate::network::{peer_client, Network, SnapshotWire, PEER_MESSAGE_BYTES_MAX};
 use crate::state_machine::{SmShared, StateMachine};
@@ -16,8 +17,8 @@ use crate::types::{Command, MemberAttrs, NodeId, PeerNode, Reply, Snapshot, Type
 use c20_api::c20peer::peer_client::PeerClient;
 use c20_api::c20peer::peer_server::{Peer, PeerServer};
 use c20_api::c20peer::{
-    AppliedReply, AppliedRequest, ForwardReply, ForwardRequest, RaftKind, RaftReply, RaftRequest,
-    ReadIndexReply, ReadIndexRequest,
+    AppliedReply, AppliedRequest, ForwardReply, ForwardRequest, LeaseReply, LeaseRequest, RaftKind,
+    RaftReply, RaftRequest, ReadIndexReply, ReadIndexRequest,
 };
 use c20_api::EtcdError;
 use c20_storage::{StorageError, WalOptions};
@@ -136,6 +137,8 @@ pub struct RaftNode {
     sm: Arc<SmShared>,
     log: LogStore,
     request_timeout: Duration,
+    election_timeout: Duration,
+    pub(crate) lessor: Lessor,
     peers: Mutex<HashMap<NodeId, PeerClient<Channel>>>,
     forwarders: Mutex<HashMap<NodeId, ForwardQueue>>,
 }
@@ -218,6 +221,8 @@ impl RaftNode {
             sm: shared,
             log,
             request_timeout: cfg.request_timeout,
+            election_timeout: Duration::from_millis(cfg.election_timeout_min_ms),
+            lessor: Lessor::default(),
             peers: Mutex::new(HashMap::new()),
             forwarders: Mutex::new(HashMap::new()),
         });
@@ -225,6 +230,7 @@ impl RaftNode {
             router.register(&node);
         }
         node.spawn_publisher(cfg.attrs);
+        node.spawn_lessor();
         Ok(node)
     }
 
@@ -268,6 +274,11 @@ impl RaftNode {
 
     pub(crate) fn request_timeout(&self) -> Duration {
         self.request_timeout
+    }
+
+    /// The shortest election timeout (leases are extended by it on a leader change).
+    pub(crate) fn election_timeout(&self) -> Duration {
+        self.election_timeout
     }
 
     pub(crate) fn metrics(&self) -> openraft::RaftMetrics<TypeConfig> {
@@ -570,6 +581,63 @@ impl RaftNode {
         }
     }
 
+    /// Asks the leader a lease question, wherever it is (retried on a leader change: the
+    /// questions are safe to repeat).
+    pub(crate) async fn ask_leader(&self, ask: LeaseAsk) -> Result<LeaseAnswer, EtcdError> {
+        let deadline = Instant::now() + self.request_timeout;
+        loop {
+            let leader = self.leader(deadline).await?;
+            let left = deadline.saturating_duration_since(Instant::now());
+            let res = if leader == self.id {
+                self.lease_as_leader(ask.clone()).await
+            } else {
+                self.remote_lease(leader, ask.clone(), left).await
+            };
+            match res {
+                Err(EtcdError::NotLeader) => self.wait_leader_change(leader, deadline).await?,
+                other => return other,
+            }
+        }
+    }
+
+    async fn remote_lease(
+        &self,
+        to: NodeId,
+        ask: LeaseAsk,
+        timeout: Duration,
+    ) -> Result<LeaseAnswer, EtcdError> {
+        match &self.transport {
+            Transport::Grpc => {
+                let mut client = self.grpc_peer(to)?;
+                let body =
+                    postcard::to_allocvec(&ask).map_err(|e| EtcdError::Internal(e.to_string()))?;
+                match tokio::time::timeout(timeout, client.lease(LeaseRequest { ask: body })).await
+                {
+                    Err(_) => Err(EtcdError::Timeout),
+                    Ok(Err(_)) => Err(EtcdError::NotLeader),
+                    Ok(Ok(r)) => postcard::from_bytes::<Result<LeaseAnswer, EtcdError>>(
+                        &r.into_inner().result,
+                    )
+                    .map_err(|e| EtcdError::Internal(e.to_string()))?,
+                }
+            }
+            Transport::Local(router) => {
+                let leader = router
+                    .route(self.id, to)
+                    .map_err(|_| EtcdError::NotLeader)?;
+                let res =
+                    tokio::time::timeout(timeout, async move { leader.lease_as_leader(ask).await })
+                        .await
+                        .map_err(|_| EtcdError::Timeout)?;
+                if router.can_reach(to, self.id) {
+                    res
+                } else {
+                    Err(EtcdError::Timeout)
+                }
+            }
+        }
+    }
+
     /// Proposes only if this node leads; [`EtcdError::NotLeader`] otherwise (nothing proposed).
     pub(crate) async fn propose_as_leader(&self, cmd: Command) -> Result<(Reply, u64), EtcdError> {
         tokio::time::timeout(self.request_timeout, self.batcher.submit(cmd))
@@ -789,6 +857,14 @@ impl Peer for PeerHandler {
     ) -> Result<Response<AppliedReply>, Status> {
         Ok(Response::new(AppliedReply {
             index: self.node.status().applied_index,
+        }))
+    }
+
+    async fn lease(&self, request: Request<LeaseRequest>) -> Result<Response<LeaseReply>, Status> {
+        let ask: LeaseAsk = postcard::from_bytes(&request.into_inner().ask).map_err(bad_request)?;
+        let res = self.node.lease_as_leader(ask).await;
+        Ok(Response::new(LeaseReply {
+            result: encode(&res)?,
         }))
     }
 

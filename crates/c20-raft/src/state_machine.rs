@@ -101,12 +101,27 @@ pub struct SmShared {
     snapshot_path: Option<PathBuf>,
     snapshot_mem: Mutex<Option<Vec<u8>>>,
     checkpoint: Mutex<(Instant, u64)>,
+    /// The store's current revision, announced after every applied batch (watchers wait on it).
+    revision: tokio::sync::watch::Sender<i64>,
 }
 
 impl SmShared {
     /// Runs `f` against the store as it is now.
     pub fn read<T>(&self, f: impl FnOnce(&MvccStore) -> T) -> T {
         f(&self.store.read().expect("store lock"))
+    }
+
+    /// Follows the store's current revision: changes after each applied batch that wrote.
+    pub fn subscribe_revision(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.revision.subscribe()
+    }
+
+    fn announce_revision(&self, rev: i64) {
+        self.revision.send_if_modified(|r| {
+            let changed = *r != rev;
+            *r = rev;
+            changed
+        });
     }
 
     /// Published attributes of every member that has published them.
@@ -179,8 +194,10 @@ impl StateMachine {
             postcard::from_bytes(store.applied())
                 .map_err(|e| StorageError::Corrupt(format!("applied record: {e}")))?
         };
+        let revision = tokio::sync::watch::Sender::new(store.current_revision());
         Ok(StateMachine {
             shared: Arc::new(SmShared {
+                revision,
                 store: RwLock::new(store),
                 applied: RwLock::new(applied),
                 snapshot_path,
@@ -223,7 +240,7 @@ impl StateMachine {
                 replies.push((r, source));
             }
         }
-        let mut results = {
+        let (mut results, rev) = {
             let mut store = self.shared.store.write().expect("store lock");
             let results = store.apply_batch(ops).map_err(io_err)?;
             let mut applied = self.shared.applied.write().expect("applied lock");
@@ -234,8 +251,12 @@ impl StateMachine {
             if last_applied.is_some() {
                 applied.last_applied = last_applied;
             }
-            results.into_iter().map(Some).collect::<Vec<_>>()
+            (
+                results.into_iter().map(Some).collect::<Vec<_>>(),
+                store.current_revision(),
+            )
         };
+        self.shared.announce_revision(rev);
         let due = {
             let mut cp = self.shared.checkpoint.lock().expect("checkpoint lock");
             cp.1 += n;
@@ -359,6 +380,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 let mut store = shared.store.write().expect("store lock");
                 store.import(payload.image, raw).map_err(io_err)?;
                 *shared.applied.write().expect("applied lock") = applied;
+                shared.announce_revision(store.current_revision());
             }
             shared.save_snapshot(&snapshot).map_err(io_err)?;
             Ok(())

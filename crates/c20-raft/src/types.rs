@@ -1,7 +1,8 @@
 //! The types c20 replicates through Raft, and the openraft type configuration.
 
 use c20_api::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse, PutRequest,
     PutResponse, TxnRequest, TxnResponse,
 };
 use c20_api::EtcdError;
@@ -59,6 +60,8 @@ pub enum Op {
     DeleteRange(#[serde(with = "serde_bytes")] Vec<u8>),
     Txn(#[serde(with = "serde_bytes")] Vec<u8>),
     Compact(#[serde(with = "serde_bytes")] Vec<u8>),
+    LeaseGrant(#[serde(with = "serde_bytes")] Vec<u8>),
+    LeaseRevoke(#[serde(with = "serde_bytes")] Vec<u8>),
     PublishMember {
         id: NodeId,
         attrs: MemberAttrs,
@@ -74,6 +77,8 @@ impl fmt::Display for Command {
             Op::DeleteRange(b) => write!(f, "delete_range({} bytes)", b.len()),
             Op::Txn(b) => write!(f, "txn({} bytes)", b.len()),
             Op::Compact(b) => write!(f, "compact({} bytes)", b.len()),
+            Op::LeaseGrant(b) => write!(f, "lease_grant({} bytes)", b.len()),
+            Op::LeaseRevoke(b) => write!(f, "lease_revoke({} bytes)", b.len()),
             Op::PublishMember { id, attrs } => {
                 write!(f, "publish_member({id:x}, {})", attrs.name)
             }
@@ -89,6 +94,8 @@ impl Command {
             WriteOp::DeleteRange(r) => Op::DeleteRange(r.encode_to_vec()),
             WriteOp::Txn(r) => Op::Txn(r.encode_to_vec()),
             WriteOp::Compact(r) => Op::Compact(r.encode_to_vec()),
+            WriteOp::LeaseGrant(r) => Op::LeaseGrant(r.encode_to_vec()),
+            WriteOp::LeaseRevoke(r) => Op::LeaseRevoke(r.encode_to_vec()),
         };
         Command { id: 0, op }
     }
@@ -103,7 +110,12 @@ impl Command {
     /// Size of the request body in bytes (what the request size limit applies to).
     pub fn body_len(&self) -> usize {
         match &self.op {
-            Op::Put(b) | Op::DeleteRange(b) | Op::Txn(b) | Op::Compact(b) => b.len(),
+            Op::Put(b)
+            | Op::DeleteRange(b)
+            | Op::Txn(b)
+            | Op::Compact(b)
+            | Op::LeaseGrant(b)
+            | Op::LeaseRevoke(b) => b.len(),
             Op::PublishMember { .. } => 0,
             Op::Batch(cmds) => cmds.iter().map(Command::body_len).sum(),
         }
@@ -119,6 +131,10 @@ impl Command {
             }
             Op::Txn(b) => TxnRequest::decode(b.as_slice()).map(WriteOp::Txn),
             Op::Compact(b) => CompactionRequest::decode(b.as_slice()).map(WriteOp::Compact),
+            Op::LeaseGrant(b) => LeaseGrantRequest::decode(b.as_slice()).map(WriteOp::LeaseGrant),
+            Op::LeaseRevoke(b) => {
+                LeaseRevokeRequest::decode(b.as_slice()).map(WriteOp::LeaseRevoke)
+            }
             Op::PublishMember { .. } | Op::Batch(_) => return None,
         })
     }
@@ -131,6 +147,8 @@ pub enum Reply {
     DeleteRange(#[serde(with = "serde_bytes")] Vec<u8>),
     Txn(#[serde(with = "serde_bytes")] Vec<u8>),
     Compact(#[serde(with = "serde_bytes")] Vec<u8>),
+    LeaseGrant(#[serde(with = "serde_bytes")] Vec<u8>),
+    LeaseRevoke(#[serde(with = "serde_bytes")] Vec<u8>),
     Published,
     Error(EtcdError),
     /// One reply per request of an [`Op::Batch`], in order.
@@ -144,6 +162,8 @@ impl Reply {
             Ok(WriteResult::DeleteRange(r)) => Reply::DeleteRange(r.encode_to_vec()),
             Ok(WriteResult::Txn(r)) => Reply::Txn(r.encode_to_vec()),
             Ok(WriteResult::Compact(r)) => Reply::Compact(r.encode_to_vec()),
+            Ok(WriteResult::LeaseGrant(r)) => Reply::LeaseGrant(r.encode_to_vec()),
+            Ok(WriteResult::LeaseRevoke(r)) => Reply::LeaseRevoke(r.encode_to_vec()),
             Err(e) => Reply::Error(e),
         }
     }
@@ -162,6 +182,12 @@ impl Reply {
                 .map_err(bad),
             Reply::Compact(b) => CompactionResponse::decode(b.as_slice())
                 .map(WriteResult::Compact)
+                .map_err(bad),
+            Reply::LeaseGrant(b) => LeaseGrantResponse::decode(b.as_slice())
+                .map(WriteResult::LeaseGrant)
+                .map_err(bad),
+            Reply::LeaseRevoke(b) => LeaseRevokeResponse::decode(b.as_slice())
+                .map(WriteResult::LeaseRevoke)
                 .map_err(bad),
             Reply::Published | Reply::Batch(_) => Err(EtcdError::Internal("not a KV reply".into())),
             Reply::Error(e) => Err(e),

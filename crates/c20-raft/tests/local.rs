@@ -170,3 +170,114 @@ async fn concurrent_writes_batched_together_keep_their_own_revisions_and_replies
     }
     shutdown(nodes).await;
 }
+
+async fn put_with_lease(node: &RaftNode, k: &str, lease: i64) -> Result<i64, EtcdError> {
+    let op = WriteOp::Put(PutRequest {
+        key: k.into(),
+        value: b"v".to_vec(),
+        lease,
+        ..Default::default()
+    });
+    match node.propose(Command::from_op(&op)).await?.into_result()? {
+        WriteResult::Put(r) => Ok(r.header.unwrap().revision),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Waits (bounded) until lease `id` no longer exists on `node`.
+async fn until_lease_gone(node: &RaftNode, id: i64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.leases().iter().any(|(l, _)| *l == id) {
+        assert!(Instant::now() < deadline, "lease {id:x} never expired");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_deletes_its_keys_at_one_revision_on_every_member() {
+    let (_router, nodes) = cluster(3).await;
+    let leader = leader_among(&nodes, None).await;
+    let follower = &nodes[nodes.keys().find(|&&i| i != leader).unwrap()];
+    // Granted and used through a follower: grants and puts are forwarded, keep-alives asked of
+    // the leader.
+    let granted = follower.lease_grant(1, 0).await.unwrap();
+    assert!(granted.id > 0);
+    assert_eq!(granted.ttl, follower.min_lease_ttl().max(1));
+    for k in ["l/a", "l/b", "l/c"] {
+        put_with_lease(follower, k, granted.id).await.unwrap();
+    }
+    put(follower, "l/free", "v").await.unwrap();
+    assert_eq!(follower.lease_renew(granted.id).await.unwrap(), granted.ttl);
+    assert_eq!(
+        put_with_lease(follower, "l/x", granted.id + 1).await,
+        Err(EtcdError::LeaseNotFound)
+    );
+    let (ttl, _, keys) = follower.lease_time_to_live(granted.id).await.unwrap();
+    assert_eq!(ttl, granted.ttl);
+    assert_eq!(keys.len(), 3);
+
+    // Nobody keeps it alive: the leader revokes it.
+    until_lease_gone(&nodes[&leader], granted.id).await;
+    let mut revisions = Vec::new();
+    for n in nodes.values() {
+        n.read_barrier().await.unwrap();
+        assert_eq!(local_get(n, "l/a"), None);
+        assert_eq!(local_get(n, "l/free").as_deref(), Some(&b"v"[..]));
+        let deletes = n
+            .state()
+            .read(|s| s.watch_events(b"l/", b"l0", 1, false, 1000))
+            .unwrap()
+            .events
+            .into_iter()
+            .filter(|e| e.r#type == 1)
+            .map(|e| e.kv.unwrap().mod_revision)
+            .collect::<Vec<_>>();
+        assert_eq!(deletes.len(), 3);
+        assert!(deletes.iter().all(|r| *r == deletes[0]), "{deletes:?}");
+        revisions.push(deletes[0]);
+    }
+    assert!(revisions.iter().all(|r| *r == revisions[0]));
+    assert_eq!(
+        follower.lease_time_to_live(granted.id).await.unwrap(),
+        (0, -1, vec![])
+    );
+    assert_eq!(follower.lease_renew(granted.id).await.unwrap(), 0);
+    assert_eq!(
+        follower.lease_revoke(granted.id).await,
+        Err(EtcdError::LeaseNotFound)
+    );
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_outlives_a_leader_crash_then_expires_under_the_new_leader() {
+    let (_router, mut nodes) = cluster(3).await;
+    let leader = leader_among(&nodes, None).await;
+    let ttl = 5;
+    let id = nodes[&leader].lease_grant(ttl, 0).await.unwrap().id;
+    put_with_lease(&nodes[&leader], "held", id).await.unwrap();
+    for n in nodes.values() {
+        n.read_barrier().await.unwrap();
+    }
+    nodes[&leader].lease_renew(id).await.unwrap();
+    // The lease's expiry as the old leader knew it is at most `ttl` from here.
+    let renewed = Instant::now();
+    let old = nodes.remove(&leader).unwrap();
+    old.crash().await;
+    let new_leader = leader_among(&nodes, None).await;
+    let (granted, remaining, keys) = nodes[&new_leader].lease_time_to_live(id).await.unwrap();
+    let asked = Instant::now();
+    assert_eq!(granted, ttl);
+    assert_eq!(keys, vec![b"held".to_vec()]);
+    // The new leader's expiry (remaining is truncated to whole seconds) is not before the old.
+    assert!(
+        asked + Duration::from_secs(remaining as u64 + 1)
+            > renewed + Duration::from_secs(ttl as u64),
+        "lease shortened by the leader change: {remaining}s left"
+    );
+    // Without keep-alives the new leader expires it.
+    until_lease_gone(&nodes[&new_leader], id).await;
+    nodes[&new_leader].read_barrier().await.unwrap();
+    assert_eq!(local_get(&nodes[&new_leader], "held"), None);
+    shutdown(nodes).await;
+}

@@ -33,6 +33,9 @@ pub struct ServerConfig {
     pub snapshot_count: u64,
     /// How long a request may wait for a leader or a commit.
     pub request_timeout: Duration,
+    /// `--experimental-watch-progress-notify-interval`: how often watchers that asked for
+    /// progress notifications get one while idle.
+    pub watch_progress_notify_interval: Duration,
 }
 
 impl ServerConfig {
@@ -53,6 +56,7 @@ impl ServerConfig {
             election_timeout_ms: 1000,
             snapshot_count: 100_000,
             request_timeout: Duration::from_secs(7),
+            watch_progress_notify_interval: Duration::from_secs(600),
         }
     }
 }

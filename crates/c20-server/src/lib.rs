@@ -4,14 +4,19 @@
 mod cluster;
 pub mod config;
 mod kv;
+mod lease;
 mod maintenance;
+mod watch_service;
 
 pub use config::{parse_initial_cluster, parse_url, ServerConfig};
 pub use maintenance::ETCD_API_VERSION;
+pub use watch_service::{WatchMetrics, EVENTS_PER_RESPONSE, SEND_QUEUE_RESPONSES};
 
 use c20_api::etcdserverpb::cluster_server::ClusterServer;
 use c20_api::etcdserverpb::kv_server::KvServer;
+use c20_api::etcdserverpb::lease_server::LeaseServer;
 use c20_api::etcdserverpb::maintenance_server::MaintenanceServer;
+use c20_api::etcdserverpb::watch_server::WatchServer;
 use c20_api::etcdserverpb::ResponseHeader;
 use c20_api::{GRPC_OVERHEAD_BYTES, MAX_REQUEST_BYTES};
 use c20_raft::{MemberAttrs, NodeId, PeerNode, RaftNode, RaftNodeConfig};
@@ -27,6 +32,7 @@ use tonic::transport::server::TcpIncoming;
 pub(crate) struct Shared {
     pub(crate) node: Arc<RaftNode>,
     pub(crate) cluster_id: u64,
+    pub(crate) watch_metrics: Arc<WatchMetrics>,
 }
 
 impl Shared {
@@ -72,6 +78,7 @@ pub enum ServerError {
 /// A running node. Dropping it does not stop it; call [`Server::shutdown`].
 pub struct Server {
     node: Arc<RaftNode>,
+    watch_metrics: Arc<WatchMetrics>,
     client_addrs: Vec<SocketAddr>,
     peer_addrs: Vec<SocketAddr>,
     stop: watch::Sender<bool>,
@@ -134,6 +141,7 @@ impl Server {
         let shared = Arc::new(Shared {
             node: node.clone(),
             cluster_id,
+            watch_metrics: Arc::new(WatchMetrics::default()),
         });
 
         let (stop, stop_rx) = watch::channel(false);
@@ -164,7 +172,22 @@ impl Server {
                 )
                 .add_service(ClusterServer::new(cluster::ClusterService {
                     shared: shared.clone(),
-                }));
+                }))
+                .add_service(
+                    WatchServer::new(watch_service::WatchService {
+                        shared: shared.clone(),
+                        stop: stop_rx.clone(),
+                        progress_interval: cfg.watch_progress_notify_interval,
+                    })
+                    .max_decoding_message_size(recv_max),
+                )
+                .add_service(
+                    LeaseServer::new(lease::LeaseService {
+                        shared: shared.clone(),
+                        stop: stop_rx.clone(),
+                    })
+                    .max_decoding_message_size(recv_max),
+                );
             tasks.push(serve(router, l, stop_rx.clone(), "client"));
         }
         let mut peer_addrs = Vec::new();
@@ -184,6 +207,7 @@ impl Server {
             "c20 member serving"
         );
         Ok(Server {
+            watch_metrics: shared.watch_metrics.clone(),
             node,
             client_addrs,
             peer_addrs,
@@ -194,6 +218,11 @@ impl Server {
 
     pub fn node(&self) -> &Arc<RaftNode> {
         &self.node
+    }
+
+    /// What this member's watch streams hold now.
+    pub fn watch_metrics(&self) -> &WatchMetrics {
+        &self.watch_metrics
     }
 
     pub fn client_addrs(&self) -> &[SocketAddr] {

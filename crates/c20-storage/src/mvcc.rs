@@ -14,14 +14,15 @@
 use crate::StorageError;
 use c20_api::etcdserverpb::{
     compare, range_request, request_op, response_op, CompactionRequest, CompactionResponse,
-    Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest,
-    RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
+    Compare, DeleteRangeRequest, DeleteRangeResponse, LeaseGrantRequest, LeaseGrantResponse,
+    LeaseRevokeRequest, LeaseRevokeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
+    RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use c20_api::mvccpb::KeyValue;
 use c20_api::{EtcdError, MAX_TXN_OPS};
 use prost::Message;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
@@ -30,6 +31,8 @@ use std::sync::Arc;
 const EVENTS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("events");
 /// Named metadata values.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+/// Lease id → granted TTL in seconds.
+const LEASES: TableDefinition<i64, i64> = TableDefinition::new("leases");
 
 const META_CURRENT_REV: &str = "current_rev";
 const META_COMPACT_REV: &str = "compact_rev";
@@ -54,6 +57,8 @@ pub struct MvccImage {
     /// `(main, sub, row)` in key order, each key's events in revision order; rows as in the
     /// events table.
     pub events: Vec<(u64, u64, serde_bytes::ByteBuf)>,
+    /// Every lease as `(id, granted TTL)`; the keys attached follow from the events.
+    pub leases: Vec<(i64, i64)>,
 }
 
 /// The store's events by reference (see [`MvccStore::export_refs`]).
@@ -61,6 +66,7 @@ pub struct ExportRefs {
     current_rev: i64,
     compact_rev: i64,
     events: Vec<(i64, i64, EventRef)>,
+    leases: Vec<(i64, i64)>,
 }
 
 enum EventRef {
@@ -99,6 +105,7 @@ impl ExportRefs {
             current_rev: self.current_rev,
             compact_rev: self.compact_rev,
             events,
+            leases: self.leases,
         }
     }
 }
@@ -110,6 +117,11 @@ pub enum WriteOp {
     DeleteRange(DeleteRangeRequest),
     Txn(TxnRequest),
     Compact(CompactionRequest),
+    /// Grants a lease; the proposer fills in the id (never 0) and the TTL (already raised to the
+    /// minimum).
+    LeaseGrant(LeaseGrantRequest),
+    /// Revokes a lease: its keys are deleted at one revision.
+    LeaseRevoke(LeaseRevokeRequest),
 }
 
 /// The result of applying one [`WriteOp`]. Errors here are deterministic (every replica gets the
@@ -120,6 +132,8 @@ pub enum WriteResult {
     DeleteRange(DeleteRangeResponse),
     Txn(TxnResponse),
     Compact(CompactionResponse),
+    LeaseGrant(LeaseGrantResponse),
+    LeaseRevoke(LeaseRevokeResponse),
 }
 
 /// Row changes since the last checkpoint, written to redb together: events added (put or
@@ -128,6 +142,8 @@ pub enum WriteResult {
 struct PendingRows {
     inserts: Vec<((u64, u64), bool, Arc<KeyValue>)>,
     removes: Vec<(u64, u64)>,
+    /// Lease id → its TTL once granted, `None` once revoked (the last change wins).
+    leases: BTreeMap<i64, Option<i64>>,
 }
 
 pub struct MvccStore {
@@ -136,6 +152,10 @@ pub struct MvccStore {
     /// The database file; `None` for a store held in memory.
     path: Option<std::path::PathBuf>,
     index: BTreeMap<Vec<u8>, Vec<KeyEvent>>,
+    /// Every event kept (not compacted away) in revision order, for watchers.
+    by_rev: VecDeque<events::RevEvent>,
+    /// Live leases and the keys attached to each.
+    leases: BTreeMap<i64, lease::Lease>,
     current_rev: i64,
     compact_rev: i64,
     applied: Vec<u8>,
@@ -162,6 +182,8 @@ impl MvccStore {
             db,
             path,
             index: BTreeMap::new(),
+            by_rev: VecDeque::new(),
+            leases: BTreeMap::new(),
             current_rev: 1,
             compact_rev: 0,
             applied: Vec::new(),
@@ -177,6 +199,7 @@ impl MvccStore {
                 .map_err(|e| StorageError::Redb(e.to_string()))?;
             w.open_table(EVENTS).map_err(redb::Error::from)?;
             w.open_table(META).map_err(redb::Error::from)?;
+            w.open_table(LEASES).map_err(redb::Error::from)?;
             w.commit().map_err(redb::Error::from)?;
         }
         let mut store = Self::empty(Some(db), path);
@@ -205,7 +228,21 @@ impl MvccStore {
             let (main, sub) = k.value();
             index_row(&mut self.index, main, sub, v.value())?;
         }
+        let leases = r.open_table(LEASES).map_err(redb::Error::from)?;
+        for row in leases.iter().map_err(redb::Error::from)? {
+            let (id, ttl) = row.map_err(redb::Error::from)?;
+            self.leases
+                .insert(id.value(), lease::Lease::new(ttl.value()));
+        }
+        self.rebuild_derived();
         Ok(())
+    }
+
+    /// Rebuilds what follows from the key index: the revision-ordered events and the keys
+    /// attached to each lease.
+    fn rebuild_derived(&mut self) {
+        self.rebuild_by_rev();
+        self.rebuild_lease_keys();
     }
 
     /// Size of the database file in bytes.
@@ -424,6 +461,7 @@ impl MvccStore {
             current_rev: self.current_rev,
             compact_rev: self.compact_rev,
             events,
+            leases: self.leases.iter().map(|(id, l)| (*id, l.ttl)).collect(),
         }
     }
 
@@ -438,9 +476,15 @@ impl MvccStore {
             for (main, sub, row) in &image.events {
                 index_row(&mut self.index, *main, *sub, row)?;
             }
+            self.leases = image
+                .leases
+                .iter()
+                .map(|(id, ttl)| (*id, lease::Lease::new(*ttl)))
+                .collect();
             self.current_rev = image.current_rev;
             self.compact_rev = image.compact_rev;
             self.applied = applied;
+            self.rebuild_derived();
             return Ok(());
         };
         let res = (|| -> Result<(), StorageError> {
@@ -463,6 +507,13 @@ impl MvccStore {
                 meta.insert(META_APPLIED, applied.as_slice())
                     .map_err(redb::Error::from)?;
             }
+            w.delete_table(LEASES).map_err(redb::Error::from)?;
+            {
+                let mut leases = w.open_table(LEASES).map_err(redb::Error::from)?;
+                for (id, ttl) in &image.leases {
+                    leases.insert(*id, *ttl).map_err(redb::Error::from)?;
+                }
+            }
             w.commit().map_err(redb::Error::from)?;
             Ok(())
         })();
@@ -471,6 +522,7 @@ impl MvccStore {
             return Err(e);
         }
         self.index.clear();
+        self.leases.clear();
         self.pending = PendingRows::default();
         self.current_rev = 1;
         self.compact_rev = 0;
@@ -512,7 +564,7 @@ impl MvccStore {
 
     /// Number of row changes waiting for the next checkpoint.
     pub fn pending_rows(&self) -> usize {
-        self.pending.inserts.len() + self.pending.removes.len()
+        self.pending.inserts.len() + self.pending.removes.len() + self.pending.leases.len()
     }
 
     fn flush(&mut self) -> Result<(), StorageError> {
@@ -547,6 +599,14 @@ impl MvccStore {
                 .map_err(redb::Error::from)?;
             meta.insert(META_APPLIED, self.applied.as_slice())
                 .map_err(redb::Error::from)?;
+            let mut leases = w.open_table(LEASES).map_err(redb::Error::from)?;
+            for (id, ttl) in &pending.leases {
+                match ttl {
+                    Some(ttl) => leases.insert(*id, *ttl).map(|_| ()),
+                    None => leases.remove(*id).map(|_| ()),
+                }
+                .map_err(redb::Error::from)?;
+            }
         }
         w.commit().map_err(redb::Error::from)?;
         Ok(())
@@ -582,6 +642,8 @@ impl MvccStore {
                     header: Some(header(self.current_rev)),
                 })
             }),
+            WriteOp::LeaseGrant(g) => self.lease_grant(g).map(WriteResult::LeaseGrant),
+            WriteOp::LeaseRevoke(r) => self.lease_revoke(r.id).map(WriteResult::LeaseRevoke),
         }
     }
 
@@ -624,6 +686,17 @@ impl MvccStore {
             sub,
             kv: Some(kv.clone()),
         });
+        let old_lease = prev.as_ref().map_or(0, |kv| kv.lease);
+        if old_lease != kv.lease {
+            self.detach(old_lease, &kv.key);
+            self.attach(kv.lease, &kv.key);
+        }
+        self.by_rev.push_back(events::RevEvent {
+            main: rev,
+            sub,
+            kv: kv.clone(),
+            is_put: true,
+        });
         if self.db.is_some() {
             self.pending
                 .inserts
@@ -645,6 +718,7 @@ impl MvccStore {
             .map(|(_, kv)| kv.clone())
             .collect();
         for kv in &victims {
+            self.detach(kv.lease, &kv.key);
             let tomb = KeyValue {
                 key: kv.key.clone(),
                 mod_revision: w.rev(),
@@ -679,6 +753,12 @@ impl MvccStore {
                 .inserts
                 .push(((main as u64, sub as u64), is_put, kv.clone()));
         }
+        self.by_rev.push_back(events::RevEvent {
+            main,
+            sub,
+            kv: kv.clone(),
+            is_put,
+        });
         let event = KeyEvent {
             main,
             sub,
@@ -833,12 +913,14 @@ impl MvccStore {
         }
         let mut emptied = Vec::new();
         for (key, history) in self.index.iter_mut() {
-            // Keep the newest event at or below `rev` if it is a put; drop everything older.
+            // Keep the newest event at or below `rev` if it is a put, or a delete at `rev` itself
+            // (a watch may start at the compaction revision); drop everything older.
             let upto = history.partition_point(|e| e.main <= rev);
             if upto == 0 {
                 continue;
             }
-            let keep_newest = history[upto - 1].kv.is_some();
+            let newest = &history[upto - 1];
+            let keep_newest = newest.kv.is_some() || newest.main == rev;
             let drop_n = if keep_newest { upto - 1 } else { upto };
             for e in history.drain(..drop_n) {
                 if self.db.is_some() {
@@ -851,6 +933,9 @@ impl MvccStore {
         }
         for k in emptied {
             self.index.remove(&k);
+        }
+        while self.by_rev.front().is_some_and(|e| e.main < rev) {
+            self.by_rev.pop_front();
         }
         self.compact_rev = rev;
         Ok(())
@@ -949,6 +1034,9 @@ fn decode_i64(raw: &[u8]) -> Result<i64, StorageError> {
 fn check_put_semantics(store: &MvccStore, p: &PutRequest, rev: i64) -> Result<(), EtcdError> {
     if (p.ignore_value || p.ignore_lease) && store.get(&p.key, rev).is_none() {
         return Err(EtcdError::KeyNotFound);
+    }
+    if !p.ignore_lease && p.lease != 0 && !store.leases.contains_key(&p.lease) {
+        return Err(EtcdError::LeaseNotFound);
     }
     Ok(())
 }
@@ -1067,6 +1155,13 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(), EtcdError> {
     }
     Ok(())
 }
+
+#[path = "mvcc_events.rs"]
+mod events;
+#[path = "mvcc_lease.rs"]
+mod lease;
+
+pub use events::WatchBatch;
 
 #[cfg(test)]
 #[path = "mvcc_test.rs"]

@@ -493,3 +493,191 @@ fn only_checkpointed_changes_reach_the_file() {
     assert!(get(&s, "a").is_some());
     assert!(get(&s, "b").is_none());
 }
+
+// -------------------------------------------------------------------------------------------
+// watch events and leases
+
+fn grant(s: &mut MvccStore, id: i64, ttl: i64) -> Result<WriteResult, EtcdError> {
+    apply(s, WriteOp::LeaseGrant(LeaseGrantRequest { ttl, id }))
+}
+
+fn put_lease(s: &mut MvccStore, k: &str, lease: i64) -> Result<WriteResult, EtcdError> {
+    apply(
+        s,
+        WriteOp::Put(PutRequest {
+            key: k.into(),
+            value: b"v".to_vec(),
+            lease,
+            ..Default::default()
+        }),
+    )
+}
+
+/// `(type, key, revision)` of each event.
+fn summary(b: &WatchBatch) -> Vec<(i32, String, i64)> {
+    b.events
+        .iter()
+        .map(|e| {
+            let kv = e.kv.as_ref().unwrap();
+            (
+                e.r#type,
+                String::from_utf8(kv.key.clone()).unwrap(),
+                kv.mod_revision,
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn watch_events_come_in_revision_order_with_prev_kv() {
+    let (_d, mut s) = store();
+    put(&mut s, "a", "1"); // 2
+    put(&mut s, "b", "1"); // 3
+    put(&mut s, "a", "2"); // 4
+    apply(
+        &mut s,
+        WriteOp::DeleteRange(DeleteRangeRequest {
+            key: b"a".to_vec(),
+            range_end: b"c".to_vec(),
+            ..Default::default()
+        }),
+    )
+    .unwrap(); // 5: a and b
+    let all = s.watch_events(b"a", b"c", 2, true, 100).unwrap();
+    assert_eq!(
+        summary(&all),
+        vec![
+            (0, "a".into(), 2),
+            (0, "b".into(), 3),
+            (0, "a".into(), 4),
+            (1, "a".into(), 5),
+            (1, "b".into(), 5),
+        ]
+    );
+    assert_eq!(all.next_rev, 6);
+    assert_eq!(all.events[0].prev_kv, None);
+    assert_eq!(all.events[2].prev_kv.as_ref().unwrap().value, b"1");
+    assert_eq!(all.events[3].prev_kv.as_ref().unwrap().value, b"2");
+    // One key only, from a later revision.
+    let a = s.watch_events(b"a", b"", 3, false, 100).unwrap();
+    assert_eq!(summary(&a), vec![(0, "a".into(), 4), (1, "a".into(), 5)]);
+    assert_eq!(a.events[0].prev_kv, None);
+    // A future start waits there.
+    let f = s.watch_events(b"a", b"", 9, false, 100).unwrap();
+    assert!(f.events.is_empty());
+    assert_eq!(f.next_rev, 9);
+}
+
+#[test]
+fn watch_events_stop_only_at_revision_boundaries() {
+    let (_d, mut s) = store();
+    // Revision 2 holds three events; revision 3 one more.
+    let txn = TxnRequest {
+        success: vec![op_put("x", "1"), op_put("y", "1"), op_put("z", "1")],
+        ..Default::default()
+    };
+    apply(&mut s, WriteOp::Txn(txn)).unwrap();
+    put(&mut s, "x", "2");
+    let first = s.watch_events(b"a", &[0], 2, false, 1).unwrap();
+    assert_eq!(first.events.len(), 3, "revision 2 is never split");
+    assert_eq!(first.next_rev, 3);
+    let rest = s
+        .watch_events(b"a", &[0], first.next_rev, false, 1)
+        .unwrap();
+    assert_eq!(summary(&rest), vec![(0, "x".into(), 3)]);
+    assert_eq!(rest.next_rev, 4);
+}
+
+#[test]
+fn watch_events_below_the_compaction_are_refused_and_survive_restart_above_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.redb");
+    let mut s = MvccStore::open(&path).unwrap();
+    put(&mut s, "a", "1"); // 2
+    put(&mut s, "a", "2"); // 3
+    apply(
+        &mut s,
+        WriteOp::DeleteRange(DeleteRangeRequest {
+            key: b"a".to_vec(),
+            ..Default::default()
+        }),
+    )
+    .unwrap(); // 4
+    put(&mut s, "b", "1"); // 5
+    apply(
+        &mut s,
+        WriteOp::Compact(CompactionRequest {
+            revision: 4,
+            physical: false,
+        }),
+    )
+    .unwrap();
+    assert_eq!(s.watch_events(b"a", &[0], 3, false, 100), Err(4));
+    let before = s.watch_events(b"a", &[0], 4, true, 100).unwrap();
+    assert_eq!(
+        summary(&before),
+        vec![(1, "a".into(), 4), (0, "b".into(), 5)]
+    );
+    s.checkpoint().unwrap();
+    drop(s);
+    let s = MvccStore::open(&path).unwrap();
+    assert_eq!(s.watch_events(b"a", &[0], 4, true, 100).unwrap(), before);
+    assert_eq!(s.watch_events(b"a", &[0], 3, false, 100), Err(4));
+}
+
+#[test]
+fn revoking_a_lease_deletes_its_keys_at_one_revision() {
+    let (_d, mut s) = store();
+    let Ok(WriteResult::LeaseGrant(g)) = grant(&mut s, 7, 30) else {
+        panic!("grant failed")
+    };
+    assert_eq!((g.id, g.ttl), (7, 30));
+    assert_eq!(grant(&mut s, 7, 30), Err(EtcdError::LeaseExist));
+    assert_eq!(put_lease(&mut s, "k", 8), Err(EtcdError::LeaseNotFound));
+    put_lease(&mut s, "k1", 7).unwrap();
+    put_lease(&mut s, "k2", 7).unwrap();
+    put(&mut s, "other", "v");
+    // Re-putting without the lease detaches the key.
+    put_lease(&mut s, "k3", 7).unwrap();
+    put(&mut s, "k3", "free");
+    assert_eq!(s.lease(7), Some((30, vec![b"k1".to_vec(), b"k2".to_vec()])));
+    let rev = s.current_revision();
+    apply(&mut s, WriteOp::LeaseRevoke(LeaseRevokeRequest { id: 7 })).unwrap();
+    assert_eq!(s.current_revision(), rev + 1);
+    assert_eq!(get(&s, "k1"), None);
+    assert_eq!(get(&s, "k2"), None);
+    assert_eq!(get(&s, "k3").unwrap().value, b"free");
+    let events = s.watch_events(b"k", b"l", rev + 1, false, 100).unwrap();
+    assert_eq!(
+        summary(&events),
+        vec![(1, "k1".into(), rev + 1), (1, "k2".into(), rev + 1)]
+    );
+    assert_eq!(s.lease(7), None);
+    assert_eq!(
+        apply(&mut s, WriteOp::LeaseRevoke(LeaseRevokeRequest { id: 7 })),
+        Err(EtcdError::LeaseNotFound)
+    );
+}
+
+#[test]
+fn leases_survive_reopen_and_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.redb");
+    let mut s = MvccStore::open(&path).unwrap();
+    grant(&mut s, 1, 10).unwrap();
+    grant(&mut s, 2, 20).unwrap();
+    put_lease(&mut s, "a", 1).unwrap();
+    apply(&mut s, WriteOp::LeaseRevoke(LeaseRevokeRequest { id: 2 })).unwrap();
+    s.checkpoint().unwrap();
+    let image = s.export();
+    assert_eq!(image.leases, vec![(1, 10)]);
+    drop(s);
+    let s = MvccStore::open(&path).unwrap();
+    assert_eq!(s.leases(), vec![(1, 10)]);
+    assert_eq!(s.lease(1), Some((10, vec![b"a".to_vec()])));
+    for mut copy in [MvccStore::in_memory().unwrap(), store().1] {
+        copy.import(image.clone(), vec![]).unwrap();
+        assert_eq!(copy.lease(1), Some((10, vec![b"a".to_vec()])));
+        assert_eq!(copy.leases(), vec![(1, 10)]);
+    }
+}

@@ -439,6 +439,8 @@ impl LocalReplicator {
                 WriteResult::DeleteRange(r) => r.header.as_ref().map(|h| h.revision),
                 WriteResult::Txn(r) => r.header.as_ref().map(|h| h.revision),
                 WriteResult::Compact(r) => r.header.as_ref().map(|h| h.revision),
+                WriteResult::LeaseGrant(r) => r.header.as_ref().map(|h| h.revision),
+                WriteResult::LeaseRevoke(r) => r.header.as_ref().map(|h| h.revision),
             };
             Self::observe(&seen, rev.unwrap_or(0));
             Ok((result, index))
