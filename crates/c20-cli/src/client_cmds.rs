@@ -21,7 +21,7 @@ pub struct Endpoints {
 }
 
 impl Endpoints {
-    async fn connect(&self) -> Result<Client> {
+    pub(crate) async fn connect(&self) -> Result<Client> {
         let eps: Vec<&str> = self.endpoints.iter().map(String::as_str).collect();
         Client::connect(&eps)
             .await
@@ -36,6 +36,9 @@ pub struct PutArgs {
     /// Print the previous key-value.
     #[arg(long)]
     prev_kv: bool,
+    /// Attach the key to this lease (hexadecimal id, as `c20 lease grant` prints it).
+    #[arg(long, value_parser = parse_lease_id)]
+    lease: Option<i64>,
     #[command(flatten)]
     ep: Endpoints,
 }
@@ -77,19 +80,24 @@ pub struct StatusArgs {
     ep: Endpoints,
 }
 
-fn print_kv(kv: &KeyValue) {
+/// Parses a lease id written in hexadecimal, as etcdctl takes it.
+pub(crate) fn parse_lease_id(s: &str) -> Result<i64, String> {
+    i64::from_str_radix(s, 16).map_err(|e| format!("bad lease ID ({e}), expecting ID in Hex"))
+}
+
+pub(crate) fn print_kv(kv: &KeyValue) {
     println!("{}", String::from_utf8_lossy(&kv.key));
     println!("{}", String::from_utf8_lossy(&kv.value));
 }
 
 /// The key and range end for one key, or for every key under it as a prefix.
-fn key_range(key: String, prefix: bool) -> (Vec<u8>, Vec<u8>) {
+pub(crate) fn key_range(key: String, prefix: bool) -> (Vec<u8>, Vec<u8>) {
     let key = key.into_bytes();
     let range_end = if prefix { prefix_end(&key) } else { Vec::new() };
     (key, range_end)
 }
 
-fn fail(e: c20_client::ClientError) -> anyhow::Error {
+pub(crate) fn fail(e: c20_client::ClientError) -> anyhow::Error {
     anyhow::anyhow!(e.message)
 }
 
@@ -100,6 +108,7 @@ pub async fn put(a: PutArgs) -> Result<()> {
             key: a.key.into_bytes(),
             value: a.value.into_bytes(),
             prev_kv: a.prev_kv,
+            lease: a.lease.unwrap_or(0),
             ..Default::default()
         })
         .await

@@ -4,6 +4,7 @@ mod bench;
 mod client_cmds;
 mod txn_parse;
 mod up;
+mod watch_lease_cmds;
 
 use anyhow::{Context, Result};
 use c20_server::{parse_initial_cluster, Server, ServerConfig};
@@ -41,6 +42,10 @@ enum Cmd {
     Del(client_cmds::DelArgs),
     /// Run a transaction read from stdin, in etcdctl's format.
     Txn(client_cmds::TxnArgs),
+    /// Print events on a key or prefix as they happen (or from a past revision).
+    Watch(watch_lease_cmds::WatchArgs),
+    /// Grant, revoke, inspect, keep alive and list leases.
+    Lease(watch_lease_cmds::LeaseArgs),
     /// Print each endpoint's status, like `etcdctl endpoint status`.
     Status(client_cmds::StatusArgs),
     /// List the members of the cluster.
@@ -156,6 +161,8 @@ fn main() -> Result<()> {
         Cmd::Get(a) => rt.block_on(client_cmds::get(a)),
         Cmd::Del(a) => rt.block_on(client_cmds::del(a)),
         Cmd::Txn(a) => rt.block_on(client_cmds::txn(a)),
+        Cmd::Watch(a) => rt.block_on(watch_lease_cmds::watch(a)),
+        Cmd::Lease(a) => rt.block_on(watch_lease_cmds::lease(a)),
         Cmd::Status(a) => rt.block_on(client_cmds::status(a)),
         Cmd::Members(a) => rt.block_on(client_cmds::members(a)),
         Cmd::Bench(a) => rt.block_on(bench::run(a)),

@@ -11,13 +11,20 @@
 
 use c20_api::etcdserverpb::cluster_client::ClusterClient;
 use c20_api::etcdserverpb::kv_client::KvClient;
+use c20_api::etcdserverpb::lease_client::LeaseClient;
 use c20_api::etcdserverpb::maintenance_client::MaintenanceClient;
+use c20_api::etcdserverpb::watch_client::WatchClient;
 use c20_api::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
-    MemberListRequest, MemberListResponse, PutRequest, PutResponse, RangeRequest, RangeResponse,
-    StatusRequest, StatusResponse, TxnRequest, TxnResponse,
+    watch_request, CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse,
+    LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
+    LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, MemberListRequest, MemberListResponse,
+    PutRequest, PutResponse, RangeRequest, RangeResponse, StatusRequest, StatusResponse,
+    TxnRequest, TxnResponse, WatchCancelRequest, WatchCreateRequest, WatchProgressRequest,
+    WatchRequest, WatchResponse,
 };
 use std::time::Duration;
+use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
 /// A failed call: the gRPC code and etcd's message, as the server sent them.
@@ -49,12 +56,78 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// A request stream fed from a channel.
+fn receiver_stream<T: Send + 'static>(
+    mut rx: mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
 /// A connection to one endpoint of a cluster.
 #[derive(Clone)]
 pub struct Client {
     kv: KvClient<Channel>,
     maintenance: MaintenanceClient<Channel>,
     cluster: ClusterClient<Channel>,
+    watch: WatchClient<Channel>,
+    lease: LeaseClient<Channel>,
+}
+
+/// One watch on its own stream. Responses come from [`Watch::next`]; dropping it ends the
+/// stream.
+pub struct Watch {
+    /// The id the server gave the watch.
+    pub id: i64,
+    requests: mpsc::Sender<WatchRequest>,
+    responses: tonic::Streaming<WatchResponse>,
+}
+
+impl Watch {
+    /// The next response (events, progress, cancellation); `None` once the stream ended.
+    pub async fn next(&mut self) -> Result<Option<WatchResponse>, ClientError> {
+        Ok(self.responses.message().await?)
+    }
+
+    /// Asks for a progress notification (answered once every watcher of the stream caught up).
+    pub async fn request_progress(&self) -> Result<(), ClientError> {
+        self.send(watch_request::RequestUnion::ProgressRequest(
+            WatchProgressRequest {},
+        ))
+        .await
+    }
+
+    /// Asks the server to cancel the watch; the confirmation arrives through [`Watch::next`].
+    pub async fn cancel(&self) -> Result<(), ClientError> {
+        self.send(watch_request::RequestUnion::CancelRequest(
+            WatchCancelRequest { watch_id: self.id },
+        ))
+        .await
+    }
+
+    async fn send(&self, r: watch_request::RequestUnion) -> Result<(), ClientError> {
+        self.requests
+            .send(WatchRequest {
+                request_union: Some(r),
+            })
+            .await
+            .map_err(|_| ClientError {
+                code: tonic::Code::Cancelled,
+                message: "watch stream closed".into(),
+            })
+    }
+}
+
+/// Keeps a lease alive in the background until dropped.
+pub struct KeepAlive {
+    task: tokio::task::JoinHandle<()>,
+    /// The TTL of the latest answer (0 once the lease is gone); updated by the task.
+    pub ttl: tokio::sync::watch::Receiver<i64>,
+}
+
+impl Drop for KeepAlive {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl Client {
@@ -98,7 +171,9 @@ impl Client {
                 .max_decoding_message_size(big)
                 .max_encoding_message_size(big),
             maintenance: MaintenanceClient::new(channel.clone()),
-            cluster: ClusterClient::new(channel),
+            cluster: ClusterClient::new(channel.clone()),
+            watch: WatchClient::new(channel.clone()).max_decoding_message_size(big),
+            lease: LeaseClient::new(channel),
         })
     }
 
@@ -158,6 +233,119 @@ impl Client {
         Ok(self
             .maintenance
             .status(StatusRequest {})
+            .await?
+            .into_inner())
+    }
+
+    /// Opens a watch on a stream of its own and waits until the server created it. A creation
+    /// the server refused is an error with the server's reason.
+    pub async fn watch(&mut self, create: WatchCreateRequest) -> Result<Watch, ClientError> {
+        let (tx, rx) = mpsc::channel(16);
+        tx.send(WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(create)),
+        })
+        .await
+        .expect("the receiver is alive");
+        let mut responses = self.watch.watch(receiver_stream(rx)).await?.into_inner();
+        let created = responses.message().await?.ok_or_else(|| ClientError {
+            code: tonic::Code::Unavailable,
+            message: "watch stream ended before the watch was created".into(),
+        })?;
+        if created.canceled {
+            return Err(ClientError {
+                code: tonic::Code::InvalidArgument,
+                message: created.cancel_reason,
+            });
+        }
+        Ok(Watch {
+            id: created.watch_id,
+            requests: tx,
+            responses,
+        })
+    }
+
+    /// Grants a lease of `ttl` seconds; `id` 0 lets the server choose it.
+    pub async fn lease_grant(
+        &mut self,
+        ttl: i64,
+        id: i64,
+    ) -> Result<LeaseGrantResponse, ClientError> {
+        Ok(self
+            .lease
+            .lease_grant(LeaseGrantRequest { ttl, id })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn lease_revoke(&mut self, id: i64) -> Result<LeaseRevokeResponse, ClientError> {
+        Ok(self
+            .lease
+            .lease_revoke(LeaseRevokeRequest { id })
+            .await?
+            .into_inner())
+    }
+
+    /// One keep-alive round trip; the answer's TTL is 0 when the lease no longer exists.
+    pub async fn lease_keep_alive_once(
+        &mut self,
+        id: i64,
+    ) -> Result<LeaseKeepAliveResponse, ClientError> {
+        let req = futures::stream::iter([LeaseKeepAliveRequest { id }]);
+        let mut answers = self.lease.lease_keep_alive(req).await?.into_inner();
+        answers.message().await?.ok_or_else(|| ClientError {
+            code: tonic::Code::Unavailable,
+            message: "keep-alive stream ended without an answer".into(),
+        })
+    }
+
+    /// Keeps lease `id` alive every `interval` on one stream until the returned handle is
+    /// dropped; the stream is reopened after a failure.
+    pub fn lease_keep_alive(&self, id: i64, interval: Duration) -> KeepAlive {
+        let mut lease = self.lease.clone();
+        let (ttl_tx, ttl) = tokio::sync::watch::channel(-1);
+        let task = tokio::spawn(async move {
+            loop {
+                let (tx, rx) = mpsc::channel(1);
+                if let Ok(resp) = lease.lease_keep_alive(receiver_stream(rx)).await {
+                    let mut answers = resp.into_inner();
+                    loop {
+                        if tx.send(LeaseKeepAliveRequest { id }).await.is_err() {
+                            break;
+                        }
+                        match answers.message().await {
+                            Ok(Some(a)) => {
+                                let _ = ttl_tx.send(a.ttl);
+                                if a.ttl <= 0 {
+                                    return;
+                                }
+                            }
+                            _ => break,
+                        }
+                        tokio::time::sleep(interval).await;
+                    }
+                }
+                tokio::time::sleep(interval / 4).await;
+            }
+        });
+        KeepAlive { task, ttl }
+    }
+
+    pub async fn lease_time_to_live(
+        &mut self,
+        id: i64,
+        keys: bool,
+    ) -> Result<LeaseTimeToLiveResponse, ClientError> {
+        Ok(self
+            .lease
+            .lease_time_to_live(LeaseTimeToLiveRequest { id, keys })
+            .await?
+            .into_inner())
+    }
+
+    pub async fn lease_leases(&mut self) -> Result<LeaseLeasesResponse, ClientError> {
+        Ok(self
+            .lease
+            .lease_leases(LeaseLeasesRequest {})
             .await?
             .into_inner())
     }
