@@ -137,6 +137,8 @@ fn play(c: &Cluster) -> Vec<String> {
     let mut watches: BTreeMap<&str, Background> = BTreeMap::new();
     let mut out = Vec::new();
     let remaining = Regex::new(r"granted with TTL\((\d+)s\), remaining\((-?\d+)s\)").unwrap();
+    // etcd lists a lease's keys in no defined order.
+    let attached = Regex::new(r"attached keys\(\[([^\]]*)\]\)").unwrap();
     let fill = |a: &[String], vars: &BTreeMap<&str, String>| -> Vec<String> {
         a.iter()
             .map(|s| {
@@ -154,6 +156,11 @@ fn play(c: &Cluster) -> Vec<String> {
         for (k, v) in vars {
             s = s.replace(v.as_str(), &format!("<{k}>"));
         }
+        let s = attached.replace_all(&s, |caps: &regex::Captures| {
+            let mut keys: Vec<&str> = caps[1].split(' ').collect();
+            keys.sort();
+            format!("attached keys([{}])", keys.join(" "))
+        });
         remaining
             .replace_all(&s, |caps: &regex::Captures| {
                 let granted: i64 = caps[1].parse().unwrap();
