@@ -2,7 +2,10 @@
 # Runs the same `c20 bench` workloads against a 3-member etcd and a 3-member c20 on this machine,
 # one after the other in one run, and prints a side-by-side table.
 #
-#   scripts/bench-vs-etcd.sh [--total N] [--quick]
+#   scripts/bench-vs-etcd.sh [--total N] [--quick] [--watch-only]
+#
+# Besides the KV workloads it runs `c20 bench-watch` (1,000 watchers on 10 streams: put-to-event
+# latency at 100 puts/s, then event throughput); --watch-only runs just that.
 #
 # Needs Debian's etcd-server (/usr/bin/etcd). Both clusters run on 127.0.0.1 with fsync on,
 # data in a temporary directory; everything started here is stopped on exit.
@@ -10,10 +13,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TOTAL=20000
+WATCH_ONLY=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --total) TOTAL="$2"; shift 2 ;;
         --quick) TOTAL=2000; shift ;;
+        --watch-only) WATCH_ONLY=1; shift ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -85,8 +90,11 @@ WORKLOADS=(
 )
 
 declare -A RES
+declare -A WATCH
+[ "$WATCH_ONLY" = 1 ] && WORKLOADS=()
 for flavor in etcd c20; do
     start_cluster "$flavor"
+    WATCH[$flavor]=$("$C20" bench-watch --endpoints "$ENDPOINTS" --watchers 1000 --streams 10 --json)
     for w in "${WORKLOADS[@]}"; do
         name=${w%%:*}; args=${w#*:}
         total=$TOTAL; [ "$name" = put-1 ] && total=$((TOTAL / 10))
@@ -97,6 +105,11 @@ for flavor in etcd c20; do
 done
 
 field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+printf '%-18s | %12s %9s %9s | %12s %9s %9s\n' watch "etcd ev/s" "p50 ms" "p99 ms" "c20 ev/s" "p50 ms" "p99 ms"
+printf '%-18s | %12s %9s %9s | %12s %9s %9s\n' "1000 watchers" \
+    "$(field "${WATCH[etcd]}" events_per_s)" "$(field "${WATCH[etcd]}" latency_p50_ms)" "$(field "${WATCH[etcd]}" latency_p99_ms)" \
+    "$(field "${WATCH[c20]}" events_per_s)" "$(field "${WATCH[c20]}" latency_p50_ms)" "$(field "${WATCH[c20]}" latency_p99_ms)"
+[ "$WATCH_ONLY" = 1 ] && exit 0
 printf '%-18s | %12s %9s %9s | %12s %9s %9s | %7s\n' workload "etcd ops/s" "p50 ms" "p99 ms" "c20 ops/s" "p50 ms" "p99 ms" "c20/etcd"
 for w in "${WORKLOADS[@]}"; do
     name=${w%%:*}

@@ -1,6 +1,7 @@
 //! `c20`: run a node (`serve`) or a local cluster (`up`), and talk to a cluster.
 
 mod bench;
+mod bench_watch;
 mod client_cmds;
 mod txn_parse;
 mod up;
@@ -52,6 +53,8 @@ enum Cmd {
     Members(client_cmds::StatusArgs),
     /// Measure throughput and latency of puts, gets, txn CAS or a mix (against c20 or etcd).
     Bench(bench::BenchArgs),
+    /// Measure watch event throughput and put-to-event latency (against c20 or etcd).
+    BenchWatch(bench_watch::BenchWatchArgs),
 }
 
 #[derive(clap::Args)]
@@ -166,6 +169,7 @@ fn main() -> Result<()> {
         Cmd::Status(a) => rt.block_on(client_cmds::status(a)),
         Cmd::Members(a) => rt.block_on(client_cmds::members(a)),
         Cmd::Bench(a) => rt.block_on(bench::run(a)),
+        Cmd::BenchWatch(a) => rt.block_on(bench_watch::run(a)),
     }
 }
 
