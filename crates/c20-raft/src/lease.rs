@@ -131,12 +131,16 @@ impl Lessor {
         expired
     }
 
-    /// Restarts lease `id`'s clock (the caller checked it exists and leads in `term`).
-    fn renew(&self, term: u64, id: i64, ttl: i64, now: Instant) {
+    /// Restarts lease `id`'s clock (the caller checked it exists and leads in `term`). A lease
+    /// whose time already ran out is not revived (its revoke is on its way): `false`.
+    fn renew(&self, term: u64, id: i64, ttl: i64, now: Instant) -> bool {
         let mut s = self.state.lock().expect("lessor lock");
         s.lead(term);
+        if s.deadline.get(&id).is_some_and(|d| *d <= now) {
+            return false;
+        }
         s.deadline.insert(id, now + ttl_duration(ttl));
-        s.revoking.remove(&id);
+        true
     }
 
     /// Seconds left on lease `id` (its whole TTL if its clock has not started in this term).
@@ -157,7 +161,7 @@ impl Lessor {
             .map_or(0, |d| d.as_millis() as u64);
         let seq = self.id_seq.fetch_add(1, Ordering::Relaxed);
         let suffix = ((ms & 0xff_ffff_ffff) << 8).wrapping_add(seq) & 0xffff_ffff_ffff;
-        let id = (((member >> 48) << 48) | suffix) & (i64::MAX as u64);
+        let id = (((member & 0xffff) << 48) | suffix) & (i64::MAX as u64);
         (id as i64).max(1)
     }
 }
@@ -192,7 +196,7 @@ impl RaftNode {
                 Ok(WriteResult::LeaseGrant(r)) => {
                     // The clock starts now when this node leads (else at the leader's next check).
                     if self.is_leader() {
-                        self.lessor.renew(self.term(), r.id, r.ttl, Instant::now());
+                        let _ = self.lessor.renew(self.term(), r.id, r.ttl, Instant::now());
                     }
                     return Ok(r);
                 }
@@ -257,10 +261,13 @@ impl RaftNode {
         let now = Instant::now();
         Ok(match (ask, lease) {
             (LeaseAsk::Renew(_), None) => LeaseAnswer::Renewed { ttl: 0 },
-            (LeaseAsk::Renew(_), Some((ttl, _))) => {
-                self.lessor.renew(term, id, ttl, now);
-                LeaseAnswer::Renewed { ttl }
-            }
+            (LeaseAsk::Renew(_), Some((ttl, _))) => LeaseAnswer::Renewed {
+                ttl: if self.lessor.renew(term, id, ttl, now) {
+                    ttl
+                } else {
+                    0
+                },
+            },
             (LeaseAsk::TimeToLive(_), None) => LeaseAnswer::TimeToLive {
                 granted: 0,
                 remaining: -1,
@@ -323,7 +330,7 @@ mod tests {
         let t0 = Instant::now();
         let leases = [(1, 5), (2, 10)];
         assert!(l.check(3, &leases, t0, EXTEND, RETRY).is_empty());
-        l.renew(3, 1, 5, t0 + Duration::from_secs(4));
+        assert!(l.renew(3, 1, 5, t0 + Duration::from_secs(4)));
         assert!(l
             .check(3, &leases, t0 + Duration::from_secs(8), EXTEND, RETRY)
             .is_empty());
@@ -331,6 +338,8 @@ mod tests {
             l.check(3, &leases, t0 + Duration::from_secs(9), EXTEND, RETRY),
             vec![1]
         );
+        // Expired: a keep-alive no longer revives it.
+        assert!(!l.renew(3, 1, 5, t0 + Duration::from_secs(9)));
         // Proposed once, then again only after the retry interval.
         assert!(l
             .check(3, &leases, t0 + Duration::from_secs(10), EXTEND, RETRY)

@@ -60,14 +60,15 @@ pub enum Op {
     DeleteRange(#[serde(with = "serde_bytes")] Vec<u8>),
     Txn(#[serde(with = "serde_bytes")] Vec<u8>),
     Compact(#[serde(with = "serde_bytes")] Vec<u8>),
-    LeaseGrant(#[serde(with = "serde_bytes")] Vec<u8>),
-    LeaseRevoke(#[serde(with = "serde_bytes")] Vec<u8>),
     PublishMember {
         id: NodeId,
         attrs: MemberAttrs,
     },
     /// Several client requests in one log entry, applied in order (never nested).
     Batch(Vec<Command>),
+    // New variants go last: postcard encodes a variant by its position, and the log keeps it.
+    LeaseGrant(#[serde(with = "serde_bytes")] Vec<u8>),
+    LeaseRevoke(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 impl fmt::Display for Command {
@@ -147,12 +148,13 @@ pub enum Reply {
     DeleteRange(#[serde(with = "serde_bytes")] Vec<u8>),
     Txn(#[serde(with = "serde_bytes")] Vec<u8>),
     Compact(#[serde(with = "serde_bytes")] Vec<u8>),
-    LeaseGrant(#[serde(with = "serde_bytes")] Vec<u8>),
-    LeaseRevoke(#[serde(with = "serde_bytes")] Vec<u8>),
     Published,
     Error(EtcdError),
     /// One reply per request of an [`Op::Batch`], in order.
     Batch(Vec<Reply>),
+    // New variants go last (see [`Op`]).
+    LeaseGrant(#[serde(with = "serde_bytes")] Vec<u8>),
+    LeaseRevoke(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
 impl Reply {
