@@ -481,17 +481,21 @@ async fn a_stalled_watcher_holds_bounded_memory_and_then_catches_up() {
     let (tx, mut rx) = raw_stream(&m.endpoint).await;
     tx.send(create_req(prefix("s/", 0))).await.unwrap();
     assert!(next(&mut rx).await.created);
-    // 100,000 key writes (1,000 txns of 100 puts) while the client reads nothing.
+    // 100,000 puts (100,000 revisions) from 64 writers while the client reads nothing.
     let value = vec![b'v'; 100];
-    let writers: Vec<_> = (0..4)
-        .map(|t| {
+    let issued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writers: Vec<_> = (0..64)
+        .map(|_| {
             let mut c = m.client.clone();
             let value = value.clone();
+            let issued = issued.clone();
             tokio::spawn(async move {
-                for n in 0..250 {
-                    let keys: Vec<String> =
-                        (0..100).map(|i| format!("s/{t}/{n:03}/{i:02}")).collect();
-                    c.txn(txn_puts(&keys, &value)).await.unwrap();
+                loop {
+                    let i = issued.fetch_add(1, Ordering::Relaxed);
+                    if i >= 100_000 {
+                        return;
+                    }
+                    c.put(format!("s/{i:06}"), value.clone()).await.unwrap();
                 }
             })
         })
@@ -502,7 +506,7 @@ async fn a_stalled_watcher_holds_bounded_memory_and_then_catches_up() {
     let metrics = m.server.watch_metrics();
     let peak = metrics.queued_bytes_peak.load(Ordering::Relaxed);
     // What the stream may hold: its queue of responses, each at most one response's worth of
-    // events (an event here encodes to well under 200 bytes). The writes total over 13 MB.
+    // events (an event here encodes to well under 200 bytes). The events total over 12 MB.
     let bound = (SEND_QUEUE_RESPONSES * EVENTS_PER_RESPONSE * 200) as i64;
     assert!(peak <= bound, "queued {peak} bytes, bound {bound}");
     // Then it catches up from the store: every event, in order, once.
