@@ -70,6 +70,10 @@ pub struct DelArgs {
 
 #[derive(clap::Args)]
 pub struct TxnArgs {
+    /// Prompt for each section (compares, success ops, failure ops), as `etcdctl txn -i` does;
+    /// each section ends with an empty line.
+    #[arg(short, long)]
+    interactive: bool,
     #[command(flatten)]
     ep: Endpoints,
 }
@@ -155,10 +159,15 @@ pub async fn del(a: DelArgs) -> Result<()> {
 }
 
 pub async fn txn(a: TxnArgs) -> Result<()> {
-    let mut input = String::new();
-    std::io::stdin()
-        .read_to_string(&mut input)
-        .context("reading the txn from stdin")?;
+    let input = if a.interactive {
+        read_interactive_txn()?
+    } else {
+        let mut input = String::new();
+        std::io::stdin()
+            .read_to_string(&mut input)
+            .context("reading the txn from stdin")?;
+        input
+    };
     let req = txn_parse::parse(&input).map_err(anyhow::Error::msg)?;
     let mut c = a.ep.connect().await?;
     let r = c.txn(req).await.map_err(fail)?;
@@ -174,6 +183,31 @@ pub async fn txn(a: TxnArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Reads the three sections of a txn with etcdctl's prompts; returns them in the stdin format.
+fn read_interactive_txn() -> Result<String> {
+    use std::io::{BufRead, Write};
+    let mut lines = std::io::stdin().lock().lines();
+    let mut out = String::new();
+    for prompt in [
+        "compares:",
+        "success requests (get, put, del):",
+        "failure requests (get, put, del):",
+    ] {
+        println!("{prompt}");
+        std::io::stdout().flush()?;
+        for line in lines.by_ref() {
+            let line = line.context("reading the txn from stdin")?;
+            if line.trim().is_empty() {
+                break;
+            }
+            out.push_str(&line);
+            out.push('\n');
+        }
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 pub async fn status(a: StatusArgs) -> Result<()> {

@@ -25,6 +25,9 @@ use c20_api::etcdserverpb::{
 };
 use std::time::Duration;
 use tokio::sync::mpsc;
+
+mod optimistic;
+pub use optimistic::{Committed, RetryPolicy, Tx, TxBody, TxError};
 use tonic::transport::{Channel, Endpoint};
 
 /// A failed call: the gRPC code and etcd's message, as the server sent them.
@@ -146,6 +149,20 @@ impl Client {
         }))
     }
 
+    /// A client on a channel the caller built (lazily connected, TLS, ...).
+    pub fn from_channel(channel: Channel) -> Client {
+        let big = 64 * 1024 * 1024;
+        Client {
+            kv: KvClient::new(channel.clone())
+                .max_decoding_message_size(big)
+                .max_encoding_message_size(big),
+            maintenance: MaintenanceClient::new(channel.clone()),
+            cluster: ClusterClient::new(channel.clone()),
+            watch: WatchClient::new(channel.clone()).max_decoding_message_size(big),
+            lease: LeaseClient::new(channel),
+        }
+    }
+
     async fn connect_one(ep: &str) -> Result<Client, ClientError> {
         let url = if ep.contains("://") {
             ep.to_string()
@@ -165,16 +182,7 @@ impl Client {
                 code: tonic::Code::Unavailable,
                 message: format!("cannot connect to {ep}: {e}"),
             })?;
-        let big = 64 * 1024 * 1024;
-        Ok(Client {
-            kv: KvClient::new(channel.clone())
-                .max_decoding_message_size(big)
-                .max_encoding_message_size(big),
-            maintenance: MaintenanceClient::new(channel.clone()),
-            cluster: ClusterClient::new(channel.clone()),
-            watch: WatchClient::new(channel.clone()).max_decoding_message_size(big),
-            lease: LeaseClient::new(channel),
-        })
+        Ok(Client::from_channel(channel))
     }
 
     pub async fn put(
