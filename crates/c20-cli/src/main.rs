@@ -123,6 +123,10 @@ struct ServeArgs {
         value_parser = parse_duration
     )]
     experimental_watch_progress_notify_interval: Duration,
+    /// Threads that read for independent requests of an applied batch in parallel; results are
+    /// exactly those of serial apply. 1 turns it off. [default: cores, at most 4]
+    #[arg(long, env = "C20_APPLY_THREADS", value_parser = clap::value_parser!(u64).range(1..=64))]
+    apply_threads: Option<u64>,
 }
 
 /// Parses a duration as etcd's flags write them: a number and `ms`, `s`, `m` or `h`.
@@ -205,6 +209,9 @@ async fn serve(a: ServeArgs) -> Result<()> {
         snapshot_count: a.snapshot_count,
         request_timeout: Duration::from_secs(7),
         watch_progress_notify_interval: a.experimental_watch_progress_notify_interval,
+        apply_threads: a
+            .apply_threads
+            .map_or_else(c20_server::default_apply_threads, |n| n as usize),
     };
     let server = Server::start(cfg).await?;
     wait_for_signal().await?;

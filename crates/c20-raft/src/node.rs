@@ -62,6 +62,9 @@ pub struct RaftNodeConfig {
     pub transport: Transport,
     /// How client requests are grouped into log entries.
     pub batch: BatchConfig,
+    /// Threads that read for independent requests of an applied batch in parallel; 1 applies
+    /// strictly one request after the other.
+    pub apply_threads: usize,
 }
 
 impl RaftNodeConfig {
@@ -81,8 +84,14 @@ impl RaftNodeConfig {
             in_memory: false,
             transport: Transport::Grpc,
             batch: BatchConfig::default(),
+            apply_threads: default_apply_threads(),
         }
     }
+}
+
+/// The machine's cores, at most 4 (the parallel phase of apply gains little beyond that).
+pub fn default_apply_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
 }
 
 /// A point-in-time view of this node's Raft state.
@@ -165,6 +174,7 @@ impl RaftNode {
         sm: StateMachine,
     ) -> Result<Arc<RaftNode>, StorageError> {
         let shared = sm.shared();
+        shared.set_apply_threads(cfg.apply_threads);
         // What the handle counts return to once openraft has dropped its copies: the caller's
         // handles and ours, without the state machine and log store moved into openraft.
         let released = (Arc::strong_count(&shared) - 1, log.handles());

@@ -124,6 +124,14 @@ impl SmShared {
         });
     }
 
+    /// Threads for the parallel reads of an applied batch (1 = strictly serial apply).
+    pub fn set_apply_threads(&self, threads: usize) {
+        self.store
+            .write()
+            .expect("store lock")
+            .set_apply_threads(threads);
+    }
+
     /// Published attributes of every member that has published them.
     pub fn member_attrs(&self) -> BTreeMap<NodeId, MemberAttrs> {
         self.applied.read().expect("applied lock").members.clone()

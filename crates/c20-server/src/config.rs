@@ -36,6 +36,9 @@ pub struct ServerConfig {
     /// `--experimental-watch-progress-notify-interval`: how often watchers that asked for
     /// progress notifications get one while idle.
     pub watch_progress_notify_interval: Duration,
+    /// `--apply-threads`: threads reading for independent requests of an applied batch in
+    /// parallel (1 = strictly serial apply).
+    pub apply_threads: usize,
 }
 
 impl ServerConfig {
@@ -57,6 +60,7 @@ impl ServerConfig {
             snapshot_count: 100_000,
             request_timeout: Duration::from_secs(7),
             watch_progress_notify_interval: Duration::from_secs(600),
+            apply_threads: c20_raft::node::default_apply_threads(),
         }
     }
 }

@@ -8,6 +8,7 @@ mod lease;
 mod maintenance;
 mod watch_service;
 
+pub use c20_raft::node::default_apply_threads;
 pub use config::{parse_initial_cluster, parse_url, ServerConfig};
 pub use maintenance::ETCD_API_VERSION;
 pub use watch_service::{WatchMetrics, EVENTS_PER_RESPONSE, SEND_QUEUE_RESPONSES};
@@ -137,6 +138,7 @@ impl Server {
         rcfg.election_timeout_max_ms = cfg.election_timeout_ms * 2;
         rcfg.request_timeout = cfg.request_timeout;
         rcfg.snapshot_count = cfg.snapshot_count;
+        rcfg.apply_threads = cfg.apply_threads;
         let node = RaftNode::start(rcfg).await?;
         let shared = Arc::new(Shared {
             node: node.clone(),

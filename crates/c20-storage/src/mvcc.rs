@@ -162,6 +162,8 @@ pub struct MvccStore {
     pending: PendingRows,
     /// Set once a redb write failed: the in-memory state may be ahead of disk, so no more writes.
     failed: Option<String>,
+    /// Threads for the parallel phase of [`MvccStore::apply_batch`]; 1 = strictly serial.
+    apply_threads: usize,
 }
 
 impl MvccStore {
@@ -189,6 +191,7 @@ impl MvccStore {
             applied: Vec::new(),
             pending: PendingRows::default(),
             failed: None,
+            apply_threads: 1,
         }
     }
 
@@ -541,7 +544,16 @@ impl MvccStore {
         if let Some(e) = &self.failed {
             return Err(StorageError::Failed(e.clone()));
         }
+        if self.apply_threads > 1 {
+            return Ok(self.apply_scheduled(ops));
+        }
         Ok(ops.into_iter().map(|op| self.apply_one(op)).collect())
+    }
+
+    /// How many threads may work out the reads of independent requests of one batch in
+    /// parallel (see [`parallel`]); 1 applies strictly one request after the other.
+    pub fn set_apply_threads(&mut self, threads: usize) {
+        self.apply_threads = threads.max(1);
     }
 
     /// Sets the caller's record of how far the log has been applied; the next checkpoint stores
@@ -613,6 +625,15 @@ impl MvccStore {
     }
 
     fn apply_one(&mut self, op: WriteOp) -> Result<WriteResult, EtcdError> {
+        self.apply_prepared(op, parallel::Prepared::Nothing)
+    }
+
+    /// Applies `op`, using what the parallel phase already read for it (`pre`), if anything.
+    fn apply_prepared(
+        &mut self,
+        op: WriteOp,
+        pre: parallel::Prepared,
+    ) -> Result<WriteResult, EtcdError> {
         match op {
             WriteOp::Put(p) => {
                 check_put_semantics(self, &p, self.current_rev)?;
@@ -623,17 +644,32 @@ impl MvccStore {
             }
             WriteOp::DeleteRange(d) => {
                 let mut w = TxnWriter::new(self.current_rev);
-                let resp = self.delete_range(&mut w, &d);
+                let victims = match pre {
+                    parallel::Prepared::Delete(victims) => Some(victims),
+                    _ => None,
+                };
+                let resp = self.delete_range_with(&mut w, &d, victims);
                 self.finish(w);
                 Ok(WriteResult::DeleteRange(resp))
             }
             WriteOp::Txn(t) => {
                 // Compares of the txn and of every nested txn see the state before the txn.
-                let path = self.txn_path(&t);
-                self.check_txn_path(&t, &path, 0)?;
+                let (path, check, mut ranges) = match pre {
+                    parallel::Prepared::Txn {
+                        path,
+                        check,
+                        ranges,
+                    } => (path, check, ranges),
+                    _ => {
+                        let path = self.txn_path(&t);
+                        let check = self.check_txn_path(&t, &path, 0).map(|_| ());
+                        (path, check, VecDeque::new())
+                    }
+                };
+                check?;
                 let mut w = TxnWriter::new(self.current_rev);
                 let mut at = 0;
-                let resp = self.exec_txn(&mut w, &t, &path, &mut at);
+                let resp = self.exec_txn(&mut w, &t, &path, &mut at, &mut ranges);
                 self.finish(w);
                 Ok(WriteResult::Txn(resp))
             }
@@ -713,10 +749,21 @@ impl MvccStore {
     }
 
     fn delete_range(&mut self, w: &mut TxnWriter, d: &DeleteRangeRequest) -> DeleteRangeResponse {
-        let victims: Vec<Arc<KeyValue>> = self
-            .visible(&d.key, &d.range_end, w.visible_rev())
-            .map(|(_, kv)| kv.clone())
-            .collect();
+        self.delete_range_with(w, d, None)
+    }
+
+    /// Deletes what `d` covers: `victims` when the parallel phase already found them.
+    fn delete_range_with(
+        &mut self,
+        w: &mut TxnWriter,
+        d: &DeleteRangeRequest,
+        victims: Option<Vec<Arc<KeyValue>>>,
+    ) -> DeleteRangeResponse {
+        let victims: Vec<Arc<KeyValue>> = victims.unwrap_or_else(|| {
+            self.visible(&d.key, &d.range_end, w.visible_rev())
+                .map(|(_, kv)| kv.clone())
+                .collect()
+        });
         for kv in &victims {
             self.detach(kv.lease, &kv.key);
             let tomb = KeyValue {
@@ -819,12 +866,15 @@ impl MvccStore {
         Ok(next)
     }
 
+    /// Executes the branches `path` chose. `ranges` holds the answers of the txn's first reads
+    /// when the parallel phase worked them out (their header is set here).
     fn exec_txn(
         &mut self,
         w: &mut TxnWriter,
         t: &TxnRequest,
         path: &[bool],
         at: &mut usize,
+        ranges: &mut VecDeque<RangeResponse>,
     ) -> TxnResponse {
         let succeeded = path[*at];
         *at += 1;
@@ -833,12 +883,13 @@ impl MvccStore {
         for op in branch {
             let response = match &op.request {
                 Some(request_op::Request::RequestRange(r)) => {
-                    let resp =
-                        self.range_at(r, w.visible_rev())
-                            .unwrap_or_else(|_| RangeResponse {
-                                header: Some(header(w.visible_rev())),
-                                ..Default::default()
-                            });
+                    let resp = match ranges.pop_front() {
+                        Some(mut resp) => {
+                            resp.header = Some(header(w.visible_rev()));
+                            resp
+                        }
+                        None => self.txn_range(r, w.visible_rev()),
+                    };
                     Some(response_op::Response::ResponseRange(resp))
                 }
                 Some(request_op::Request::RequestPut(p)) => {
@@ -848,7 +899,7 @@ impl MvccStore {
                     response_op::Response::ResponseDeleteRange(self.delete_range(w, d)),
                 ),
                 Some(request_op::Request::RequestTxn(inner)) => Some(
-                    response_op::Response::ResponseTxn(self.exec_txn(w, inner, path, at)),
+                    response_op::Response::ResponseTxn(self.exec_txn(w, inner, path, at, ranges)),
                 ),
                 None => None,
             };
@@ -859,6 +910,14 @@ impl MvccStore {
             succeeded,
             responses,
         }
+    }
+
+    /// A range inside a txn: a read that fails (compacted, future) answers empty, as in etcd.
+    fn txn_range(&self, r: &RangeRequest, now: i64) -> RangeResponse {
+        self.range_at(r, now).unwrap_or_else(|_| RangeResponse {
+            header: Some(header(now)),
+            ..Default::default()
+        })
     }
 
     fn compare(&self, c: &Compare) -> bool {
@@ -1160,9 +1219,14 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(), EtcdError> {
 mod events;
 #[path = "mvcc_lease.rs"]
 mod lease;
+#[path = "mvcc_parallel.rs"]
+pub mod parallel;
 
 pub use events::WatchBatch;
 
+#[cfg(test)]
+#[path = "mvcc_parallel_test.rs"]
+mod mvcc_parallel_test;
 #[cfg(test)]
 #[path = "mvcc_test.rs"]
 mod mvcc_test;
