@@ -2,10 +2,11 @@
 # Runs the same `c20 bench` workloads against a 3-member etcd and a 3-member c20 on this machine,
 # one after the other in one run, and prints a side-by-side table.
 #
-#   scripts/bench-vs-etcd.sh [--total N] [--quick] [--watch-only]
+#   scripts/bench-vs-etcd.sh [--total N] [--quick] [--watch-only] [--only NAME,NAME...]
 #
 # Besides the KV workloads it runs `c20 bench-watch` (1,000 watchers on 10 streams: put-to-event
-# latency at 100 puts/s, then event throughput); --watch-only runs just that.
+# latency at 100 puts/s, then event throughput); --watch-only runs just that. --only runs just
+# the named KV workloads (and no watch), e.g. --only txn-cas-low,txn-cas-high.
 #
 # Needs Debian's etcd-server (/usr/bin/etcd). Both clusters run on 127.0.0.1 with fsync on,
 # data in a temporary directory; everything started here is stopped on exit.
@@ -14,11 +15,13 @@ cd "$(dirname "$0")/.."
 
 TOTAL=20000
 WATCH_ONLY=0
+ONLY=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --total) TOTAL="$2"; shift 2 ;;
         --quick) TOTAL=2000; shift ;;
         --watch-only) WATCH_ONLY=1; shift ;;
+        --only) ONLY="$2"; shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -86,15 +89,26 @@ WORKLOADS=(
     "get-strong-100:--workload get --consistency strong --clients 100 --conns 10 --key-space 10000"
     "get-eventual-100:--workload get --consistency eventual --clients 100 --conns 10 --key-space 10000"
     "txn-cas-100:--workload txn-cas --clients 100 --conns 10 --key-space 10000"
+    "txn-cas-low:--workload txn-cas --clients 100 --conns 10 --key-space 100000"
+    "txn-cas-high:--workload txn-cas --clients 100 --conns 10 --key-space 10"
     "mixed-100:--workload mixed --clients 100 --conns 10 --key-space 10000"
 )
 
 declare -A RES
 declare -A WATCH
 [ "$WATCH_ONLY" = 1 ] && WORKLOADS=()
+if [ -n "$ONLY" ]; then
+    KEEP=()
+    for w in "${WORKLOADS[@]}"; do
+        case ",$ONLY," in *",${w%%:*},"*) KEEP+=("$w") ;; esac
+    done
+    WORKLOADS=("${KEEP[@]}")
+fi
 for flavor in etcd c20; do
     start_cluster "$flavor"
-    WATCH[$flavor]=$("$C20" bench-watch --endpoints "$ENDPOINTS" --watchers 1000 --streams 10 --json)
+    if [ -z "$ONLY" ]; then
+        WATCH[$flavor]=$("$C20" bench-watch --endpoints "$ENDPOINTS" --watchers 1000 --streams 10 --json)
+    fi
     for w in "${WORKLOADS[@]}"; do
         name=${w%%:*}; args=${w#*:}
         total=$TOTAL; [ "$name" = put-1 ] && total=$((TOTAL / 10))
@@ -105,10 +119,12 @@ for flavor in etcd c20; do
 done
 
 field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
-printf '%-18s | %12s %9s %9s | %12s %9s %9s\n' watch "etcd ev/s" "p50 ms" "p99 ms" "c20 ev/s" "p50 ms" "p99 ms"
-printf '%-18s | %12s %9s %9s | %12s %9s %9s\n' "1000 watchers" \
-    "$(field "${WATCH[etcd]}" events_per_s)" "$(field "${WATCH[etcd]}" latency_p50_ms)" "$(field "${WATCH[etcd]}" latency_p99_ms)" \
-    "$(field "${WATCH[c20]}" events_per_s)" "$(field "${WATCH[c20]}" latency_p50_ms)" "$(field "${WATCH[c20]}" latency_p99_ms)"
+if [ -z "$ONLY" ]; then
+    printf '%-18s | %12s %9s %9s | %12s %9s %9s\n' watch "etcd ev/s" "p50 ms" "p99 ms" "c20 ev/s" "p50 ms" "p99 ms"
+    printf '%-18s | %12s %9s %9s | %12s %9s %9s\n' "1000 watchers" \
+        "$(field "${WATCH[etcd]}" events_per_s)" "$(field "${WATCH[etcd]}" latency_p50_ms)" "$(field "${WATCH[etcd]}" latency_p99_ms)" \
+        "$(field "${WATCH[c20]}" events_per_s)" "$(field "${WATCH[c20]}" latency_p50_ms)" "$(field "${WATCH[c20]}" latency_p99_ms)"
+fi
 [ "$WATCH_ONLY" = 1 ] && exit 0
 printf '%-18s | %12s %9s %9s | %12s %9s %9s | %7s\n' workload "etcd ops/s" "p50 ms" "p99 ms" "c20 ops/s" "p50 ms" "p99 ms" "c20/etcd"
 for w in "${WORKLOADS[@]}"; do
@@ -119,5 +135,10 @@ for w in "${WORKLOADS[@]}"; do
         "$eo" "$(field "$e" p50_ms)" "$(field "$e" p99_ms)" \
         "$co" "$(field "$c" p50_ms)" "$(field "$c" p99_ms)" \
         "$(python3 -c "print($co/$eo)")"
+done
+printf '%-18s | %12s | %12s\n' workload "etcd conflicts" "c20 conflicts"
+for w in "${WORKLOADS[@]}"; do
+    name=${w%%:*}
+    printf '%-18s | %12s | %12s\n' "$name" "$(field "${RES[etcd/$name]}" conflicts)" "$(field "${RES[c20/$name]}" conflicts)"
 done
 echo "errors: $(for k in "${!RES[@]}"; do printf '%s=%s ' "$k" "$(field "${RES[$k]}" errors)"; done)"
