@@ -31,6 +31,20 @@ pub enum EtcdError {
     LeaseTtlTooLarge,
     #[error("etcdserver: member not found")]
     MemberNotFound,
+    #[error("etcdserver: member ID already exist")]
+    MemberExist,
+    #[error("etcdserver: Peer URLs already exists")]
+    PeerUrlExist,
+    #[error("etcdserver: given member URLs are invalid")]
+    MemberBadUrls,
+    #[error("etcdserver: can only promote a learner member")]
+    MemberNotLearner,
+    #[error("etcdserver: can only promote a learner member which is in sync with leader")]
+    LearnerNotReady,
+    #[error("etcdserver: too many learner members in cluster")]
+    TooManyLearners,
+    #[error("etcdserver: the member has been permanently removed from the cluster")]
+    MemberRemoved,
     #[error("etcdserver: no leader")]
     NoLeader,
     #[error("etcdserver: not leader")]
@@ -74,7 +88,14 @@ impl EtcdError {
             EtcdError::Compacted | EtcdError::FutureRev | EtcdError::LeaseTtlTooLarge => {
                 Code::OutOfRange
             }
-            EtcdError::LeaseExist => Code::FailedPrecondition,
+            EtcdError::LeaseExist
+            | EtcdError::MemberExist
+            | EtcdError::PeerUrlExist
+            | EtcdError::MemberNotLearner
+            | EtcdError::LearnerNotReady
+            | EtcdError::TooManyLearners => Code::FailedPrecondition,
+            EtcdError::MemberBadUrls => Code::InvalidArgument,
+            EtcdError::MemberRemoved => Code::Unavailable,
             EtcdError::LeaseNotFound | EtcdError::MemberNotFound => Code::NotFound,
             EtcdError::NotLeader => Code::FailedPrecondition,
             EtcdError::NoLeader

@@ -214,10 +214,16 @@ async fn serve(a: ServeArgs) -> Result<()> {
             .map_or_else(c20_server::default_apply_threads, |n| n as usize),
     };
     let server = Server::start(cfg).await?;
-    wait_for_signal().await?;
+    let removed = tokio::select! {
+        r = wait_for_signal() => { r?; false }
+        _ = server.wait_removed() => true,
+    };
     tracing::info!("stopping");
     server.shutdown().await;
     tracing::info!("stopped");
+    if removed {
+        anyhow::bail!("etcdserver: the member has been permanently removed from the cluster");
+    }
     Ok(())
 }
 

@@ -17,8 +17,8 @@ use crate::types::{Command, MemberAttrs, NodeId, PeerNode, Reply, Snapshot, Type
 use c20_api::c20peer::peer_client::PeerClient;
 use c20_api::c20peer::peer_server::{Peer, PeerServer};
 use c20_api::c20peer::{
-    AppliedReply, AppliedRequest, ForwardReply, ForwardRequest, LeaseReply, LeaseRequest, RaftKind,
-    RaftReply, RaftRequest, ReadIndexReply, ReadIndexRequest,
+    AdminReply, AdminRequest, AppliedReply, AppliedRequest, ForwardReply, ForwardRequest,
+    LeaseReply, LeaseRequest, RaftKind, RaftReply, RaftRequest, ReadIndexReply, ReadIndexRequest,
 };
 use c20_api::EtcdError;
 use c20_storage::{StorageError, WalOptions};
@@ -65,6 +65,8 @@ pub struct RaftNodeConfig {
     /// Threads that read for independent requests of an applied batch in parallel; 1 applies
     /// strictly one request after the other.
     pub apply_threads: usize,
+    /// The cluster's id (etcd's), which this member tells a joining member.
+    pub cluster_id: u64,
 }
 
 impl RaftNodeConfig {
@@ -85,6 +87,7 @@ impl RaftNodeConfig {
             transport: Transport::Grpc,
             batch: BatchConfig::default(),
             apply_threads: default_apply_threads(),
+            cluster_id: 0,
         }
     }
 }
@@ -147,6 +150,13 @@ pub struct RaftNode {
     log: LogStore,
     request_timeout: Duration,
     election_timeout: Duration,
+    cluster_id: u64,
+    /// Set once a membership that includes this node took effect here: only a node that was a
+    /// member can be removed (a joining learner replays older memberships without itself).
+    was_member: std::sync::atomic::AtomicBool,
+    /// Set when the leader said this member was removed.
+    told_removed: std::sync::atomic::AtomicBool,
+    pub(crate) removed_notify: tokio::sync::Notify,
     pub(crate) lessor: Lessor,
     peers: Mutex<HashMap<NodeId, PeerClient<Channel>>>,
     forwarders: Mutex<HashMap<NodeId, ForwardQueue>>,
@@ -232,6 +242,10 @@ impl RaftNode {
             log,
             request_timeout: cfg.request_timeout,
             election_timeout: Duration::from_millis(cfg.election_timeout_min_ms),
+            cluster_id: cfg.cluster_id,
+            was_member: std::sync::atomic::AtomicBool::new(false),
+            told_removed: std::sync::atomic::AtomicBool::new(false),
+            removed_notify: tokio::sync::Notify::new(),
             lessor: Lessor::default(),
             peers: Mutex::new(HashMap::new()),
             forwarders: Mutex::new(HashMap::new()),
@@ -268,6 +282,42 @@ impl RaftNode {
 
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    /// The cluster's id, as configured.
+    pub fn cluster_id(&self) -> u64 {
+        self.cluster_id
+    }
+
+    /// Whether `m` shows this node removed: it was a member, and the membership in effect no
+    /// longer has it.
+    pub(crate) fn removed_in(&self, m: &openraft::RaftMetrics<TypeConfig>) -> bool {
+        if self.told_removed.load(Ordering::Relaxed) {
+            return true;
+        }
+        if m.membership_config
+            .membership()
+            .get_node(&self.id)
+            .is_some()
+        {
+            self.was_member.store(true, Ordering::Relaxed);
+            return false;
+        }
+        self.was_member.load(Ordering::Relaxed) && m.membership_config.log_id().is_some()
+    }
+
+    /// Records that the leader removed this member.
+    pub(crate) fn mark_removed(&self) {
+        if !self.told_removed.swap(true, Ordering::Relaxed) {
+            tracing::error!("this member has been permanently removed from the cluster");
+        }
+        self.removed_notify.notify_waiters();
+    }
+
+    /// Drops the cached connection and forward queue to `id` (its URLs changed).
+    pub(crate) fn forget_peer(&self, id: NodeId) {
+        self.peers.lock().expect("peers lock").remove(&id);
+        self.forwarders.lock().expect("forwarders lock").remove(&id);
     }
 
     pub(crate) fn raft(&self) -> &Raft {
@@ -364,13 +414,16 @@ impl RaftNode {
     }
 
     /// Waits (bounded by `deadline`) until some node is known as leader.
-    async fn leader(&self, deadline: Instant) -> Result<NodeId, EtcdError> {
+    pub(crate) async fn leader(&self, deadline: Instant) -> Result<NodeId, EtcdError> {
         let mut rx = self.raft.metrics();
         loop {
             {
                 let m = rx.borrow_watched();
                 if let Err(e) = &m.running_state {
                     return Err(EtcdError::StorageFailed(e.to_string()));
+                }
+                if self.removed_in(&m) {
+                    return Err(EtcdError::MemberRemoved);
                 }
                 if let Some(l) = m.current_leader {
                     return Ok(l);
@@ -657,7 +710,11 @@ impl RaftNode {
 
     /// Waits until the known leader is no longer `old` (or the deadline passes). A short pause
     /// bounds the loop when the same leader is reported again.
-    async fn wait_leader_change(&self, old: NodeId, deadline: Instant) -> Result<(), EtcdError> {
+    pub(crate) async fn wait_leader_change(
+        &self,
+        old: NodeId,
+        deadline: Instant,
+    ) -> Result<(), EtcdError> {
         let mut rx = self.raft.metrics();
         let pause = tokio::time::sleep(Duration::from_millis(50));
         tokio::pin!(pause);
@@ -867,6 +924,15 @@ impl Peer for PeerHandler {
     ) -> Result<Response<AppliedReply>, Status> {
         Ok(Response::new(AppliedReply {
             index: self.node.status().applied_index,
+        }))
+    }
+
+    async fn admin(&self, request: Request<AdminRequest>) -> Result<Response<AdminReply>, Status> {
+        let ask: crate::membership::AdminAsk =
+            postcard::from_bytes(&request.into_inner().ask).map_err(bad_request)?;
+        let res = self.node.admin_as_leader(ask).await;
+        Ok(Response::new(AdminReply {
+            result: encode(&res)?,
         }))
     }
 

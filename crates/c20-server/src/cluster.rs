@@ -1,12 +1,14 @@
-//! The etcd Cluster service (member list; changes come with the membership work).
+//! The etcd Cluster service: member list, add, promote, remove, update.
 
-use crate::Shared;
+use crate::{config, Shared};
 use c20_api::etcdserverpb::cluster_server::Cluster;
 use c20_api::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
     MemberUpdateRequest, MemberUpdateResponse,
 };
+use c20_api::EtcdError;
+use c20_raft::PeerNode;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -14,44 +16,9 @@ pub struct ClusterService {
     pub(crate) shared: Arc<Shared>,
 }
 
-#[tonic::async_trait]
-impl Cluster for ClusterService {
-    async fn member_add(
-        &self,
-        _r: Request<MemberAddRequest>,
-    ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(Status::unimplemented(
-            "c20: member add is not supported yet",
-        ))
-    }
-
-    async fn member_remove(
-        &self,
-        _r: Request<MemberRemoveRequest>,
-    ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(Status::unimplemented(
-            "c20: member remove is not supported yet",
-        ))
-    }
-
-    async fn member_update(
-        &self,
-        _r: Request<MemberUpdateRequest>,
-    ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(Status::unimplemented(
-            "c20: member update is not supported yet",
-        ))
-    }
-
-    async fn member_list(
-        &self,
-        request: Request<MemberListRequest>,
-    ) -> Result<Response<MemberListResponse>, Status> {
-        if request.into_inner().linearizable {
-            self.shared.node.read_barrier().await?;
-        }
-        let members = self
-            .shared
+impl ClusterService {
+    fn members(&self) -> Vec<Member> {
+        self.shared
             .node
             .members()
             .into_iter()
@@ -62,19 +29,118 @@ impl Cluster for ClusterService {
                 client_ur_ls: m.client_urls,
                 is_learner: m.is_learner,
             })
-            .collect();
+            .collect()
+    }
+}
+
+/// Peer URLs as etcd accepts them: `http://host:port`, at least one.
+fn check_urls(urls: &[String]) -> Result<(), EtcdError> {
+    if urls.is_empty() || urls.iter().any(|u| config::parse_url(u).is_err()) {
+        return Err(EtcdError::MemberBadUrls);
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn member_add(
+        &self,
+        request: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
+        let req = request.into_inner();
+        check_urls(&req.peer_ur_ls)?;
+        let id = config::member_id(&req.peer_ur_ls, &self.shared.token);
+        let node = PeerNode {
+            name: String::new(),
+            peer_urls: req.peer_ur_ls.clone(),
+        };
+        self.shared
+            .node
+            .member_add(id, node, req.is_learner)
+            .await?;
+        // Answer with the membership this member sees once it includes the new one.
+        self.shared
+            .node
+            .wait_membership(|ms| ms.iter().any(|m| m.id == id))
+            .await;
+        Ok(Response::new(MemberAddResponse {
+            header: self.shared.header_without_revision(),
+            member: Some(Member {
+                id,
+                name: String::new(),
+                peer_ur_ls: req.peer_ur_ls,
+                client_ur_ls: Vec::new(),
+                is_learner: req.is_learner,
+            }),
+            members: self.members(),
+        }))
+    }
+
+    async fn member_remove(
+        &self,
+        request: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        let id = request.into_inner().id;
+        self.shared.node.member_remove(id).await?;
+        self.shared
+            .node
+            .wait_membership(|ms| ms.iter().all(|m| m.id != id))
+            .await;
+        Ok(Response::new(MemberRemoveResponse {
+            header: self.shared.header_without_revision(),
+            members: self.members(),
+        }))
+    }
+
+    async fn member_update(
+        &self,
+        request: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        let req = request.into_inner();
+        check_urls(&req.peer_ur_ls)?;
+        self.shared
+            .node
+            .member_update(req.id, req.peer_ur_ls.clone())
+            .await?;
+        self.shared
+            .node
+            .wait_membership(|ms| {
+                ms.iter()
+                    .any(|m| m.id == req.id && m.peer_urls == req.peer_ur_ls)
+            })
+            .await;
+        Ok(Response::new(MemberUpdateResponse {
+            header: self.shared.header_without_revision(),
+            members: self.members(),
+        }))
+    }
+
+    async fn member_list(
+        &self,
+        request: Request<MemberListRequest>,
+    ) -> Result<Response<MemberListResponse>, Status> {
+        if request.into_inner().linearizable {
+            self.shared.node.read_barrier().await?;
+        }
         Ok(Response::new(MemberListResponse {
             header: self.shared.header_without_revision(),
-            members,
+            members: self.members(),
         }))
     }
 
     async fn member_promote(
         &self,
-        _r: Request<MemberPromoteRequest>,
+        request: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(Status::unimplemented(
-            "c20: member promote is not supported yet",
-        ))
+        let id = request.into_inner().id;
+        self.shared.node.member_promote(id).await?;
+        self.shared
+            .node
+            .wait_membership(|ms| ms.iter().any(|m| m.id == id && !m.is_learner))
+            .await;
+        Ok(Response::new(MemberPromoteResponse {
+            header: self.shared.header_without_revision(),
+            members: self.members(),
+        }))
     }
 }

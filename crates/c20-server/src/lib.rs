@@ -33,6 +33,8 @@ use tonic::transport::server::TcpIncoming;
 pub(crate) struct Shared {
     pub(crate) node: Arc<RaftNode>,
     pub(crate) cluster_id: u64,
+    /// `--initial-cluster-token`: member ids of added members derive from it.
+    pub(crate) token: String,
     pub(crate) watch_metrics: Arc<WatchMetrics>,
 }
 
@@ -115,7 +117,24 @@ impl Server {
             )));
         }
         let ids: Vec<NodeId> = initial_members.keys().copied().collect();
-        let cluster_id = config::cluster_id(&ids, &token);
+        let cluster_id = if cfg.initial_cluster_state_new {
+            config::cluster_id(&ids, &token)
+        } else {
+            // Joining: the cluster's id is whatever it was bootstrapped with; ask the others.
+            let others: Vec<String> = initial_members
+                .iter()
+                .filter(|(id, _)| **id != me)
+                .flat_map(|(_, n)| n.peer_urls.clone())
+                .collect();
+            c20_raft::ask_cluster_id(&others, std::time::Duration::from_secs(30))
+                .await
+                .map_err(|e| {
+                    ServerError::Config(format!(
+                        "--initial-cluster-state existing: no member of --initial-cluster told \
+                         the cluster id ({e})"
+                    ))
+                })?
+        };
 
         // Bind first: a port in use fails fast, before any state is touched.
         let mut client_listeners = Vec::new();
@@ -139,10 +158,12 @@ impl Server {
         rcfg.request_timeout = cfg.request_timeout;
         rcfg.snapshot_count = cfg.snapshot_count;
         rcfg.apply_threads = cfg.apply_threads;
+        rcfg.cluster_id = cluster_id;
         let node = RaftNode::start(rcfg).await?;
         let shared = Arc::new(Shared {
             node: node.clone(),
             cluster_id,
+            token: token.clone(),
             watch_metrics: Arc::new(WatchMetrics::default()),
         });
 
@@ -220,6 +241,12 @@ impl Server {
 
     pub fn node(&self) -> &Arc<RaftNode> {
         &self.node
+    }
+
+    /// Returns once this member has been removed from the cluster (it then refuses requests
+    /// with etcd's "member has been permanently removed" error).
+    pub async fn wait_removed(&self) {
+        self.node.wait_removed().await
     }
 
     /// What this member's watch streams hold now.
