@@ -9,25 +9,10 @@ use c20_client::{prefix_end, Client, RetryPolicy, TxError};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{Cluster, Flavor};
+use support::{connect_any, Cluster, Flavor};
 
 const ACCOUNTS: u64 = 10;
 const START_BALANCE: u64 = 100;
-
-async fn connect(endpoints: &[String], first: usize) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        for i in 0..endpoints.len() {
-            if let Ok(c) =
-                Client::connect(&[endpoints[(first + i) % endpoints.len()].as_str()]).await
-            {
-                return c;
-            }
-        }
-        assert!(Instant::now() < deadline, "no member answers");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn balance(v: Option<Vec<u8>>) -> u64 {
     String::from_utf8(v.expect("account exists"))
@@ -66,7 +51,7 @@ fn the_total_of_all_balances_never_changes_across_a_leader_kill() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let mut c = connect(&endpoints, 0).await;
+        let mut c = connect_any(&endpoints, 0).await;
         for a in 0..ACCOUNTS {
             c.put(format!("acct/{a}"), START_BALANCE.to_string())
                 .await
@@ -80,7 +65,7 @@ fn the_total_of_all_balances_never_changes_across_a_leader_kill() {
     for w in 0..4usize {
         let (endpoints, transfers, stop) = (endpoints.clone(), transfers.clone(), stop.clone());
         tasks.push(rt.spawn(async move {
-            let mut c = connect(&endpoints, w).await;
+            let mut c = connect_any(&endpoints, w).await;
             let mut seed = 0x9e37_79b9_u64 + w as u64;
             let policy = RetryPolicy {
                 max_attempts: 50,
@@ -112,7 +97,7 @@ fn the_total_of_all_balances_never_changes_across_a_leader_kill() {
                         transfers.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(_) | Err(TxError::Conflict { .. }) => {}
-                    Err(_) => c = connect(&endpoints, w + 1).await,
+                    Err(_) => c = connect_any(&endpoints, w + 1).await,
                 }
             }
         }));
@@ -120,7 +105,7 @@ fn the_total_of_all_balances_never_changes_across_a_leader_kill() {
     {
         let (endpoints, checks, stop) = (endpoints.clone(), checks.clone(), stop.clone());
         tasks.push(rt.spawn(async move {
-            let mut c = connect(&endpoints, 2).await;
+            let mut c = connect_any(&endpoints, 2).await;
             let mut last_rev = 0;
             while !stop.load(Ordering::Relaxed) {
                 match total(&mut c).await {
@@ -137,7 +122,7 @@ fn the_total_of_all_balances_never_changes_across_a_leader_kill() {
                         last_rev = rev;
                         checks.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(_) => c = connect(&endpoints, 0).await,
+                    Err(_) => c = connect_any(&endpoints, 0).await,
                 }
             }
         }));

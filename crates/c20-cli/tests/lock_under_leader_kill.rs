@@ -23,7 +23,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::{Cluster, Flavor};
+use support::{connect_any, Cluster, Flavor};
 
 const CONTENDERS: usize = 4;
 /// Increments wanted before the leader is killed, and in total.
@@ -53,20 +53,6 @@ fn cmp(key: &[u8], target: CompareTarget, u: TargetUnion) -> Compare {
 }
 
 /// Connects to any member that answers, starting with a different one per contender.
-async fn connect(endpoints: &[String], first: usize) -> Client {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        for i in 0..endpoints.len() {
-            let ep = &endpoints[(first + i) % endpoints.len()];
-            if let Ok(c) = Client::connect(&[ep.as_str()]).await {
-                return c;
-            }
-        }
-        assert!(Instant::now() < deadline, "no member answers");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Takes the lock, increments the counter once under it, releases it. Any error aborts the
 /// attempt (the caller reconnects and tries again with a new lease).
 async fn one_round(c: &mut Client) -> Result<bool, c20_client::ClientError> {
@@ -182,14 +168,14 @@ fn at_most_one_lock_holder_at_any_revision_across_a_leader_kill() {
             let increments = increments.clone();
             let stop = stop.clone();
             rt.spawn(async move {
-                let mut c = connect(&endpoints, i).await;
+                let mut c = connect_any(&endpoints, i).await;
                 while !stop.load(Ordering::Relaxed) {
                     match one_round(&mut c).await {
                         Ok(true) => {
                             increments.fetch_add(1, Ordering::Relaxed);
                         }
                         Ok(false) => {}
-                        Err(_) => c = connect(&endpoints, i + 1).await,
+                        Err(_) => c = connect_any(&endpoints, i + 1).await,
                     }
                 }
             })
@@ -223,7 +209,7 @@ fn at_most_one_lock_holder_at_any_revision_across_a_leader_kill() {
 
     // Replay the history: who held the lock at each write of `holder`.
     let (holders, counters) = rt.block_on(async {
-        let mut c = connect(&endpoints, 0).await;
+        let mut c = connect_any(&endpoints, 0).await;
         let now = c.get("counter").await.unwrap().header.unwrap().revision;
         let mut w = c
             .watch(WatchCreateRequest {

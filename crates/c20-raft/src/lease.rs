@@ -6,6 +6,7 @@
 //! the same revision. A new leader starts every lease's clock afresh, extended by one election
 //! timeout, so no lease expires early because leadership moved.
 
+use crate::membership::{PeerAnswer, PeerAsk};
 use crate::node::RaftNode;
 use crate::types::Command;
 use c20_api::etcdserverpb::{
@@ -219,8 +220,8 @@ impl RaftNode {
 
     /// Keeps lease `id` alive: answers its TTL, or 0 when it does not exist.
     pub async fn lease_renew(&self, id: i64) -> Result<i64, EtcdError> {
-        match self.ask_leader(LeaseAsk::Renew(id)).await? {
-            LeaseAnswer::Renewed { ttl } => Ok(ttl),
+        match self.ask_leader(PeerAsk::Lease(LeaseAsk::Renew(id))).await? {
+            PeerAnswer::Lease(LeaseAnswer::Renewed { ttl }) => Ok(ttl),
             _ => Err(EtcdError::Internal("unexpected lease answer".into())),
         }
     }
@@ -228,12 +229,15 @@ impl RaftNode {
     /// Granted TTL, seconds remaining and attached keys of lease `id` (0, -1, none when it does
     /// not exist).
     pub async fn lease_time_to_live(&self, id: i64) -> Result<(i64, i64, Vec<Vec<u8>>), EtcdError> {
-        match self.ask_leader(LeaseAsk::TimeToLive(id)).await? {
-            LeaseAnswer::TimeToLive {
+        match self
+            .ask_leader(PeerAsk::Lease(LeaseAsk::TimeToLive(id)))
+            .await?
+        {
+            PeerAnswer::Lease(LeaseAnswer::TimeToLive {
                 granted,
                 remaining,
                 keys,
-            } => Ok((granted, remaining, keys)),
+            }) => Ok((granted, remaining, keys)),
             _ => Err(EtcdError::Internal("unexpected lease answer".into())),
         }
     }

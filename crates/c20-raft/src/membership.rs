@@ -9,14 +9,13 @@ use crate::network::peer_client;
 use crate::node::RaftNode;
 use crate::transport::Transport;
 use crate::types::{NodeId, PeerNode};
-use c20_api::c20peer::AdminRequest;
+use c20_api::c20peer::AskRequest;
 use c20_api::EtcdError;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
 use openraft::ChangeMembers;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// etcd admits one learner at a time.
@@ -48,6 +47,19 @@ pub enum AdminAsk {
 pub enum AdminAnswer {
     ClusterId(u64),
     Done,
+}
+
+/// Everything one member asks another through `c20peer.Peer/Ask`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum PeerAsk {
+    Lease(crate::lease::LeaseAsk),
+    Admin(AdminAsk),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum PeerAnswer {
+    Lease(crate::lease::LeaseAnswer),
+    Admin(AdminAnswer),
 }
 
 /// An openraft error of a membership change, as etcd's error.
@@ -127,51 +139,9 @@ impl RaftNode {
     }
 
     async fn admin(&self, ask: AdminAsk) -> Result<AdminAnswer, EtcdError> {
-        let deadline = Instant::now() + self.request_timeout();
-        loop {
-            let leader = self.leader(deadline).await?;
-            let left = deadline.saturating_duration_since(Instant::now());
-            let res = if leader == self.id() {
-                self.admin_as_leader(ask.clone()).await
-            } else {
-                self.remote_admin(leader, ask.clone(), left).await
-            };
-            match res {
-                Err(EtcdError::NotLeader) => self.wait_leader_change(leader, deadline).await?,
-                other => return other,
-            }
-        }
-    }
-
-    async fn remote_admin(
-        &self,
-        to: NodeId,
-        ask: AdminAsk,
-        timeout: Duration,
-    ) -> Result<AdminAnswer, EtcdError> {
-        match self.transport() {
-            Transport::Grpc => {
-                let mut client = self.grpc_peer(to)?;
-                let body =
-                    postcard::to_allocvec(&ask).map_err(|e| EtcdError::Internal(e.to_string()))?;
-                match tokio::time::timeout(timeout, client.admin(AdminRequest { ask: body })).await
-                {
-                    Err(_) => Err(EtcdError::Timeout),
-                    Ok(Err(_)) => Err(EtcdError::NotLeader),
-                    Ok(Ok(r)) => postcard::from_bytes::<Result<AdminAnswer, EtcdError>>(
-                        &r.into_inner().result,
-                    )
-                    .map_err(|e| EtcdError::Internal(e.to_string()))?,
-                }
-            }
-            Transport::Local(router) => {
-                let leader: Arc<RaftNode> = router
-                    .route(self.id(), to)
-                    .map_err(|_| EtcdError::NotLeader)?;
-                tokio::time::timeout(timeout, async move { leader.admin_as_leader(ask).await })
-                    .await
-                    .map_err(|_| EtcdError::Timeout)?
-            }
+        match self.ask_leader(PeerAsk::Admin(ask)).await? {
+            PeerAnswer::Admin(a) => Ok(a),
+            PeerAnswer::Lease(_) => Err(EtcdError::Internal("unexpected peer answer".into())),
         }
     }
 
@@ -297,13 +267,14 @@ impl RaftNode {
                         let Ok(mut client) = peer_client(url) else {
                             return;
                         };
-                        let Ok(ask) = postcard::to_allocvec(&AdminAsk::YouAreRemoved(id)) else {
+                        let tell = PeerAsk::Admin(AdminAsk::YouAreRemoved(id));
+                        let Ok(ask) = postcard::to_allocvec(&tell) else {
                             return;
                         };
                         matches!(
                             tokio::time::timeout(
                                 Duration::from_secs(2),
-                                client.admin(AdminRequest { ask })
+                                client.ask(AskRequest { ask })
                             )
                             .await,
                             Ok(Ok(_))
@@ -330,22 +301,23 @@ impl RaftNode {
 /// cluster; the first answer wins.
 pub async fn ask_cluster_id(peer_urls: &[String], timeout: Duration) -> Result<u64, String> {
     let deadline = Instant::now() + timeout;
-    let body = postcard::to_allocvec(&AdminAsk::ClusterId).map_err(|e| e.to_string())?;
+    let body =
+        postcard::to_allocvec(&PeerAsk::Admin(AdminAsk::ClusterId)).map_err(|e| e.to_string())?;
     let mut last = String::from("no peer URLs given");
     while Instant::now() < deadline {
         for url in peer_urls {
             let mut client = peer_client(url)?;
             let res = tokio::time::timeout(
                 Duration::from_secs(2),
-                client.admin(AdminRequest { ask: body.clone() }),
+                client.ask(AskRequest { ask: body.clone() }),
             )
             .await;
             match res {
                 Ok(Ok(r)) => {
-                    match postcard::from_bytes::<Result<AdminAnswer, EtcdError>>(
+                    match postcard::from_bytes::<Result<PeerAnswer, EtcdError>>(
                         &r.into_inner().result,
                     ) {
-                        Ok(Ok(AdminAnswer::ClusterId(id))) => return Ok(id),
+                        Ok(Ok(PeerAnswer::Admin(AdminAnswer::ClusterId(id)))) => return Ok(id),
                         other => last = format!("{url}: unexpected answer {other:?}"),
                     }
                 }

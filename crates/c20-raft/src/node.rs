@@ -8,8 +8,9 @@
 //!   waits until it applied it).
 
 use crate::batcher::{BatchConfig, Batcher};
-use crate::lease::{LeaseAnswer, LeaseAsk, Lessor};
+use crate::lease::Lessor;
 use crate::log_store::LogStore;
+use crate::membership::{PeerAnswer, PeerAsk};
 use crate::network::{peer_client, Network, SnapshotWire, PEER_MESSAGE_BYTES_MAX};
 use crate::state_machine::{SmShared, StateMachine};
 use crate::transport::Transport;
@@ -17,8 +18,8 @@ use crate::types::{Command, MemberAttrs, NodeId, PeerNode, Reply, Snapshot, Type
 use c20_api::c20peer::peer_client::PeerClient;
 use c20_api::c20peer::peer_server::{Peer, PeerServer};
 use c20_api::c20peer::{
-    AdminReply, AdminRequest, AppliedReply, AppliedRequest, ForwardReply, ForwardRequest,
-    LeaseReply, LeaseRequest, RaftKind, RaftReply, RaftRequest, ReadIndexReply, ReadIndexRequest,
+    AppliedReply, AppliedRequest, AskReply, AskRequest, ForwardReply, ForwardRequest, RaftKind,
+    RaftReply, RaftRequest, ReadIndexReply, ReadIndexRequest,
 };
 use c20_api::EtcdError;
 use c20_storage::{StorageError, WalOptions};
@@ -644,17 +645,17 @@ impl RaftNode {
         }
     }
 
-    /// Asks the leader a lease question, wherever it is (retried on a leader change: the
-    /// questions are safe to repeat).
-    pub(crate) async fn ask_leader(&self, ask: LeaseAsk) -> Result<LeaseAnswer, EtcdError> {
+    /// Asks the leader `ask`, wherever it is (retried on a leader change: every such question
+    /// is safe to repeat).
+    pub(crate) async fn ask_leader(&self, ask: PeerAsk) -> Result<PeerAnswer, EtcdError> {
         let deadline = Instant::now() + self.request_timeout;
         loop {
             let leader = self.leader(deadline).await?;
             let left = deadline.saturating_duration_since(Instant::now());
             let res = if leader == self.id {
-                self.lease_as_leader(ask.clone()).await
+                self.answer(ask.clone()).await
             } else {
-                self.remote_lease(leader, ask.clone(), left).await
+                self.remote_ask(leader, ask.clone(), left).await
             };
             match res {
                 Err(EtcdError::NotLeader) => self.wait_leader_change(leader, deadline).await?,
@@ -663,41 +664,49 @@ impl RaftNode {
         }
     }
 
-    async fn remote_lease(
+    /// Asks member `to` (whether it leads or not) and returns its answer.
+    pub(crate) async fn remote_ask(
         &self,
         to: NodeId,
-        ask: LeaseAsk,
+        ask: PeerAsk,
         timeout: Duration,
-    ) -> Result<LeaseAnswer, EtcdError> {
+    ) -> Result<PeerAnswer, EtcdError> {
         match &self.transport {
             Transport::Grpc => {
                 let mut client = self.grpc_peer(to)?;
                 let body =
                     postcard::to_allocvec(&ask).map_err(|e| EtcdError::Internal(e.to_string()))?;
-                match tokio::time::timeout(timeout, client.lease(LeaseRequest { ask: body })).await
-                {
+                match tokio::time::timeout(timeout, client.ask(AskRequest { ask: body })).await {
                     Err(_) => Err(EtcdError::Timeout),
                     Ok(Err(_)) => Err(EtcdError::NotLeader),
-                    Ok(Ok(r)) => postcard::from_bytes::<Result<LeaseAnswer, EtcdError>>(
+                    Ok(Ok(r)) => postcard::from_bytes::<Result<PeerAnswer, EtcdError>>(
                         &r.into_inner().result,
                     )
                     .map_err(|e| EtcdError::Internal(e.to_string()))?,
                 }
             }
             Transport::Local(router) => {
-                let leader = router
+                let peer = router
                     .route(self.id, to)
                     .map_err(|_| EtcdError::NotLeader)?;
-                let res =
-                    tokio::time::timeout(timeout, async move { leader.lease_as_leader(ask).await })
-                        .await
-                        .map_err(|_| EtcdError::Timeout)?;
+                let res = tokio::time::timeout(timeout, async move { peer.answer(ask).await })
+                    .await
+                    .map_err(|_| EtcdError::Timeout)?;
                 if router.can_reach(to, self.id) {
                     res
                 } else {
                     Err(EtcdError::Timeout)
                 }
             }
+        }
+    }
+
+    /// Answers a peer's question here ([`EtcdError::NotLeader`] for what only the leader may
+    /// answer when this node does not lead).
+    pub(crate) async fn answer(&self, ask: PeerAsk) -> Result<PeerAnswer, EtcdError> {
+        match ask {
+            PeerAsk::Lease(a) => self.lease_as_leader(a).await.map(PeerAnswer::Lease),
+            PeerAsk::Admin(a) => self.admin_as_leader(a).await.map(PeerAnswer::Admin),
         }
     }
 
@@ -927,19 +936,10 @@ impl Peer for PeerHandler {
         }))
     }
 
-    async fn admin(&self, request: Request<AdminRequest>) -> Result<Response<AdminReply>, Status> {
-        let ask: crate::membership::AdminAsk =
-            postcard::from_bytes(&request.into_inner().ask).map_err(bad_request)?;
-        let res = self.node.admin_as_leader(ask).await;
-        Ok(Response::new(AdminReply {
-            result: encode(&res)?,
-        }))
-    }
-
-    async fn lease(&self, request: Request<LeaseRequest>) -> Result<Response<LeaseReply>, Status> {
-        let ask: LeaseAsk = postcard::from_bytes(&request.into_inner().ask).map_err(bad_request)?;
-        let res = self.node.lease_as_leader(ask).await;
-        Ok(Response::new(LeaseReply {
+    async fn ask(&self, request: Request<AskRequest>) -> Result<Response<AskReply>, Status> {
+        let ask: PeerAsk = postcard::from_bytes(&request.into_inner().ask).map_err(bad_request)?;
+        let res = self.node.answer(ask).await;
+        Ok(Response::new(AskReply {
             result: encode(&res)?,
         }))
     }

@@ -2,28 +2,10 @@
 
 use c20_api::etcdserverpb::kv_client::KvClient;
 use c20_api::etcdserverpb::{PutRequest, RangeRequest};
-use c20_server::{Server, ServerConfig};
 use std::time::Duration;
 use tonic::Request;
 
-async fn single() -> (
-    tempfile::TempDir,
-    Server,
-    KvClient<tonic::transport::Channel>,
-) {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = ServerConfig::single(
-        "solo",
-        dir.path().join("solo"),
-        "http://127.0.0.1:0",
-        "http://127.0.0.1:0",
-    );
-    cfg.request_timeout = Duration::from_secs(1);
-    let server = Server::start(cfg).await.unwrap();
-    let addr = server.client_addrs()[0];
-    let client = KvClient::connect(format!("http://{addr}")).await.unwrap();
-    (dir, server, client)
-}
+mod common;
 
 fn with_meta<T>(msg: T, pairs: &[(&'static str, &str)]) -> Request<T> {
     let mut r = Request::new(msg);
@@ -50,13 +32,9 @@ fn get(k: &str) -> RangeRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn levels_from_metadata() {
-    let (_dir, server, mut kv) = single().await;
-    // Wait for the single member to lead (a linearizable read succeeds then).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while kv.range(get("warmup")).await.is_err() {
-        assert!(std::time::Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let m = common::member(|cfg| cfg.request_timeout = Duration::from_secs(1)).await;
+    let server = m.server;
+    let mut kv = KvClient::connect(m.endpoint.clone()).await.unwrap();
 
     let r = kv
         .put(with_meta(put("a", "1"), &[("c20-consistency", "all")]))

@@ -1,26 +1,13 @@
 //! Optimistic transactions from c20-client against one in-process member.
 
 use c20_client::{Client, RetryPolicy, TxError};
-use c20_server::{Server, ServerConfig};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-async fn member() -> (tempfile::TempDir, Server, Client) {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = ServerConfig::single(
-        "solo",
-        dir.path().join("solo"),
-        "http://127.0.0.1:0",
-        "http://127.0.0.1:0",
-    );
-    let server = Server::start(cfg).await.unwrap();
-    let endpoint = format!("http://{}", server.client_addrs()[0]);
-    let mut client = Client::connect(&[&endpoint]).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while client.get("warmup").await.is_err() {
-        assert!(Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (dir, server, client)
+mod common;
+
+async fn member() -> (tempfile::TempDir, c20_server::Server, Client) {
+    let m = common::member(|_| {}).await;
+    (m._dir, m.server, m.client)
 }
 
 fn number(v: Option<Vec<u8>>) -> u64 {

@@ -9,42 +9,17 @@ use c20_api::etcdserverpb::{
 };
 use c20_api::mvccpb::Event;
 use c20_client::{prefix_end, Client};
-use c20_server::{Server, ServerConfig, EVENTS_PER_RESPONSE, SEND_QUEUE_RESPONSES};
+use c20_server::{EVENTS_PER_RESPONSE, SEND_QUEUE_RESPONSES};
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::mpsc;
 
-struct Member {
-    _dir: tempfile::TempDir,
-    server: Server,
-    client: Client,
-    endpoint: String,
-}
+mod common;
 
-async fn member() -> Member {
-    let dir = tempfile::tempdir().unwrap();
-    let mut cfg = ServerConfig::single(
-        "solo",
-        dir.path().join("solo"),
-        "http://127.0.0.1:0",
-        "http://127.0.0.1:0",
-    );
-    cfg.watch_progress_notify_interval = Duration::from_millis(200);
-    let server = Server::start(cfg).await.unwrap();
-    let endpoint = format!("http://{}", server.client_addrs()[0]);
-    let mut client = Client::connect(&[&endpoint]).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while client.get("warmup").await.is_err() {
-        assert!(Instant::now() < deadline, "no leader");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Member {
-        _dir: dir,
-        server,
-        client,
-        endpoint,
-    }
+/// One member whose idle watchers get progress notifications every 200 ms.
+async fn member() -> common::Member {
+    common::member(|cfg| cfg.watch_progress_notify_interval = Duration::from_millis(200)).await
 }
 
 fn create(key: &str, start: i64) -> WatchCreateRequest {

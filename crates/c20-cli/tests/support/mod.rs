@@ -219,6 +219,22 @@ pub fn run_etcdctl(
     }
 }
 
+/// A c20-client connection to the first of `endpoints` (starting at index `first`, going
+/// round) that answers; retried for up to a minute while members restart.
+pub async fn connect_any(endpoints: &[String], first: usize) -> c20_client::Client {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        for i in 0..endpoints.len() {
+            let ep = &endpoints[(first + i) % endpoints.len()];
+            if let Ok(c) = c20_client::Client::connect(&[ep.as_str()]).await {
+                return c;
+            }
+        }
+        assert!(Instant::now() < deadline, "no member answers");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // clusters
 
