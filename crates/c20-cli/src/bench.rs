@@ -671,21 +671,25 @@ async fn connect(plan: &Plan) -> Result<Vec<KvClient<Channel>>> {
     let mut clients = Vec::with_capacity(plan.conns as usize);
     for i in 0..plan.conns as usize {
         let ep = &plan.endpoints[i % plan.endpoints.len()];
-        let url = if ep.contains("://") {
-            ep.clone()
-        } else {
-            format!("http://{ep}")
-        };
-        let channel = Endpoint::from_shared(url)
-            .with_context(|| format!("bad endpoint {ep:?}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
-            .tcp_nodelay(true)
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {ep}"))?;
-        clients.push(KvClient::new(channel));
+        clients.push(KvClient::new(channel(ep).await?));
     }
     Ok(clients)
+}
+
+/// One connection to `ep` (`host:port` or a URL), with Nagle off.
+pub(crate) async fn channel(ep: &str) -> Result<Channel> {
+    let url = if ep.contains("://") {
+        ep.to_string()
+    } else {
+        format!("http://{ep}")
+    };
+    Endpoint::from_shared(url)
+        .with_context(|| format!("bad endpoint {ep:?}"))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {ep}"))
 }
 
 fn progress_bar(visible: bool, len: u64, template: &str) -> ProgressBar {

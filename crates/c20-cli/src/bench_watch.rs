@@ -7,6 +7,7 @@
 //! - throughput: `--puts` puts from `--clients` loops as fast as they go; events per second is
 //!   every event delivered to every watcher over the time from the first put to the last event.
 
+use crate::bench::channel;
 use anyhow::{Context, Result};
 use c20_api::etcdserverpb::kv_client::KvClient;
 use c20_api::etcdserverpb::watch_client::WatchClient;
@@ -16,18 +17,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchWatchArgs {
-    /// Comma-separated client endpoints (host:port).
-    #[arg(
-        long,
-        env = "C20_ENDPOINTS",
-        default_value = "127.0.0.1:2379",
-        value_delimiter = ','
-    )]
-    endpoints: Vec<String>,
+    #[command(flatten)]
+    ep: crate::client_cmds::Endpoints,
     /// Watchers, all on one key.
     #[arg(long, default_value_t = 1000)]
     watchers: u64,
@@ -51,21 +46,6 @@ pub struct BenchWatchArgs {
 }
 
 const KEY: &[u8] = b"bench-watch";
-
-async fn channel(ep: &str) -> Result<Channel> {
-    let url = if ep.contains("://") {
-        ep.to_string()
-    } else {
-        format!("http://{ep}")
-    };
-    Endpoint::from_shared(url)
-        .with_context(|| format!("bad endpoint {ep:?}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .with_context(|| format!("connecting to {ep}"))
-}
 
 /// What the stream readers share: events seen, latencies, and the time of the last event.
 struct Sink {
@@ -93,7 +73,8 @@ pub async fn run(a: BenchWatchArgs) -> Result<()> {
         if n == 0 {
             continue;
         }
-        let ch = channel(&a.endpoints[s as usize % a.endpoints.len()]).await?;
+        let endpoints = &a.ep.endpoints;
+        let ch = channel(&endpoints[s as usize % endpoints.len()]).await?;
         let (tx, mut rx) = mpsc::channel(n as usize + 1);
         for _ in 0..n {
             tx.send(WatchRequest {
@@ -142,7 +123,7 @@ pub async fn run(a: BenchWatchArgs) -> Result<()> {
             }
         }));
     }
-    let kv_channel = channel(&a.endpoints[0]).await?;
+    let kv_channel = channel(&a.ep.endpoints[0]).await?;
     let put = |kv: &mut KvClient<Channel>, phase: &str| {
         let value = format!("{phase}:{}", sink.base.elapsed().as_micros());
         let mut kv = kv.clone();

@@ -7,7 +7,7 @@ use c20_api::mvccpb::KeyValue;
 use c20_client::{prefix_end, Client};
 use std::io::Read;
 
-#[derive(clap::Args)]
+#[derive(clap::Args, Debug)]
 pub struct Endpoints {
     /// Comma-separated client endpoints.
     #[arg(
@@ -17,7 +17,7 @@ pub struct Endpoints {
         value_delimiter = ',',
         global = true
     )]
-    endpoints: Vec<String>,
+    pub(crate) endpoints: Vec<String>,
 }
 
 impl Endpoints {

@@ -8,8 +8,8 @@ use c20_api::etcdserverpb::RangeRequest;
 use c20_client::{prefix_end, Client, RetryPolicy, TxError};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use support::{connect_any, Cluster, Flavor};
+use std::time::Duration;
+use support::{connect_any, wait_count, Cluster, Flavor};
 
 const ACCOUNTS: u64 = 10;
 const START_BALANCE: u64 = 100;
@@ -127,23 +127,16 @@ fn the_total_of_all_balances_never_changes_across_a_leader_kill() {
             }
         }));
     }
-    let wait_for = |counter: &AtomicUsize, n: usize, what: &str| {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while counter.load(Ordering::Relaxed) < n {
-            assert!(Instant::now() < deadline, "stuck before {what}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    wait_for(&transfers, 100, "the kill");
+    wait_count(&transfers, 100, "the kill");
     let leader = cluster.wait_leader(Duration::from_secs(30));
     cluster.kill9(leader);
     let at_kill = transfers.load(Ordering::Relaxed);
-    wait_for(&transfers, at_kill + 50, "transfers without the old leader");
+    wait_count(&transfers, at_kill + 50, "transfers without the old leader");
     cluster.restart(leader);
     cluster.wait_healthy(Duration::from_secs(30));
-    wait_for(&transfers, at_kill + 150, "transfers after the restart");
+    wait_count(&transfers, at_kill + 150, "transfers after the restart");
     let checks_before_end = checks.load(Ordering::Relaxed);
-    wait_for(&checks, checks_before_end + 5, "more checks");
+    wait_count(&checks, checks_before_end + 5, "more checks");
     stop.store(true, Ordering::Relaxed);
     rt.block_on(async {
         for t in tasks {

@@ -22,8 +22,8 @@ use c20_client::{prefix_end, Client};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use support::{connect_any, Cluster, Flavor};
+use std::time::Duration;
+use support::{connect_any, wait_count, Cluster, Flavor};
 
 const CONTENDERS: usize = 4;
 /// Increments wanted before the leader is killed, and in total.
@@ -182,20 +182,17 @@ fn at_most_one_lock_holder_at_any_revision_across_a_leader_kill() {
         })
         .collect();
 
-    let wait_for = |n: usize, what: &str| {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while increments.load(Ordering::Relaxed) < n {
-            assert!(Instant::now() < deadline, "stuck before {what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    };
-    wait_for(BEFORE_KILL, "the kill");
+    wait_count(&increments, BEFORE_KILL, "the kill");
     let leader = cluster.wait_leader(Duration::from_secs(30));
     cluster.kill9(leader);
     let after_kill = increments.load(Ordering::Relaxed);
-    wait_for(after_kill + 5, "progress without the old leader");
+    wait_count(
+        &increments,
+        after_kill + 5,
+        "progress without the old leader",
+    );
     cluster.restart(leader);
-    wait_for(TOTAL, "the end");
+    wait_count(&increments, TOTAL, "the end");
     stop.store(true, Ordering::Relaxed);
     rt.block_on(async {
         for w in workers {

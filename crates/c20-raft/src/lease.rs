@@ -256,11 +256,16 @@ impl RaftNode {
         if !self.is_leader() {
             return Err(EtcdError::NotLeader);
         }
-        let mut lease = self.state().read(|s| s.lease(id));
+        // A keep-alive needs the TTL only; the attached keys are copied for time-to-live alone.
+        let look = |s: &c20_storage::MvccStore| match ask {
+            LeaseAsk::Renew(_) => s.lease_ttl(id).map(|ttl| (ttl, Vec::new())),
+            LeaseAsk::TimeToLive(_) => s.lease(id),
+        };
+        let mut lease = self.state().read(look);
         if lease.is_none() {
             // A grant this leader committed may not be applied here yet.
             self.read_barrier().await?;
-            lease = self.state().read(|s| s.lease(id));
+            lease = self.state().read(look);
         }
         let now = Instant::now();
         Ok(match (ask, lease) {

@@ -626,21 +626,10 @@ impl RaftNode {
                 }
             }
             Transport::Local(router) => {
-                let leader = router
-                    .route(self.id, to)
-                    .map_err(|_| EtcdError::NotLeader)?;
-                let res =
-                    tokio::time::timeout(
-                        timeout,
-                        async move { leader.read_index_as_leader().await },
-                    )
-                    .await
-                    .map_err(|_| EtcdError::Timeout)?;
-                if router.can_reach(to, self.id) {
-                    res
-                } else {
-                    Err(EtcdError::Timeout)
-                }
+                self.call_local(router, to, timeout, |leader| async move {
+                    leader.read_index_as_leader().await
+                })
+                .await
             }
         }
     }
@@ -686,18 +675,41 @@ impl RaftNode {
                 }
             }
             Transport::Local(router) => {
-                let peer = router
-                    .route(self.id, to)
-                    .map_err(|_| EtcdError::NotLeader)?;
-                let res = tokio::time::timeout(timeout, async move { peer.answer(ask).await })
-                    .await
-                    .map_err(|_| EtcdError::Timeout)?;
-                if router.can_reach(to, self.id) {
-                    res
-                } else {
-                    Err(EtcdError::Timeout)
-                }
+                self.call_local(
+                    router,
+                    to,
+                    timeout,
+                    |peer| async move { peer.answer(ask).await },
+                )
+                .await
             }
+        }
+    }
+
+    /// Runs `f` on member `to` through the in-process router, as a peer call would: the link
+    /// cut or the member down is [`EtcdError::NotLeader`] (nothing was asked, ask whoever leads
+    /// next); no answer in time, or the way back cut, is [`EtcdError::Timeout`].
+    async fn call_local<T, F, Fut>(
+        &self,
+        router: &crate::transport::LocalRouter,
+        to: NodeId,
+        timeout: Duration,
+        f: F,
+    ) -> Result<T, EtcdError>
+    where
+        F: FnOnce(Arc<RaftNode>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, EtcdError>>,
+    {
+        let peer = router
+            .route(self.id, to)
+            .map_err(|_| EtcdError::NotLeader)?;
+        let res = tokio::time::timeout(timeout, f(peer))
+            .await
+            .map_err(|_| EtcdError::Timeout)?;
+        if router.can_reach(to, self.id) {
+            res
+        } else {
+            Err(EtcdError::Timeout)
         }
     }
 

@@ -33,6 +33,11 @@ impl MvccStore {
             .map(|l| (l.ttl, l.keys.iter().cloned().collect()))
     }
 
+    /// The granted TTL of lease `id`, if it exists.
+    pub fn lease_ttl(&self, id: i64) -> Option<i64> {
+        self.leases.get(&id).map(|l| l.ttl)
+    }
+
     /// Every live lease as `(id, granted TTL)`, in id order.
     pub fn leases(&self) -> Vec<(i64, i64)> {
         self.leases.iter().map(|(id, l)| (*id, l.ttl)).collect()

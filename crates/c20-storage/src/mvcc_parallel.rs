@@ -202,6 +202,15 @@ impl MvccStore {
         &mut self,
         ops: Vec<WriteOp>,
     ) -> Vec<Result<WriteResult, EtcdError>> {
+        // Most batches are puts: skip working out footprints (key copies) when too few
+        // requests could be prepared anyway.
+        let candidates = ops
+            .iter()
+            .filter(|op| matches!(op, WriteOp::Txn(_) | WriteOp::DeleteRange(_)))
+            .count();
+        if candidates < PARALLEL_MIN_REQUESTS {
+            return ops.into_iter().map(|op| self.apply_one(op)).collect();
+        }
         let chosen: Vec<usize> = schedule(&ops, self.current_rev)
             .into_iter()
             .enumerate()

@@ -235,6 +235,15 @@ pub async fn connect_any(endpoints: &[String], first: usize) -> c20_client::Clie
     }
 }
 
+/// Waits (up to two minutes) until `counter` reaches `n`; panics naming `what` it waited for.
+pub fn wait_count(counter: &std::sync::atomic::AtomicUsize, n: usize, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while counter.load(std::sync::atomic::Ordering::Relaxed) < n {
+        assert!(Instant::now() < deadline, "stuck before {what}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // clusters
 
