@@ -170,10 +170,17 @@ fn check(history: &[WriteOp], batch: Vec<WriteOp>) -> Result<bool, TestCaseError
 
 #[test]
 fn parallel_apply_equals_serial_apply() {
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig {
-        cases: 400,
-        ..ProptestConfig::default()
-    });
+    // A fixed seed: the coverage bound below must not depend on the luck of one run (with a
+    // fresh seed per run it once came out at 99).
+    let mut runner = proptest::test_runner::TestRunner::new_with_rng(
+        ProptestConfig {
+            cases: 400,
+            ..ProptestConfig::default()
+        },
+        proptest::test_runner::TestRng::deterministic_rng(
+            proptest::test_runner::RngAlgorithm::ChaCha,
+        ),
+    );
     let went_parallel = std::cell::Cell::new(0);
     // Half the batches have no compaction or revoke in them, so that long runs of requests
     // stay independent.
@@ -193,6 +200,10 @@ fn parallel_apply_equals_serial_apply() {
         })
         .unwrap();
     // The property is only worth something if many batches really took the parallel path.
+    println!(
+        "{} of 400 batches took the parallel path",
+        went_parallel.get()
+    );
     assert!(
         went_parallel.get() >= 100,
         "only {} parallel batches",
