@@ -4,12 +4,14 @@
 //!   (one fsync for many appends) and torn-tail recovery.
 //! - [`mvcc`]: the multi-version key-value store with etcd's revision semantics, on redb.
 //! - [`meta_file`]: small records (vote, purge point) replaced atomically and durably.
+//! - [`snapshot`]: the snapshot container (format byte, zstd compression, checksum).
 //!
 //! Any write or fsync error is final for the object that saw it: it refuses further writes
 //! (fail-stop), because after a failed fsync the state of the page cache is unknown.
 
 pub mod meta_file;
 pub mod mvcc;
+pub mod snapshot;
 pub mod wal;
 
 pub use mvcc::{MvccStore, WriteOp, WriteResult};

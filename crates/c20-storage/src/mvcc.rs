@@ -61,6 +61,28 @@ pub struct MvccImage {
     pub leases: Vec<(i64, i64)>,
 }
 
+impl MvccImage {
+    /// Only what changed after revision `base`: the events above it, with this image's
+    /// revisions and leases. `None` when compaction already removed history above `base` (a
+    /// receiver at `base` could not rebuild this image from it) or `base` is ahead of this image.
+    pub fn since(&self, base: i64) -> Option<MvccImage> {
+        if base < self.compact_rev || base > self.current_rev || base < 1 {
+            return None;
+        }
+        Some(MvccImage {
+            current_rev: self.current_rev,
+            compact_rev: self.compact_rev,
+            events: self
+                .events
+                .iter()
+                .filter(|(main, _, _)| *main as i64 > base)
+                .cloned()
+                .collect(),
+            leases: self.leases.clone(),
+        })
+    }
+}
+
 /// The store's events by reference (see [`MvccStore::export_refs`]).
 pub struct ExportRefs {
     current_rev: i64,
@@ -530,6 +552,58 @@ impl MvccStore {
         self.current_rev = 1;
         self.compact_rev = 0;
         self.load()
+    }
+
+    /// Brings the store to the image `delta` was cut from (see [`MvccImage::since`]): keeps
+    /// its own events up to `base`, takes the delta's above it, then compacts as the sender
+    /// did. The store must have reached `base` (it holds a prefix of the same history, so any
+    /// events it has above `base` are the delta's too).
+    pub fn import_incremental(
+        &mut self,
+        base: i64,
+        delta: MvccImage,
+        applied: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        if self.current_rev < base {
+            return Err(StorageError::Corrupt(format!(
+                "incremental snapshot from revision {base}, but this store is at {}",
+                self.current_rev
+            )));
+        }
+        if self.compact_rev > base {
+            return Err(StorageError::Corrupt(format!(
+                "incremental snapshot from revision {base}, but this store is compacted at {}",
+                self.compact_rev
+            )));
+        }
+        let own = self.export();
+        let mut events: Vec<_> = own
+            .events
+            .into_iter()
+            .filter(|(main, _, _)| *main as i64 <= base)
+            .collect();
+        events.extend(
+            delta
+                .events
+                .into_iter()
+                .filter(|(main, _, _)| *main as i64 > base),
+        );
+        // Every own event is at or below `base` and every delta event above it, so each key's
+        // events stay in revision order (all that rebuilding the index needs).
+        let merged = MvccImage {
+            current_rev: delta.current_rev,
+            compact_rev: own.compact_rev,
+            events,
+            leases: delta.leases,
+        };
+        self.import(merged, applied.clone())?;
+        if delta.compact_rev > self.compact_rev {
+            self.compact(delta.compact_rev)
+                .map_err(|e| StorageError::Corrupt(format!("incremental snapshot: {e}")))?;
+            self.applied = applied;
+            self.checkpoint()?;
+        }
+        Ok(())
     }
 
     // ---------------------------------------------------------------------------------------

@@ -681,3 +681,98 @@ fn leases_survive_reopen_and_snapshots() {
         assert_eq!(copy.leases(), vec![(1, 10)]);
     }
 }
+
+fn del(s: &mut MvccStore, k: &str) {
+    apply(
+        s,
+        WriteOp::DeleteRange(DeleteRangeRequest {
+            key: k.into(),
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+}
+
+fn compact(s: &mut MvccStore, rev: i64) {
+    apply(
+        s,
+        WriteOp::Compact(CompactionRequest {
+            revision: rev,
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+}
+
+#[test]
+fn incremental_snapshot_brings_a_lagging_store_to_the_same_state() {
+    for on_disk in [true, false] {
+        let (_d, mut leader) = store();
+        for i in 0..50 {
+            put(&mut leader, &format!("k{i:02}"), "v1");
+        }
+        grant(&mut leader, 7, 100).unwrap();
+        compact(&mut leader, 10);
+        del(&mut leader, "k03");
+        // The follower holds the leader's state as of now...
+        let base = leader.current_revision();
+        let (_d2, mut follower) = store();
+        let mut follower = if on_disk {
+            follower.import(leader.export(), vec![]).unwrap();
+            follower
+        } else {
+            let mut m = MvccStore::in_memory().unwrap();
+            m.import(leader.export(), vec![]).unwrap();
+            m
+        };
+        // ...then applies one more entry of its own log (events above the base come from the
+        // delta whatever the store holds there)...
+        put(&mut follower, "k49", "v2");
+        // ...and misses overwrites, a delete, a recreated key, lease changes and a compaction
+        // at the base (which keeps the delete made at that revision).
+        for i in 0..5 {
+            put(&mut leader, &format!("k{i:02}"), "v2");
+        }
+        put(&mut leader, "k49", "v2");
+        del(&mut leader, "k10");
+        put(&mut leader, "k03", "back");
+        put_lease(&mut leader, "leased", 7).unwrap();
+        grant(&mut leader, 8, 50).unwrap();
+        compact(&mut leader, base);
+        put(&mut leader, "k00", "v3");
+
+        let full = leader.export();
+        let delta = full.since(base).expect("compaction is at the base");
+        assert!(delta.events.len() < full.events.len() / 4);
+        follower
+            .import_incremental(base, delta, b"at".to_vec())
+            .unwrap();
+        assert_eq!(follower.export(), full, "on disk: {on_disk}");
+        assert_eq!(follower.hash_kv(0).unwrap(), leader.hash_kv(0).unwrap());
+        assert_eq!(follower.applied(), b"at");
+        assert_eq!(follower.lease(7), leader.lease(7));
+        assert_eq!(follower.lease(7).unwrap().1, vec![b"leased".to_vec()]);
+        assert_eq!(follower.compact_revision(), base);
+    }
+}
+
+#[test]
+fn incremental_snapshot_is_refused_when_history_above_the_base_is_gone() {
+    let (_d, mut s) = store();
+    put(&mut s, "a", "1");
+    put(&mut s, "a", "2");
+    let base = s.current_revision();
+    put(&mut s, "a", "3");
+    put(&mut s, "b", "1");
+    compact(&mut s, base + 1);
+    assert!(s.export().since(base).is_none());
+    assert!(s.export().since(s.current_revision() + 1).is_none());
+    // A store behind the base cannot take the delta.
+    let delta = s.export().since(base + 1).unwrap();
+    let (_d2, mut behind) = store();
+    let e = behind
+        .import_incremental(base + 1, delta, vec![])
+        .unwrap_err();
+    assert!(e.to_string().contains("this store is at 1"), "{e}");
+    assert_eq!(behind.current_revision(), 1);
+}

@@ -1,0 +1,198 @@
+//! The snapshot container: what a snapshot file holds and what crosses the wire, byte for byte.
+//!
+//! Layout (little-endian), see docs/FORMATS.md:
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 4 | magic `"C20S"` |
+//! | 1 | format version, `1` |
+//! | 1 | codec: `0` stored as is, `1` zstd |
+//! | 1 | kind: `0` full, `1` incremental |
+//! | 1 | reserved, `0` |
+//! | 8 | length of the payload before compression |
+//! | n | body: the payload, compressed by the codec |
+//! | 4 | crc32c of every byte before it |
+//!
+//! The payload itself is opaque here (the state machine's postcard record). Payloads smaller
+//! than [`COMPRESS_MIN_BYTES`] are stored as is: compressing them saves nothing worth the time.
+
+use crate::StorageError;
+
+const MAGIC: &[u8; 4] = b"C20S";
+const VERSION: u8 = 1;
+const HEADER_LEN: usize = 16;
+const TRAILER_LEN: usize = 4;
+
+/// Payloads at least this large are compressed.
+pub const COMPRESS_MIN_BYTES: usize = 4096;
+
+/// zstd level: 3 is zstd's default, the usual balance of speed and ratio.
+const ZSTD_LEVEL: i32 = 3;
+
+/// Largest payload a container may announce; anything larger is taken as corruption rather
+/// than allocated.
+const PAYLOAD_BYTES_MAX: u64 = 1 << 36;
+
+/// How the body is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Codec {
+    Stored = 0,
+    Zstd = 1,
+}
+
+/// What the payload is: a whole store, or only what changed since a base the receiver has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Full = 0,
+    Incremental = 1,
+}
+
+/// A decoded container.
+#[derive(Debug)]
+pub struct Decoded {
+    pub kind: Kind,
+    pub codec: Codec,
+    pub payload: Vec<u8>,
+}
+
+/// Wraps `payload`, compressing it with zstd when it is large enough.
+pub fn encode(kind: Kind, payload: &[u8]) -> Result<Vec<u8>, StorageError> {
+    let codec = if payload.len() >= COMPRESS_MIN_BYTES {
+        Codec::Zstd
+    } else {
+        Codec::Stored
+    };
+    encode_with(kind, codec, payload)
+}
+
+/// Wraps `payload` with the given codec.
+pub fn encode_with(kind: Kind, codec: Codec, payload: &[u8]) -> Result<Vec<u8>, StorageError> {
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len() / 2 + TRAILER_LEN);
+    out.extend_from_slice(MAGIC);
+    out.push(VERSION);
+    out.push(codec as u8);
+    out.push(kind as u8);
+    out.push(0);
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    match codec {
+        Codec::Stored => out.extend_from_slice(payload),
+        Codec::Zstd => {
+            let body = zstd::bulk::compress(payload, ZSTD_LEVEL)
+                .map_err(|e| StorageError::Io(format!("snapshot compression: {e}")))?;
+            out.extend_from_slice(&body);
+        }
+    }
+    let crc = crc32c::crc32c(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    Ok(out)
+}
+
+/// Checks the container's framing and checksum without decompressing it.
+pub fn verify(raw: &[u8]) -> Result<(Kind, Codec, u64), StorageError> {
+    let corrupt = |why: String| StorageError::Corrupt(format!("snapshot: {why}"));
+    if raw.len() < HEADER_LEN + TRAILER_LEN {
+        return Err(corrupt(format!(
+            "{} bytes is shorter than the {}-byte frame (truncated?)",
+            raw.len(),
+            HEADER_LEN + TRAILER_LEN
+        )));
+    }
+    if &raw[..4] != MAGIC {
+        return Err(corrupt("not a c20 snapshot (bad magic)".into()));
+    }
+    if raw[4] != VERSION {
+        return Err(corrupt(format!("unknown format version {}", raw[4])));
+    }
+    let (body_end, trailer) = raw.split_at(raw.len() - TRAILER_LEN);
+    let want = u32::from_le_bytes(trailer.try_into().expect("4 bytes"));
+    let got = crc32c::crc32c(body_end);
+    if want != got {
+        return Err(corrupt(format!(
+            "checksum mismatch (stored {want:08x}, computed {got:08x}): corrupt or truncated"
+        )));
+    }
+    let codec = match raw[5] {
+        0 => Codec::Stored,
+        1 => Codec::Zstd,
+        c => return Err(corrupt(format!("unknown codec {c}"))),
+    };
+    let kind = match raw[6] {
+        0 => Kind::Full,
+        1 => Kind::Incremental,
+        k => return Err(corrupt(format!("unknown kind {k}"))),
+    };
+    let len = u64::from_le_bytes(raw[8..16].try_into().expect("8 bytes"));
+    if len > PAYLOAD_BYTES_MAX {
+        return Err(corrupt(format!("payload length {len} is implausible")));
+    }
+    Ok((kind, codec, len))
+}
+
+/// Checks and unwraps a container.
+pub fn decode(raw: &[u8]) -> Result<Decoded, StorageError> {
+    let (kind, codec, len) = verify(raw)?;
+    let body = &raw[HEADER_LEN..raw.len() - TRAILER_LEN];
+    let payload = match codec {
+        Codec::Stored => body.to_vec(),
+        Codec::Zstd => zstd::bulk::decompress(body, len as usize)
+            .map_err(|e| StorageError::Corrupt(format!("snapshot: zstd: {e}")))?,
+    };
+    if payload.len() as u64 != len {
+        return Err(StorageError::Corrupt(format!(
+            "snapshot: payload is {} bytes, header says {len}",
+            payload.len()
+        )));
+    }
+    Ok(Decoded {
+        kind,
+        codec,
+        payload,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i % 251) as u8 / 7).collect()
+    }
+
+    #[test]
+    fn round_trips_both_codecs_and_kinds() {
+        for (n, codec) in [(10, Codec::Stored), (100_000, Codec::Zstd)] {
+            for kind in [Kind::Full, Kind::Incremental] {
+                let payload = sample(n);
+                let raw = encode(kind, &payload).unwrap();
+                let d = decode(&raw).unwrap();
+                assert_eq!((d.kind, d.codec), (kind, codec));
+                assert_eq!(d.payload, payload);
+            }
+        }
+    }
+
+    #[test]
+    fn large_repetitive_payloads_get_smaller() {
+        let payload = sample(1 << 20);
+        let raw = encode(Kind::Full, &payload).unwrap();
+        assert!(raw.len() < payload.len() / 4, "{} bytes", raw.len());
+    }
+
+    #[test]
+    fn any_flipped_byte_or_cut_is_refused() {
+        let raw = encode(Kind::Full, &sample(50_000)).unwrap();
+        for i in [0, 5, 6, 9, 20, raw.len() / 2, raw.len() - 1] {
+            let mut bad = raw.clone();
+            bad[i] ^= 0x40;
+            let e = decode(&bad).unwrap_err().to_string();
+            assert!(e.starts_with("corrupt data: snapshot:"), "byte {i}: {e}");
+        }
+        for cut in [0, 3, 19, raw.len() / 2, raw.len() - 1] {
+            let e = decode(&raw[..cut]).unwrap_err().to_string();
+            assert!(
+                e.contains("truncated") || e.contains("checksum"),
+                "cut at {cut}: {e}"
+            );
+        }
+    }
+}
