@@ -4,12 +4,13 @@
 //! postcard-encoded openraft messages inside a protobuf envelope with a format byte.
 
 use crate::node::RaftNode;
+use crate::snapshot_transfer::{self, SendError, SnapshotAnswer, SnapshotMsg, CHUNK_BYTES};
 use crate::transport::{LocalRouter, Transport};
 use crate::types::{NodeId, PeerNode, Snapshot, TypeConfig, Vote};
 use c20_api::c20peer::peer_client::PeerClient;
 use c20_api::c20peer::{RaftKind, RaftRequest};
 use openraft::errors::{
-    Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
+    NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
@@ -17,7 +18,7 @@ use openraft::raft::{
 };
 use openraft::OptionalSend;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,20 +27,14 @@ use tonic::transport::{Channel, Endpoint};
 /// The payload format byte: postcard.
 pub const FORMAT_POSTCARD: u32 = 0;
 
-/// Largest message between peers (a whole snapshot travels as one).
+/// Largest message between peers (snapshots travel in chunks of `CHUNK_BYTES`, far below).
 pub const PEER_MESSAGE_BYTES_MAX: usize = 1 << 30;
+
+/// The longest one message of a snapshot transfer may take (the last one installs it).
+const SNAPSHOT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The least time an append that carries entries may take before it counts as lost.
 const APPEND_WITH_ENTRIES_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// A snapshot as it crosses the wire.
-#[derive(Serialize, Deserialize)]
-pub struct SnapshotWire {
-    pub vote: Vote,
-    pub meta: crate::types::SnapshotMeta,
-    #[serde(with = "serde_bytes")]
-    pub data: Vec<u8>,
-}
 
 /// Connects to a peer's URL (`http://host:port`), lazily.
 pub fn peer_channel(url: &str) -> Result<Channel, String> {
@@ -140,35 +135,44 @@ impl GrpcConnection {
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, RPCError<TypeConfig>> {
-        let client = match &mut self.client {
-            Ok(c) => c,
+        let client = match &self.client {
+            Ok(c) => c.clone(),
             Err(e) => return Err(RPCError::Unreachable(Unreachable::from_string(e.clone()))),
         };
-        let payload = postcard::to_allocvec(req)
-            .map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())))?;
-        let request = RaftRequest {
-            kind: kind as i32,
-            format: FORMAT_POSTCARD,
-            payload,
-        };
-        let reply = match tokio::time::timeout(timeout, client.raft(request)).await {
-            Err(_) => {
-                return Err(RPCError::Network(NetworkError::from_string(format!(
-                    "{kind:?} to {:x} timed out after {timeout:?}",
-                    self.target
-                ))))
-            }
-            Ok(Err(status)) => {
-                return Err(RPCError::Unreachable(Unreachable::from_string(format!(
-                    "{kind:?} to {:x}: {status}",
-                    self.target
-                ))))
-            }
-            Ok(Ok(r)) => r.into_inner(),
-        };
-        postcard::from_bytes(&reply.payload)
-            .map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())))
+        grpc_call(client, self.target, kind, req, timeout).await
     }
+}
+
+/// One peer RPC of `kind` to `target`, its payload and answer postcard-encoded.
+async fn grpc_call<Req: Serialize, Resp: DeserializeOwned>(
+    mut client: PeerClient<Channel>,
+    target: NodeId,
+    kind: RaftKind,
+    req: &Req,
+    timeout: Duration,
+) -> Result<Resp, RPCError<TypeConfig>> {
+    let payload = postcard::to_allocvec(req)
+        .map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())))?;
+    let request = RaftRequest {
+        kind: kind as i32,
+        format: FORMAT_POSTCARD,
+        payload,
+    };
+    let reply = match tokio::time::timeout(timeout, client.raft(request)).await {
+        Err(_) => {
+            return Err(RPCError::Network(NetworkError::from_string(format!(
+                "{kind:?} to {target:x} timed out after {timeout:?}"
+            ))))
+        }
+        Ok(Err(status)) => {
+            return Err(RPCError::Unreachable(Unreachable::from_string(format!(
+                "{kind:?} to {target:x}: {status}"
+            ))))
+        }
+        Ok(Ok(r)) => r.into_inner(),
+    };
+    postcard::from_bytes(&reply.payload)
+        .map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())))
 }
 
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
@@ -214,17 +218,76 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         vote: Vote,
         snapshot: Snapshot,
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
-        option: RPCOption,
+        _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        match self {
-            PeerConnection::Grpc(c) => c.full_snapshot(vote, snapshot, cancel, option).await,
-            PeerConnection::Local(c) => Ok(c
-                .call(option.soft_ttl(), |n| async move {
-                    n.raft().install_full_snapshot(vote, snapshot).await
-                })
-                .await?),
+        let transfer = next_transfer_id();
+        let meta = snapshot.meta;
+        let full = snapshot.snapshot;
+        let choose = Box::new(move |revision, compact_revision| {
+            crate::state_machine::ship_for(full, revision, compact_revision)
+        });
+        let sent = match self {
+            PeerConnection::Grpc(c) => {
+                let client = c
+                    .client
+                    .clone()
+                    .map_err(|e| StreamingError::Unreachable(Unreachable::from_string(e)))?;
+                let target = c.target;
+                let call = |msg: SnapshotMsg| {
+                    let client = client.clone();
+                    async move {
+                        grpc_call(
+                            client,
+                            target,
+                            RaftKind::Snapshot,
+                            &msg,
+                            SNAPSHOT_MESSAGE_TIMEOUT,
+                        )
+                        .await
+                    }
+                };
+                let send = snapshot_transfer::send(call, transfer, vote, meta, choose, CHUNK_BYTES);
+                tokio::select! {
+                    r = send => r,
+                    closed = cancel => return Err(StreamingError::Closed(closed)),
+                }
+            }
+            PeerConnection::Local(c) => {
+                let call = |msg: SnapshotMsg| {
+                    c.call(SNAPSHOT_MESSAGE_TIMEOUT, move |n| async move {
+                        Ok::<_, std::convert::Infallible>(n.receive_snapshot(msg).await)
+                    })
+                };
+                let send = snapshot_transfer::send(call, transfer, vote, meta, choose, CHUNK_BYTES);
+                tokio::select! {
+                    r = send => r,
+                    closed = cancel => return Err(StreamingError::Closed(closed)),
+                }
+            }
+        };
+        match sent {
+            Ok((SnapshotAnswer::Installed(Ok(resp)), _)) => Ok(resp),
+            Ok((SnapshotAnswer::Installed(Err(fatal)), _)) => {
+                Err(StreamingError::Unreachable(Unreachable::new(&fatal)))
+            }
+            Ok((other, _)) => Err(StreamingError::Network(NetworkError::from_string(format!(
+                "snapshot transfer ended with {other:?}"
+            )))),
+            Err(SendError::Link(e)) => Err(e.into()),
+            Err(SendError::Refused(why)) => {
+                Err(StreamingError::Network(NetworkError::from_string(why)))
+            }
         }
     }
+}
+
+/// A transfer id unique enough to tell a receiver's current transfer from an older one.
+fn next_transfer_id() -> u64 {
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// openraft sizes the append deadline for heartbeats; entries (up to 1.5 MiB requests,
@@ -256,23 +319,5 @@ impl GrpcConnection {
         let r: Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>> =
             self.call(RaftKind::Vote, &rpc, option.soft_ttl()).await?;
         r.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
-    }
-
-    async fn full_snapshot(
-        &mut self,
-        vote: Vote,
-        snapshot: Snapshot,
-        _cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
-        option: RPCOption,
-    ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let wire = SnapshotWire {
-            vote,
-            meta: snapshot.meta,
-            data: snapshot.snapshot,
-        };
-        let r: Result<SnapshotResponse<TypeConfig>, Fatal<TypeConfig>> = self
-            .call(RaftKind::Snapshot, &wire, option.soft_ttl())
-            .await?;
-        r.map_err(|e| StreamingError::Unreachable(Unreachable::new(&e)))
     }
 }

@@ -11,7 +11,8 @@ use crate::batcher::{BatchConfig, Batcher};
 use crate::lease::Lessor;
 use crate::log_store::LogStore;
 use crate::membership::{PeerAnswer, PeerAsk};
-use crate::network::{peer_client, Network, SnapshotWire, PEER_MESSAGE_BYTES_MAX};
+use crate::network::{peer_client, Network, PEER_MESSAGE_BYTES_MAX};
+use crate::snapshot_transfer::{Incoming, SnapshotAnswer, SnapshotMsg};
 use crate::state_machine::{SmShared, StateMachine};
 use crate::transport::Transport;
 use crate::types::{Command, MemberAttrs, NodeId, PeerNode, Reply, Snapshot, TypeConfig};
@@ -55,6 +56,9 @@ pub struct RaftNodeConfig {
     pub request_timeout: Duration,
     /// A snapshot is taken after this many entries since the last one (etcd `--snapshot-count`).
     pub snapshot_count: u64,
+    /// Entries kept below a snapshot for slow followers, so a short lag needs no snapshot (etcd
+    /// `--experimental-snapshot-catchup-entries`).
+    pub snapshot_catchup_entries: u64,
     /// Options of the Raft log's WAL (segment size; fault injection in tests).
     pub wal: WalOptions,
     /// Keep the log and the store in memory only (embedded clusters, simulation).
@@ -83,6 +87,7 @@ impl RaftNodeConfig {
             election_timeout_max_ms: 2000,
             request_timeout: Duration::from_secs(7),
             snapshot_count: 100_000,
+            snapshot_catchup_entries: 5000,
             wal: WalOptions::default(),
             in_memory: false,
             transport: Transport::Grpc,
@@ -108,6 +113,12 @@ pub struct NodeStatus {
     pub is_learner: bool,
     pub last_log_index: u64,
     pub applied_index: u64,
+    /// Last log index covered by this node's latest snapshot (0: none yet).
+    pub snapshot_index: u64,
+    /// The log is purged up to here (0: nothing purged).
+    pub purged_index: u64,
+    /// Snapshots received from a leader and installed: (full, incremental).
+    pub snapshots_installed: (u64, u64),
     /// Why this node stopped, if it did (storage failure, ...).
     pub fatal: Option<String>,
 }
@@ -161,6 +172,8 @@ pub struct RaftNode {
     pub(crate) lessor: Lessor,
     peers: Mutex<HashMap<NodeId, PeerClient<Channel>>>,
     forwarders: Mutex<HashMap<NodeId, ForwardQueue>>,
+    /// The snapshot transfer being received, if any (a newer one replaces it).
+    incoming_snapshot: Mutex<Option<Incoming>>,
 }
 
 impl RaftNode {
@@ -196,7 +209,7 @@ impl RaftNode {
             election_timeout_max: cfg.election_timeout_max_ms,
             install_snapshot_timeout: 60_000,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_count),
-            max_in_snapshot_log_to_keep: 1000,
+            max_in_snapshot_log_to_keep: cfg.snapshot_catchup_entries,
             // Appends carry up to this many entries; a bigger batch amortizes the per-RPC work.
             max_payload_entries: 1024,
             ..Default::default()
@@ -246,6 +259,7 @@ impl RaftNode {
             cluster_id: cfg.cluster_id,
             was_member: std::sync::atomic::AtomicBool::new(false),
             told_removed: std::sync::atomic::AtomicBool::new(false),
+            incoming_snapshot: Mutex::new(None),
             removed_notify: tokio::sync::Notify::new(),
             lessor: Lessor::default(),
             peers: Mutex::new(HashMap::new()),
@@ -376,6 +390,9 @@ impl RaftNode {
             is_learner,
             last_log_index: m.last_log_index.unwrap_or(0),
             applied_index: m.last_applied.map_or(0, |l| l.index),
+            snapshot_index: m.snapshot.map_or(0, |l| l.index),
+            purged_index: m.purged.map_or(0, |l| l.index),
+            snapshots_installed: self.sm.snapshots_installed(),
             fatal: match (&m.running_state, self.log.failure()) {
                 (_, Some(e)) => Some(e),
                 (Err(e), None) => Some(e.to_string()),
@@ -873,6 +890,76 @@ fn is_connect_error(status: &Status) -> bool {
     source.contains("ConnectError") || status.message() == "tcp connect error"
 }
 
+impl RaftNode {
+    /// Takes one message of a snapshot transfer (see [`crate::snapshot_transfer`]).
+    pub(crate) async fn receive_snapshot(&self, msg: SnapshotMsg) -> SnapshotAnswer {
+        let unknown = |transfer: u64| SnapshotAnswer::Refused {
+            next_offset: 0,
+            why: format!("no snapshot transfer {transfer:x} in progress here"),
+        };
+        match msg {
+            SnapshotMsg::Begin { transfer } => {
+                *self.incoming_snapshot.lock().expect("snapshot lock") =
+                    Some(Incoming::new(transfer));
+                let (revision, compact_revision) = self
+                    .sm
+                    .read(|s| (s.current_revision(), s.compact_revision()));
+                SnapshotAnswer::Begun {
+                    revision,
+                    compact_revision,
+                }
+            }
+            SnapshotMsg::Chunk {
+                transfer,
+                offset,
+                len,
+                crc,
+                data,
+            } => match self
+                .incoming_snapshot
+                .lock()
+                .expect("snapshot lock")
+                .as_mut()
+            {
+                Some(inc) if inc.transfer() == transfer => inc.chunk(offset, len, crc, &data),
+                _ => unknown(transfer),
+            },
+            SnapshotMsg::Finish {
+                transfer,
+                vote,
+                meta,
+                len,
+            } => {
+                let data = {
+                    let mut slot = self.incoming_snapshot.lock().expect("snapshot lock");
+                    match slot.as_mut() {
+                        Some(inc) if inc.transfer() == transfer => inc.finish(len),
+                        _ => return unknown(transfer),
+                    }
+                };
+                match data {
+                    Ok(data) => {
+                        let snapshot = Snapshot {
+                            meta,
+                            snapshot: data,
+                        };
+                        SnapshotAnswer::Installed(
+                            self.raft.install_full_snapshot(vote, snapshot).await,
+                        )
+                    }
+                    Err(why) => {
+                        tracing::warn!(transfer, "refused a snapshot: {why}");
+                        SnapshotAnswer::Refused {
+                            next_offset: 0,
+                            why,
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Serves a node's peer RPCs.
 pub struct PeerHandler {
     node: Arc<RaftNode>,
@@ -907,12 +994,8 @@ impl Peer for PeerHandler {
                 encode(&raft.vote(rpc).await)?
             }
             Ok(RaftKind::Snapshot) => {
-                let wire: SnapshotWire = postcard::from_bytes(&req.payload).map_err(bad_request)?;
-                let snapshot = Snapshot {
-                    meta: wire.meta,
-                    snapshot: wire.data,
-                };
-                encode(&raft.install_full_snapshot(wire.vote, snapshot).await)?
+                let msg: SnapshotMsg = postcard::from_bytes(&req.payload).map_err(bad_request)?;
+                encode(&self.node.receive_snapshot(msg).await)?
             }
             Err(_) => {
                 return Err(Status::invalid_argument(format!(

@@ -3,8 +3,10 @@
 //! Committed entries are applied in batches (every entry ready at once goes into one redb write
 //! transaction). The store is checkpointed durably at intervals; until then the WAL is the only
 //! durable copy, and at restart openraft re-applies entries above the store's applied index.
-//! A snapshot is a full image of the store, written atomically to `snapshot` before openraft may
-//! purge the log below it.
+//! A snapshot is a full image of the store in the snapshot container (zstd-compressed,
+//! checksummed: `c20_storage::snapshot`), written atomically to `snapshot` before openraft may
+//! purge the log below it. A peer that already holds part of the history gets an incremental
+//! snapshot instead (see [`ship_for`]).
 
 use crate::types::{
     Command, LogId, MemberAttrs, NodeId, Op, Reply, Snapshot, SnapshotMeta, StoredMembership,
@@ -12,6 +14,7 @@ use crate::types::{
 };
 use c20_api::EtcdError;
 use c20_storage::mvcc::MvccImage;
+use c20_storage::snapshot::{self as container, Kind};
 use c20_storage::{meta_file, MvccStore, StorageError, WriteOp, WriteResult};
 use futures::{FutureExt, Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
@@ -20,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -38,12 +42,80 @@ struct Applied {
     members: BTreeMap<NodeId, MemberAttrs>,
 }
 
-/// The snapshot file and wire payload.
+/// The payload of a snapshot container: for a full snapshot the whole store; for an
+/// incremental one only the history above `base` (see [`MvccImage::since`]).
 #[derive(Serialize, Deserialize)]
 struct SnapshotPayload {
     meta: SnapshotMeta,
     members: BTreeMap<NodeId, MemberAttrs>,
+    /// The revision an incremental snapshot builds on; 0 for a full one.
+    base: i64,
     image: MvccImage,
+}
+
+impl SnapshotPayload {
+    fn encode(&self) -> io::Result<Vec<u8>> {
+        let kind = if self.base == 0 {
+            Kind::Full
+        } else {
+            Kind::Incremental
+        };
+        let raw = postcard::to_allocvec(self).map_err(io_err)?;
+        container::encode(kind, &raw).map_err(io_err)
+    }
+
+    fn decode(data: &[u8]) -> io::Result<SnapshotPayload> {
+        let d = container::decode(data).map_err(io_err)?;
+        let p: SnapshotPayload = postcard::from_bytes(&d.payload).map_err(io_err)?;
+        if (d.kind == Kind::Full) != (p.base == 0) {
+            return Err(io_err(format!(
+                "snapshot: {:?} container with base revision {}",
+                d.kind, p.base
+            )));
+        }
+        Ok(p)
+    }
+}
+
+/// What to send a peer whose store is at `revision`, compacted at `compact_revision`, given the
+/// full snapshot `full`: only the history above its revision when that is intact here and the
+/// peer is not empty, else `full` itself.
+pub fn ship_for(full: Vec<u8>, revision: i64, compact_revision: i64) -> Vec<u8> {
+    if revision <= 1 {
+        return full;
+    }
+    let incremental = (|| -> io::Result<Option<Vec<u8>>> {
+        let p = SnapshotPayload::decode(&full)?;
+        if p.base != 0 || compact_revision > revision {
+            return Ok(None);
+        }
+        let Some(image) = p.image.since(revision) else {
+            return Ok(None);
+        };
+        let inc = SnapshotPayload {
+            meta: p.meta,
+            members: p.members,
+            base: revision,
+            image,
+        };
+        Ok(Some(inc.encode()?))
+    })();
+    match incremental {
+        Ok(Some(inc)) if inc.len() < full.len() => {
+            tracing::info!(
+                revision,
+                incremental_bytes = inc.len(),
+                full_bytes = full.len(),
+                "sending an incremental snapshot"
+            );
+            inc
+        }
+        Ok(_) => full,
+        Err(e) => {
+            tracing::warn!("cannot cut an incremental snapshot, sending the full one: {e}");
+            full
+        }
+    }
 }
 
 /// Where the reply of an applied request comes from. Replies are built only for entries a client
@@ -103,6 +175,8 @@ pub struct SmShared {
     checkpoint: Mutex<(Instant, u64)>,
     /// The store's current revision, announced after every applied batch (watchers wait on it).
     revision: tokio::sync::watch::Sender<i64>,
+    /// Snapshots installed from a leader: full, incremental.
+    installed: [AtomicU64; 2],
 }
 
 impl SmShared {
@@ -122,6 +196,14 @@ impl SmShared {
             *r = rev;
             changed
         });
+    }
+
+    /// Snapshots installed from a leader so far: (full, incremental).
+    pub fn snapshots_installed(&self) -> (u64, u64) {
+        (
+            self.installed[0].load(Ordering::Relaxed),
+            self.installed[1].load(Ordering::Relaxed),
+        )
     }
 
     /// Threads for the parallel reads of an applied batch (1 = strictly serial apply).
@@ -211,6 +293,7 @@ impl StateMachine {
                 snapshot_path,
                 snapshot_mem: Mutex::new(None),
                 checkpoint: Mutex::new((Instant::now(), 0)),
+                installed: Default::default(),
             }),
         })
     }
@@ -293,7 +376,7 @@ impl StateMachine {
         let Some(raw) = raw else {
             return Ok(None);
         };
-        let payload: SnapshotPayload = postcard::from_bytes(&raw).map_err(io_err)?;
+        let payload = SnapshotPayload::decode(&raw)?;
         Ok(Some(Snapshot {
             meta: payload.meta,
             snapshot: raw,
@@ -322,9 +405,10 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                     last_membership: applied.membership.clone(),
                 },
                 members: applied.members,
+                base: 0,
                 image,
             };
-            let raw = postcard::to_allocvec(&payload).map_err(io_err)?;
+            let raw = payload.encode()?;
             shared.save_snapshot(&raw).map_err(io_err)?;
             Ok(Snapshot {
                 meta: payload.meta,
@@ -377,20 +461,39 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let shared = self.shared.clone();
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || -> io::Result<()> {
-            let payload: SnapshotPayload = postcard::from_bytes(&snapshot).map_err(io_err)?;
+            let payload = SnapshotPayload::decode(&snapshot)?;
             let applied = Applied {
                 last_applied: meta.last_log_id,
                 membership: meta.last_membership.clone(),
-                members: payload.members,
+                members: payload.members.clone(),
             };
             let raw = postcard::to_allocvec(&applied).map_err(io_err)?;
-            {
-                let mut store = shared.store.write().expect("store lock");
+            let mut store = shared.store.write().expect("store lock");
+            if payload.base == 0 {
                 store.import(payload.image, raw).map_err(io_err)?;
-                *shared.applied.write().expect("applied lock") = applied;
-                shared.announce_revision(store.current_revision());
+            } else {
+                store
+                    .import_incremental(payload.base, payload.image, raw)
+                    .map_err(io_err)?;
             }
-            shared.save_snapshot(&snapshot).map_err(io_err)?;
+            *shared.applied.write().expect("applied lock") = applied;
+            shared.announce_revision(store.current_revision());
+            // The snapshot kept here is always a full one: rebuild it from the store when only
+            // the increment arrived.
+            let full = if payload.base == 0 {
+                snapshot
+            } else {
+                SnapshotPayload {
+                    meta: meta.clone(),
+                    members: payload.members,
+                    base: 0,
+                    image: store.export(),
+                }
+                .encode()?
+            };
+            drop(store);
+            shared.save_snapshot(&full).map_err(io_err)?;
+            shared.installed[usize::from(payload.base != 0)].fetch_add(1, Ordering::Relaxed);
             Ok(())
         })
         .await

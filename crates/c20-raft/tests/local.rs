@@ -13,6 +13,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 async fn cluster(n: u64) -> (Arc<LocalRouter>, BTreeMap<NodeId, Arc<RaftNode>>) {
+    cluster_with(n, |_| {}).await
+}
+
+async fn cluster_with(
+    n: u64,
+    tune: impl Fn(&mut RaftNodeConfig),
+) -> (Arc<LocalRouter>, BTreeMap<NodeId, Arc<RaftNode>>) {
     let router = LocalRouter::new();
     let peers: BTreeMap<NodeId, PeerNode> = (1..=n)
         .map(|id| {
@@ -34,6 +41,7 @@ async fn cluster(n: u64) -> (Arc<LocalRouter>, BTreeMap<NodeId, Arc<RaftNode>>) 
         cfg.election_timeout_min_ms = 300;
         cfg.election_timeout_max_ms = 600;
         cfg.request_timeout = Duration::from_secs(3);
+        tune(&mut cfg);
         nodes.insert(id, RaftNode::start(cfg).await.unwrap());
     }
     (router, nodes)
@@ -279,5 +287,98 @@ async fn a_lease_outlives_a_leader_crash_then_expires_under_the_new_leader() {
     until_lease_gone(&nodes[&new_leader], id).await;
     nodes[&new_leader].read_barrier().await.unwrap();
     assert_eq!(local_get(&nodes[&new_leader], "held"), None);
+    shutdown(nodes).await;
+}
+
+/// Writes `n` keys `prefix{i}` through `node`, 50 at a time.
+async fn write_many(node: &RaftNode, prefix: &str, n: usize) {
+    for start in (0..n).step_by(50) {
+        let puts = (start..(start + 50).min(n)).map(|i| {
+            let k = format!("{prefix}{i:05}");
+            async move { put(node, &k, "some value of moderate length").await }
+        });
+        for r in futures::future::join_all(puts).await {
+            r.unwrap();
+        }
+    }
+}
+
+/// Waits until `node` has applied at least up to `index`.
+async fn until_applied(node: &RaftNode, index: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while node.status().applied_index < index {
+        assert!(Instant::now() < deadline, "stuck at {:?}", node.status());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn hash(node: &RaftNode) -> (u32, i64, i64) {
+    node.state().read(|s| {
+        let (h, compact) = s.hash_kv(0).unwrap();
+        (h, compact, s.current_revision())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_behind_the_purged_log_catches_up_from_incremental_then_full_snapshots() {
+    let (router, nodes) = cluster_with(3, |cfg| {
+        cfg.snapshot_count = 300;
+        cfg.snapshot_catchup_entries = 20;
+    })
+    .await;
+    let leader = leader_among(&nodes, None).await;
+    let l = &nodes[&leader];
+    let follower = *nodes.keys().find(|&&i| i != leader).unwrap();
+    let f = &nodes[&follower];
+    write_many(l, "a", 200).await;
+    until_applied(f, l.status().applied_index).await;
+
+    // Behind the purged log with its history intact below: only the increment is sent.
+    router.isolate(follower);
+    let behind = f.status().last_log_index;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut round = 0;
+    while l.status().purged_index <= behind {
+        assert!(
+            Instant::now() < deadline,
+            "leader never purged: {:?}",
+            l.status()
+        );
+        write_many(l, &format!("b{round}-"), 400).await;
+        round += 1;
+    }
+    router.heal(follower);
+    until_applied(f, l.status().applied_index).await;
+    assert_eq!(f.status().snapshots_installed, (0, 1));
+    assert_eq!(hash(f), hash(l));
+
+    // Compacted above what the follower has: the increment cannot be cut, the full one goes.
+    router.isolate(follower);
+    let behind = f.status().last_log_index;
+    write_many(l, "c", 100).await;
+    let rev = l.state().read(|s| s.current_revision());
+    l.propose(Command::from_op(&WriteOp::Compact(
+        c20_api::etcdserverpb::CompactionRequest {
+            revision: rev,
+            ..Default::default()
+        },
+    )))
+    .await
+    .unwrap();
+    let mut round = 0;
+    while l.status().purged_index <= behind {
+        assert!(
+            Instant::now() < deadline,
+            "leader never purged: {:?}",
+            l.status()
+        );
+        write_many(l, &format!("d{round}-"), 400).await;
+        round += 1;
+    }
+    router.heal(follower);
+    until_applied(f, l.status().applied_index).await;
+    assert_eq!(f.status().snapshots_installed, (1, 1));
+    assert_eq!(hash(f), hash(l));
+    assert_eq!(hash(f).1, rev);
     shutdown(nodes).await;
 }
