@@ -114,6 +114,18 @@ struct ServeArgs {
     /// Committed entries between snapshots.
     #[arg(long, env = "C20_SNAPSHOT_COUNT", default_value_t = 100_000)]
     snapshot_count: u64,
+    /// Entries kept in the log below a snapshot, so a follower that lags by fewer needs no
+    /// snapshot.
+    #[arg(
+        long,
+        env = "C20_EXPERIMENTAL_SNAPSHOT_CATCHUP_ENTRIES",
+        default_value_t = 5000
+    )]
+    experimental_snapshot_catchup_entries: u64,
+    /// Bytes of log entries between snapshots (whichever of this and --snapshot-count comes
+    /// first).
+    #[arg(long, env = "C20_SNAPSHOT_LOG_BYTES", default_value_t = 256 << 20)]
+    snapshot_log_bytes: u64,
     /// How often idle watchers that asked for progress notifications get one (`100ms`, `5s`,
     /// `10m`).
     #[arg(
@@ -207,6 +219,8 @@ async fn serve(a: ServeArgs) -> Result<()> {
         heartbeat_interval_ms: a.heartbeat_interval,
         election_timeout_ms: a.election_timeout,
         snapshot_count: a.snapshot_count,
+        snapshot_catchup_entries: a.experimental_snapshot_catchup_entries,
+        snapshot_log_bytes: a.snapshot_log_bytes,
         request_timeout: Duration::from_secs(7),
         watch_progress_notify_interval: a.experimental_watch_progress_notify_interval,
         apply_threads: a

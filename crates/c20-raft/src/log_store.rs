@@ -27,6 +27,8 @@ struct Shared {
     wal: Option<Arc<Wal>>,
     dir: PathBuf,
     state: Mutex<State>,
+    /// Bytes of entries appended to the WAL since the start (a snapshot trigger watches it).
+    appended_bytes: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Default)]
@@ -111,6 +113,7 @@ impl LogStore {
                     vote,
                     append_waiters: HashMap::new(),
                 }),
+                appended_bytes: Default::default(),
             }),
         })
     }
@@ -123,6 +126,7 @@ impl LogStore {
                 wal: None,
                 dir: PathBuf::new(),
                 state: Mutex::new(State::default()),
+                appended_bytes: Default::default(),
             }),
         }
     }
@@ -151,6 +155,13 @@ impl LogStore {
     }
 
     /// Why the log stopped taking writes, if it did.
+    /// Bytes of entries appended to the WAL since this process opened it (0 in memory).
+    pub fn appended_bytes(&self) -> u64 {
+        self.shared
+            .appended_bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn failure(&self) -> Option<String> {
         self.shared.wal.as_ref().and_then(|w| w.failure())
     }
@@ -254,6 +265,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
             callback.io_completed(res.map_err(io_err));
         };
+        let bytes: usize = records.iter().map(|(_, r)| r.len()).sum();
+        self.shared
+            .appended_bytes
+            .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         match &self.shared.wal {
             Some(wal) => wal.append(records, Box::new(done)),
             None => done(Ok(())),

@@ -59,6 +59,9 @@ pub struct RaftNodeConfig {
     /// Entries kept below a snapshot for slow followers, so a short lag needs no snapshot (etcd
     /// `--experimental-snapshot-catchup-entries`).
     pub snapshot_catchup_entries: u64,
+    /// A snapshot is also taken once this many bytes of entries were written to the log since
+    /// the last one (large values fill the disk long before `snapshot_count` entries).
+    pub snapshot_log_bytes: u64,
     /// Options of the Raft log's WAL (segment size; fault injection in tests).
     pub wal: WalOptions,
     /// Keep the log and the store in memory only (embedded clusters, simulation).
@@ -88,6 +91,7 @@ impl RaftNodeConfig {
             request_timeout: Duration::from_secs(7),
             snapshot_count: 100_000,
             snapshot_catchup_entries: 5000,
+            snapshot_log_bytes: 256 << 20,
             wal: WalOptions::default(),
             in_memory: false,
             transport: Transport::Grpc,
@@ -270,6 +274,7 @@ impl RaftNode {
         }
         node.spawn_publisher(cfg.attrs);
         node.spawn_lessor();
+        node.spawn_snapshot_trigger(cfg.snapshot_log_bytes);
         Ok(node)
     }
 
@@ -291,6 +296,36 @@ impl RaftNode {
                 }
                 drop(node);
                 tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
+    }
+
+    /// Takes a snapshot whenever `limit` bytes of entries reached the log since the last one
+    /// (openraft's own policy counts entries only).
+    fn spawn_snapshot_trigger(self: &Arc<Self>, limit: u64) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let (mut mark, mut last_snapshot) = (0u64, 0u64);
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                let Some(node) = weak.upgrade() else { return };
+                let status = node.status();
+                let bytes = node.log.appended_bytes();
+                if status.snapshot_index != last_snapshot {
+                    (mark, last_snapshot) = (bytes, status.snapshot_index);
+                }
+                if bytes.saturating_sub(mark) < limit || status.applied_index <= last_snapshot {
+                    continue;
+                }
+                tracing::info!(
+                    bytes = bytes - mark,
+                    "log bytes since the last snapshot reached the limit; taking a snapshot"
+                );
+                // Counted from here until the snapshot shows up, so one is asked for at a time.
+                mark = bytes;
+                if node.raft.trigger().snapshot().await.is_err() {
+                    return;
+                }
             }
         });
     }
@@ -871,8 +906,6 @@ impl RaftNode {
     }
 }
 
-/// Whether a failed call never reached the peer (the connection could not be made), so nothing
-/// was sent. Any other failure may have happened after the peer received the request.
 /// Writes the initial membership unless this node already has state (then it is a no-op).
 async fn initialize(raft: &Raft, members: &BTreeMap<NodeId, PeerNode>) -> Result<(), StorageError> {
     match raft.initialize(members.clone()).await {
@@ -885,6 +918,8 @@ async fn initialize(raft: &Raft, members: &BTreeMap<NodeId, PeerNode>) -> Result
     }
 }
 
+/// Whether a failed call never reached the peer (the connection could not be made), so nothing
+/// was sent. Any other failure may have happened after the peer received the request.
 fn is_connect_error(status: &Status) -> bool {
     let source = format!("{:?}", std::error::Error::source(status));
     source.contains("ConnectError") || status.message() == "tcp connect error"

@@ -382,3 +382,27 @@ async fn a_follower_behind_the_purged_log_catches_up_from_incremental_then_full_
     assert_eq!(hash(f).1, rev);
     shutdown(nodes).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_bytes_trigger_a_snapshot_long_before_the_entry_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_router, nodes) = cluster_with(1, |cfg| {
+        cfg.in_memory = false;
+        cfg.data_dir = dir.path().join(cfg.id.to_string());
+        cfg.snapshot_count = 1_000_000;
+        cfg.snapshot_log_bytes = 64 << 10;
+    })
+    .await;
+    let n = &nodes[&1];
+    leader_among(&nodes, None).await;
+    let value = "v".repeat(2000);
+    for i in 0..100 {
+        put(n, &format!("k{i}"), &value).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while n.status().snapshot_index == 0 {
+        assert!(Instant::now() < deadline, "no snapshot: {:?}", n.status());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    shutdown(nodes).await;
+}

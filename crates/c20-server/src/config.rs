@@ -31,6 +31,11 @@ pub struct ServerConfig {
     pub election_timeout_ms: u64,
     /// `--snapshot-count`
     pub snapshot_count: u64,
+    /// `--experimental-snapshot-catchup-entries`: entries kept below a snapshot for slow
+    /// followers.
+    pub snapshot_catchup_entries: u64,
+    /// `--snapshot-log-bytes`: a snapshot is also taken after this many bytes of log entries.
+    pub snapshot_log_bytes: u64,
     /// How long a request may wait for a leader or a commit.
     pub request_timeout: Duration,
     /// `--experimental-watch-progress-notify-interval`: how often watchers that asked for
@@ -58,6 +63,8 @@ impl ServerConfig {
             heartbeat_interval_ms: 100,
             election_timeout_ms: 1000,
             snapshot_count: 100_000,
+            snapshot_catchup_entries: 5000,
+            snapshot_log_bytes: 256 << 20,
             request_timeout: Duration::from_secs(7),
             watch_progress_notify_interval: Duration::from_secs(600),
             apply_threads: c20_raft::node::default_apply_threads(),

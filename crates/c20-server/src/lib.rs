@@ -157,6 +157,8 @@ impl Server {
         rcfg.election_timeout_max_ms = cfg.election_timeout_ms * 2;
         rcfg.request_timeout = cfg.request_timeout;
         rcfg.snapshot_count = cfg.snapshot_count;
+        rcfg.snapshot_catchup_entries = cfg.snapshot_catchup_entries;
+        rcfg.snapshot_log_bytes = cfg.snapshot_log_bytes;
         rcfg.apply_threads = cfg.apply_threads;
         rcfg.cluster_id = cluster_id;
         let node = RaftNode::start(rcfg).await?;
