@@ -3,6 +3,7 @@
 mod bench;
 mod bench_watch;
 mod client_cmds;
+mod snapshot_cmds;
 mod txn_parse;
 mod up;
 mod watch_lease_cmds;
@@ -51,6 +52,8 @@ enum Cmd {
     Status(client_cmds::StatusArgs),
     /// List the members of the cluster.
     Members(client_cmds::StatusArgs),
+    /// Save a backup of a member's store, or seed a new cluster's member from one.
+    Snapshot(snapshot_cmds::SnapshotArgs),
     /// Measure throughput and latency of puts, gets, txn CAS or a mix (against c20 or etcd).
     Bench(bench::BenchArgs),
     /// Measure watch event throughput and put-to-event latency (against c20 or etcd).
@@ -184,6 +187,7 @@ fn main() -> Result<()> {
         Cmd::Lease(a) => rt.block_on(watch_lease_cmds::lease(a)),
         Cmd::Status(a) => rt.block_on(client_cmds::status(a)),
         Cmd::Members(a) => rt.block_on(client_cmds::members(a)),
+        Cmd::Snapshot(a) => rt.block_on(snapshot_cmds::run(a)),
         Cmd::Bench(a) => rt.block_on(bench::run(a)),
         Cmd::BenchWatch(a) => rt.block_on(bench_watch::run(a)),
     }

@@ -245,6 +245,18 @@ impl Client {
             .into_inner())
     }
 
+    /// The connected member's backup as a stream of blobs (what `etcdctl snapshot save`
+    /// writes to its file, in order).
+    pub async fn snapshot(
+        &mut self,
+    ) -> Result<tonic::Streaming<c20_api::etcdserverpb::SnapshotResponse>, ClientError> {
+        Ok(self
+            .maintenance
+            .snapshot(c20_api::etcdserverpb::SnapshotRequest {})
+            .await?
+            .into_inner())
+    }
+
     /// Opens a watch on a stream of its own and waits until the server created it. A creation
     /// the server refused is an error with the server's reason.
     pub async fn watch(&mut self, create: WatchCreateRequest) -> Result<Watch, ClientError> {

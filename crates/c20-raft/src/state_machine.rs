@@ -246,11 +246,51 @@ impl SmShared {
         }
     }
 
+    /// A full snapshot container of the store as it is now, and its revision (for backups:
+    /// Maintenance.Snapshot). The store's lock is held only to take references.
+    pub fn export_snapshot(&self) -> io::Result<(Vec<u8>, i64)> {
+        let (refs, applied, rev) = {
+            let store = self.store.read().expect("store lock");
+            let applied = self.applied.read().expect("applied lock").clone();
+            (store.export_refs(), applied, store.current_revision())
+        };
+        let payload = SnapshotPayload {
+            meta: SnapshotMeta {
+                last_log_id: applied.last_applied,
+                last_membership: applied.membership,
+            },
+            members: applied.members,
+            base: 0,
+            image: refs.into_image(),
+        };
+        Ok((payload.encode()?, rev))
+    }
+
     /// Size in bytes of the store's file (for Status.dbSize).
     pub fn db_size(&self) -> u64 {
         let store = self.store.read().expect("store lock");
         store.file_size()
     }
+}
+
+/// Seeds the store directory `kv_dir` of a new member with the data of a full snapshot
+/// `container`: its keys, history, revisions and leases, and nothing of the old cluster's log
+/// or membership (the new cluster starts its own log on top). Returns the revision restored.
+pub fn restore(kv_dir: &Path, container: &[u8]) -> Result<i64, StorageError> {
+    let payload =
+        SnapshotPayload::decode(container).map_err(|e| StorageError::Corrupt(e.to_string()))?;
+    if payload.base != 0 {
+        return Err(StorageError::Corrupt(
+            "an incremental snapshot cannot seed a member".into(),
+        ));
+    }
+    std::fs::create_dir_all(kv_dir)?;
+    let mut store = MvccStore::open(&kv_dir.join("kv.redb"))?;
+    let applied =
+        postcard::to_allocvec(&Applied::default()).map_err(|e| StorageError::Io(e.to_string()))?;
+    let rev = payload.image.current_rev;
+    store.import(payload.image, applied)?;
+    Ok(rev)
 }
 
 #[derive(Clone)]
@@ -461,6 +501,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let shared = self.shared.clone();
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || -> io::Result<()> {
+            let received_bytes = snapshot.len();
             let payload = SnapshotPayload::decode(&snapshot)?;
             let applied = Applied {
                 last_applied: meta.last_log_id,
@@ -494,6 +535,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             drop(store);
             shared.save_snapshot(&full).map_err(io_err)?;
             shared.installed[usize::from(payload.base != 0)].fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                kind = if payload.base == 0 {
+                    "full"
+                } else {
+                    "incremental"
+                },
+                received_bytes,
+                revision = shared.read(|s| s.current_revision()),
+                "installed a snapshot from the leader"
+            );
             Ok(())
         })
         .await

@@ -10,17 +10,22 @@
 //! | 1 | kind: `0` full, `1` incremental |
 //! | 1 | reserved, `0` |
 //! | 8 | length of the payload before compression |
+//! | 8 | length n of the body |
 //! | n | body: the payload, compressed by the codec |
 //! | 4 | crc32c of every byte before it |
 //!
 //! The payload itself is opaque here (the state machine's postcard record). Payloads smaller
 //! than [`COMPRESS_MIN_BYTES`] are stored as is: compressing them saves nothing worth the time.
+//!
+//! A backup (what `etcdctl snapshot save` and `c20 snapshot save` write) is a container padded
+//! with zeros to a multiple of 512 bytes, then the SHA-256 of everything before it: the shape
+//! etcd's snapshot stream has, which etcdctl checks before it keeps the file.
 
 use crate::StorageError;
 
 const MAGIC: &[u8; 4] = b"C20S";
 const VERSION: u8 = 1;
-const HEADER_LEN: usize = 16;
+const HEADER_LEN: usize = 24;
 const TRAILER_LEN: usize = 4;
 
 /// Payloads at least this large are compressed.
@@ -74,14 +79,17 @@ pub fn encode_with(kind: Kind, codec: Codec, payload: &[u8]) -> Result<Vec<u8>, 
     out.push(kind as u8);
     out.push(0);
     out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    match codec {
-        Codec::Stored => out.extend_from_slice(payload),
+    let compressed;
+    let body = match codec {
+        Codec::Stored => payload,
         Codec::Zstd => {
-            let body = zstd::bulk::compress(payload, ZSTD_LEVEL)
+            compressed = zstd::bulk::compress(payload, ZSTD_LEVEL)
                 .map_err(|e| StorageError::Io(format!("snapshot compression: {e}")))?;
-            out.extend_from_slice(&body);
+            &compressed[..]
         }
-    }
+    };
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(body);
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     Ok(out)
@@ -102,6 +110,19 @@ pub fn verify(raw: &[u8]) -> Result<(Kind, Codec, u64), StorageError> {
     }
     if raw[4] != VERSION {
         return Err(corrupt(format!("unknown format version {}", raw[4])));
+    }
+    let body_len = u64::from_le_bytes(raw[16..24].try_into().expect("8 bytes"));
+    let want_len = (HEADER_LEN + TRAILER_LEN) as u64 + body_len;
+    if raw.len() as u64 != want_len {
+        return Err(corrupt(format!(
+            "{} bytes where the header announces {want_len} ({})",
+            raw.len(),
+            if (raw.len() as u64) < want_len {
+                "truncated"
+            } else {
+                "trailing bytes"
+            }
+        )));
     }
     let (body_end, trailer) = raw.split_at(raw.len() - TRAILER_LEN);
     let want = u32::from_le_bytes(trailer.try_into().expect("4 bytes"));
@@ -126,6 +147,53 @@ pub fn verify(raw: &[u8]) -> Result<(Kind, Codec, u64), StorageError> {
         return Err(corrupt(format!("payload length {len} is implausible")));
     }
     Ok((kind, codec, len))
+}
+
+/// Length of the container at the start of `raw` (which may continue with other bytes), once
+/// its header is there.
+pub fn container_len(raw: &[u8]) -> Option<usize> {
+    if raw.len() < HEADER_LEN || &raw[..4] != MAGIC {
+        return None;
+    }
+    let body_len = u64::from_le_bytes(raw[16..24].try_into().expect("8 bytes"));
+    usize::try_from(body_len)
+        .ok()?
+        .checked_add(HEADER_LEN + TRAILER_LEN)
+}
+
+const BACKUP_ALIGN: usize = 512;
+const SHA256_LEN: usize = 32;
+
+/// A backup file of `container`: padded to 512 bytes, then its SHA-256.
+pub fn to_backup(mut container: Vec<u8>) -> Vec<u8> {
+    use sha2::Digest;
+    let padded = container.len().div_ceil(BACKUP_ALIGN) * BACKUP_ALIGN;
+    container.resize(padded, 0);
+    let digest = sha2::Sha256::digest(&container);
+    container.extend_from_slice(&digest);
+    container
+}
+
+/// The container inside a backup file, once the file's SHA-256 and the container's own
+/// checksum match.
+pub fn from_backup(raw: &[u8]) -> Result<&[u8], StorageError> {
+    use sha2::Digest;
+    let corrupt = |why: String| StorageError::Corrupt(format!("snapshot file: {why}"));
+    if raw.len() % BACKUP_ALIGN != SHA256_LEN {
+        return Err(corrupt(format!(
+            "{} bytes is not a whole backup (512-byte blocks and a SHA-256): truncated?",
+            raw.len()
+        )));
+    }
+    let (body, digest) = raw.split_at(raw.len() - SHA256_LEN);
+    if sha2::Sha256::digest(body).as_slice() != digest {
+        return Err(corrupt("SHA-256 mismatch: the file is corrupt".into()));
+    }
+    let len = container_len(body)
+        .filter(|n| *n <= body.len())
+        .ok_or_else(|| corrupt("no c20 snapshot inside (an etcd bolt file?)".into()))?;
+    verify(&body[..len])?;
+    Ok(&body[..len])
 }
 
 /// Checks and unwraps a container.
@@ -169,6 +237,24 @@ mod tests {
                 assert_eq!(d.payload, payload);
             }
         }
+    }
+
+    #[test]
+    fn backups_round_trip_and_are_checked() {
+        let c = encode(Kind::Full, &sample(10_000)).unwrap();
+        let b = to_backup(c.clone());
+        assert_eq!(b.len() % 512, 32);
+        assert_eq!(from_backup(&b).unwrap(), &c[..]);
+        let mut bad = b.clone();
+        bad[100] ^= 1;
+        let e = from_backup(&bad).unwrap_err().to_string();
+        assert!(e.contains("SHA-256 mismatch"), "{e}");
+        let e = from_backup(&b[..b.len() - 1]).unwrap_err().to_string();
+        assert!(e.contains("truncated"), "{e}");
+        let e = from_backup(&to_backup(b"bolt".repeat(300)))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no c20 snapshot inside"), "{e}");
     }
 
     #[test]

@@ -318,11 +318,38 @@ pub struct Cluster {
     unknown_ids: RefCell<Vec<u64>>,
     /// Set once the logs went into a panic message (Drop then does not print them again).
     logs_shown: Cell<bool>,
+    /// More server flags for every member.
+    pub extra_args: Vec<String>,
 }
 
 impl Cluster {
     /// Spawns `n` members (`n1`…`nN`) with fresh data directories; does not wait for them.
     pub fn start(flavor: Flavor, n: usize) -> Cluster {
+        let mut c = Cluster::stopped(flavor, n);
+        c.start_all();
+        c
+    }
+
+    /// Spawns `n` members started with `extra` server flags besides the usual ones (flags
+    /// both etcd and c20 take, when the test also runs against etcd).
+    pub fn start_with(flavor: Flavor, n: usize, extra: &[&str]) -> Cluster {
+        let mut c = Cluster::stopped(flavor, n);
+        c.extra_args = extra.iter().map(|s| s.to_string()).collect();
+        c.start_all();
+        c
+    }
+
+    /// Starts every member that is not running.
+    pub fn start_all(&mut self) {
+        for i in 0..self.members.len() {
+            if self.members[i].child.is_none() {
+                self.spawn(i);
+            }
+        }
+    }
+
+    /// Plans `n` members (ports, directories) without starting any.
+    pub fn stopped(flavor: Flavor, n: usize) -> Cluster {
         assert!(n >= 1);
         require_etcdctl();
         let flavor = if flavor == Flavor::C20 && env_flag(USE_ETCD_ENV) {
@@ -358,6 +385,7 @@ impl Cluster {
             ids: OnceCell::new(),
             unknown_ids: RefCell::new(Vec::new()),
             logs_shown: Cell::new(false),
+            extra_args: Vec::new(),
         };
         if env_flag(KEEP_DIR_ENV) {
             c.dir.disable_cleanup(true);
@@ -367,10 +395,16 @@ impl Cluster {
                 c.dir.path().display()
             );
         }
-        for i in 0..n {
-            c.spawn(i);
-        }
         c
+    }
+
+    /// `--initial-cluster` of this cluster: `n1=http://…,n2=…`.
+    pub fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 
     /// The server flags of member `i`: the same etcd flags for c20 and etcd. A restart uses the
@@ -378,12 +412,7 @@ impl Cluster {
     /// ignore the initial-cluster flags, as etcd does.
     pub fn server_args(&self, i: usize) -> Vec<String> {
         let m = &self.members[i];
-        let initial = self
-            .members
-            .iter()
-            .map(|m| format!("{}={}", m.name, m.peer_url()))
-            .collect::<Vec<_>>()
-            .join(",");
+        let initial = self.initial_cluster();
         let pairs: [(&str, String); 9] = [
             ("--name", m.name.clone()),
             ("--data-dir", m.data_dir.to_string_lossy().into_owned()),
@@ -400,6 +429,7 @@ impl Cluster {
             args.push(flag.to_string());
             args.push(value);
         }
+        args.extend(self.extra_args.iter().cloned());
         args
     }
 
