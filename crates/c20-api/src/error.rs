@@ -45,6 +45,10 @@ pub enum EtcdError {
     TooManyLearners,
     #[error("etcdserver: the member has been permanently removed from the cluster")]
     MemberRemoved,
+    #[error("etcdserver: bad leader transferee")]
+    BadLeaderTransferee,
+    #[error("etcdserver: request timed out, leader transfer took too long")]
+    TimeoutLeaderTransfer,
     #[error("etcdserver: no leader")]
     NoLeader,
     #[error("etcdserver: not leader")]
@@ -97,7 +101,8 @@ impl EtcdError {
             EtcdError::MemberBadUrls => Code::InvalidArgument,
             EtcdError::MemberRemoved => Code::Unavailable,
             EtcdError::LeaseNotFound | EtcdError::MemberNotFound => Code::NotFound,
-            EtcdError::NotLeader => Code::FailedPrecondition,
+            EtcdError::NotLeader | EtcdError::BadLeaderTransferee => Code::FailedPrecondition,
+            EtcdError::TimeoutLeaderTransfer => Code::DeadlineExceeded,
             EtcdError::NoLeader
             | EtcdError::Timeout
             | EtcdError::TimeoutDueToLeaderFail
@@ -167,6 +172,16 @@ mod tests {
                 EtcdError::NoLeader,
                 Code::Unavailable,
                 "etcdserver: no leader",
+            ),
+            (
+                EtcdError::BadLeaderTransferee,
+                Code::FailedPrecondition,
+                "etcdserver: bad leader transferee",
+            ),
+            (
+                EtcdError::NotLeader,
+                Code::FailedPrecondition,
+                "etcdserver: not leader",
             ),
         ];
         for (err, code, msg) in cases {

@@ -1,7 +1,8 @@
 //! Membership changes on real processes, with etcdctl: a 4th member joins a 3-member cluster
 //! under write load as a learner (`--initial-cluster-state existing`), is promoted once it
-//! caught up, then an original member is removed and stops. No acknowledged write is lost, no
-//! write fails, and the remaining members agree on the store's hash.
+//! caught up, then an original member is removed and stops, then leadership moves to the new
+//! member (`etcdctl move-leader`). No acknowledged write is lost, no write fails, and the
+//! remaining members agree on the store's hash.
 
 mod support;
 
@@ -258,6 +259,41 @@ fn a_learner_joins_under_load_is_promoted_and_an_old_member_is_removed() {
     }
     let so_far = acked.lock().unwrap().len();
     wait_acked(so_far + 200);
+
+    // Hand leadership to the newest member under load (etcdctl finds the current leader among
+    // the endpoints): the writes go on.
+    let stayed = if gone == 2 { 1 } else { 2 };
+    let n4 = format!("127.0.0.1:{}", ports[0]);
+    let remaining = [
+        n1.clone(),
+        cluster.members[stayed].client_addr(),
+        n4.clone(),
+    ];
+    let out = run_etcdctl(
+        &remaining.join(","),
+        &["move-leader", &format!("{:x}", learner.0)],
+        None,
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.ok()
+            && out.stdout.starts_with("Leadership transferred from ")
+            && out
+                .stdout
+                .trim_end()
+                .ends_with(&format!(" to {:x}", learner.0)),
+        "{out}"
+    );
+    let out = run_etcdctl(
+        &n4,
+        &["endpoint", "status", "-w", "json"],
+        None,
+        Duration::from_secs(30),
+    );
+    let st = support::parse_status_json(&out.stdout).expect("status");
+    assert_eq!((st.member_id, st.leader), (learner.0, learner.0), "{out}");
+    let so_far = acked.lock().unwrap().len();
+    wait_acked(so_far + 200);
     stop.store(true, Ordering::Relaxed);
     rt.block_on(writer).unwrap();
 
@@ -267,13 +303,6 @@ fn a_learner_joins_under_load_is_promoted_and_an_old_member_is_removed() {
         failed.lock().unwrap()
     );
     let acked = acked.lock().unwrap().clone();
-    let n4 = format!("127.0.0.1:{}", ports[0]);
-    let stayed = if gone == 2 { 1 } else { 2 };
-    let remaining = [
-        n1.clone(),
-        cluster.members[stayed].client_addr(),
-        n4.clone(),
-    ];
     rt.block_on(async {
         for ep in &remaining {
             let mut c = Client::connect(&[ep.as_str()]).await.unwrap();

@@ -10,11 +10,12 @@ use crate::types::{NodeId, PeerNode, Snapshot, TypeConfig, Vote};
 use c20_api::c20peer::peer_client::PeerClient;
 use c20_api::c20peer::{RaftKind, RaftRequest};
 use openraft::errors::{
-    NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
+    Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
 };
 use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
+    TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::OptionalSend;
 use serde::de::DeserializeOwned;
@@ -208,6 +209,27 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                     option.soft_ttl(),
                     |n| async move { n.raft().vote(rpc).await },
                 )
+                .await
+            }
+        }
+    }
+
+    async fn transfer_leader(
+        &mut self,
+        req: TransferLeaderRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<TransferLeaderResponse<TypeConfig>, RPCError<TypeConfig>> {
+        match self {
+            PeerConnection::Grpc(c) => {
+                let r: Result<TransferLeaderResponse<TypeConfig>, Fatal<TypeConfig>> = c
+                    .call(RaftKind::TransferLeader, &req, option.soft_ttl())
+                    .await?;
+                r.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
+            }
+            PeerConnection::Local(c) => {
+                c.call(option.soft_ttl(), |n| async move {
+                    n.raft().handle_transfer_leader(req).await
+                })
                 .await
             }
         }

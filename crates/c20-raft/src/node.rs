@@ -330,6 +330,41 @@ impl RaftNode {
         });
     }
 
+    /// Hands leadership to voter `target` and waits until it leads (etcd's MoveLeader). Only
+    /// the leader can do it.
+    pub async fn move_leader(&self, target: NodeId) -> Result<(), EtcdError> {
+        let (voter, leader) = {
+            let rx = self.raft.metrics();
+            let m = rx.borrow_watched();
+            let voter = m
+                .membership_config
+                .membership()
+                .voter_ids()
+                .any(|v| v == target);
+            (voter, m.current_leader)
+        };
+        if leader != Some(self.id) {
+            return Err(EtcdError::NotLeader);
+        }
+        if !voter {
+            return Err(EtcdError::BadLeaderTransferee);
+        }
+        if target == self.id {
+            return Ok(());
+        }
+        self.raft
+            .trigger()
+            .transfer_leader(target)
+            .await
+            .map_err(|_| EtcdError::Stopped)?;
+        self.raft
+            .wait(Some(self.request_timeout))
+            .metrics(|m| m.current_leader == Some(target), "leader moved")
+            .await
+            .map(|_| ())
+            .map_err(|_| EtcdError::TimeoutLeaderTransfer)
+    }
+
     pub fn id(&self) -> NodeId {
         self.id
     }
@@ -1027,6 +1062,10 @@ impl Peer for PeerHandler {
             Ok(RaftKind::Vote) => {
                 let rpc = postcard::from_bytes(&req.payload).map_err(bad_request)?;
                 encode(&raft.vote(rpc).await)?
+            }
+            Ok(RaftKind::TransferLeader) => {
+                let rpc = postcard::from_bytes(&req.payload).map_err(bad_request)?;
+                encode(&raft.handle_transfer_leader(rpc).await)?
             }
             Ok(RaftKind::Snapshot) => {
                 let msg: SnapshotMsg = postcard::from_bytes(&req.payload).map_err(bad_request)?;

@@ -406,3 +406,28 @@ async fn log_bytes_trigger_a_snapshot_long_before_the_entry_count() {
     }
     shutdown(nodes).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leadership_moves_to_a_named_voter_and_only_from_the_leader() {
+    let (_router, nodes) = cluster(3).await;
+    let leader = leader_among(&nodes, None).await;
+    let target = *nodes.keys().find(|&&i| i != leader).unwrap();
+    let other = *nodes.keys().find(|&&i| i != leader && i != target).unwrap();
+    assert_eq!(
+        nodes[&other].move_leader(target).await,
+        Err(EtcdError::NotLeader)
+    );
+    assert_eq!(
+        nodes[&leader].move_leader(99).await,
+        Err(EtcdError::BadLeaderTransferee)
+    );
+    nodes[&leader].move_leader(target).await.unwrap();
+    assert!(nodes[&target].status().is_leader);
+    // The new leader serves writes and every member follows it.
+    put(&nodes[&target], "after", "move").await.unwrap();
+    for n in nodes.values() {
+        n.read_barrier().await.unwrap();
+        assert_eq!(n.status().leader, Some(target));
+    }
+    shutdown(nodes).await;
+}

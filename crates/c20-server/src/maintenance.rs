@@ -121,11 +121,13 @@ impl Maintenance for MaintenanceService {
 
     async fn move_leader(
         &self,
-        _request: Request<MoveLeaderRequest>,
+        request: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(Status::unimplemented(
-            "c20: move-leader is not supported yet",
-        ))
+        let target = request.into_inner().target_id;
+        self.shared.node.move_leader(target).await?;
+        let mut resp = MoveLeaderResponse::default();
+        self.shared.fill_header(&mut resp.header);
+        Ok(Response::new(resp))
     }
 
     async fn downgrade(
