@@ -125,6 +125,10 @@ pub struct BenchArgs {
     /// Print one JSON line instead of the table, and no progress bar.
     #[arg(long)]
     json: bool,
+    /// A new random value for every write (by default each client repeats one value, which
+    /// makes the stored data far more compressible than real data).
+    #[arg(long)]
+    fresh_values: bool,
 }
 
 /// When the timed run ends.
@@ -143,6 +147,7 @@ struct Plan {
     conns: u64,
     key_size: usize,
     val_size: usize,
+    fresh_values: bool,
     key_space: u64,
     limit: Limit,
     /// `Some` exactly for the workloads that read (get, mixed).
@@ -275,6 +280,7 @@ impl BenchArgs {
             conns: self.conns,
             key_size,
             val_size: self.val_size as usize,
+            fresh_values: self.fresh_values,
             key_space: self.key_space,
             limit,
             consistency,
@@ -493,6 +499,7 @@ struct Shared {
     key_space: u64,
     read_ratio: f64,
     serializable: bool,
+    fresh_values: bool,
     /// The `c20-consistency` value sent with every request, if the workload has a level.
     consistency: Option<AsciiMetadataValue>,
     timeout: Duration,
@@ -512,6 +519,7 @@ impl Shared {
             key_size: plan.key_size,
             key_space: plan.key_space,
             read_ratio: plan.read_ratio.unwrap_or(0.0),
+            fresh_values: plan.fresh_values,
             serializable: plan.consistency == Some(ConsistencyLevel::Eventual),
             consistency: plan
                 .consistency
@@ -629,9 +637,12 @@ async fn client_loop(
     val_size: usize,
 ) -> ClientStats {
     let mut rng = SmallRng::seed_from_u64(seed);
-    let value = random_value(&mut rng, val_size);
+    let mut value = random_value(&mut rng, val_size);
     let mut stats = ClientStats::new();
     while s.take_slot() {
+        if s.fresh_values {
+            value = random_value(&mut rng, val_size);
+        }
         let key = format_key(rng.random_range(0..s.key_space), s.key_size);
         let op = match s.workload {
             Workload::Put => Op::Put,

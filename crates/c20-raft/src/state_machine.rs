@@ -172,6 +172,8 @@ pub struct SmShared {
     /// Where the latest snapshot is kept: a file, or memory for an in-memory state machine.
     snapshot_path: Option<PathBuf>,
     snapshot_mem: Mutex<Option<Vec<u8>>>,
+    /// The latest snapshot's meta, once known: sending a snapshot then needs no decoding.
+    snapshot_meta: Mutex<Option<SnapshotMeta>>,
     checkpoint: Mutex<(Instant, u64)>,
     /// The store's current revision, announced after every applied batch (watchers wait on it).
     revision: tokio::sync::watch::Sender<i64>,
@@ -235,15 +237,15 @@ impl SmShared {
         Ok(())
     }
 
-    /// Keeps `raw` as the latest snapshot, durably when the state machine has a directory.
-    fn save_snapshot(&self, raw: &[u8]) -> Result<(), StorageError> {
+    /// Keeps `raw` (whose meta is `meta`) as the latest snapshot, durably when the state
+    /// machine has a directory.
+    fn save_snapshot(&self, raw: &[u8], meta: &SnapshotMeta) -> Result<(), StorageError> {
         match &self.snapshot_path {
-            Some(path) => meta_file::write(path, raw),
-            None => {
-                *self.snapshot_mem.lock().expect("snapshot lock") = Some(raw.to_vec());
-                Ok(())
-            }
+            Some(path) => meta_file::write(path, raw)?,
+            None => *self.snapshot_mem.lock().expect("snapshot lock") = Some(raw.to_vec()),
         }
+        *self.snapshot_meta.lock().expect("snapshot lock") = Some(meta.clone());
+        Ok(())
     }
 
     /// A full snapshot container of the store as it is now, and its revision (for backups:
@@ -332,6 +334,7 @@ impl StateMachine {
                 applied: RwLock::new(applied),
                 snapshot_path,
                 snapshot_mem: Mutex::new(None),
+                snapshot_meta: Mutex::new(None),
                 checkpoint: Mutex::new((Instant::now(), 0)),
                 installed: Default::default(),
             }),
@@ -416,9 +419,23 @@ impl StateMachine {
         let Some(raw) = raw else {
             return Ok(None);
         };
-        let payload = SnapshotPayload::decode(&raw)?;
+        let cached = self
+            .shared
+            .snapshot_meta
+            .lock()
+            .expect("snapshot lock")
+            .clone();
+        let meta = match cached {
+            Some(meta) => meta,
+            None => {
+                // First use since start: the meta is inside the payload.
+                let meta = SnapshotPayload::decode(&raw)?.meta;
+                *self.shared.snapshot_meta.lock().expect("snapshot lock") = Some(meta.clone());
+                meta
+            }
+        };
         Ok(Some(Snapshot {
-            meta: payload.meta,
+            meta,
             snapshot: raw,
         }))
     }
@@ -449,7 +466,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 image,
             };
             let raw = payload.encode()?;
-            shared.save_snapshot(&raw).map_err(io_err)?;
+            shared.save_snapshot(&raw, &payload.meta).map_err(io_err)?;
             Ok(Snapshot {
                 meta: payload.meta,
                 snapshot: raw,
@@ -502,6 +519,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let meta = meta.clone();
         tokio::task::spawn_blocking(move || -> io::Result<()> {
             let received_bytes = snapshot.len();
+            let started = Instant::now();
             let payload = SnapshotPayload::decode(&snapshot)?;
             let applied = Applied {
                 last_applied: meta.last_log_id,
@@ -533,7 +551,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 .encode()?
             };
             drop(store);
-            shared.save_snapshot(&full).map_err(io_err)?;
+            shared.save_snapshot(&full, &meta).map_err(io_err)?;
             shared.installed[usize::from(payload.base != 0)].fetch_add(1, Ordering::Relaxed);
             tracing::info!(
                 kind = if payload.base == 0 {
@@ -543,6 +561,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 },
                 received_bytes,
                 revision = shared.read(|s| s.current_revision()),
+                took_ms = started.elapsed().as_millis() as u64,
                 "installed a snapshot from the leader"
             );
             Ok(())

@@ -495,63 +495,68 @@ impl MvccStore {
         if let Some(e) = &self.failed {
             return Err(StorageError::Failed(e.clone()));
         }
-        self.pending = PendingRows::default();
-        let Some(db) = &self.db else {
-            self.index.clear();
-            for (main, sub, row) in &image.events {
-                index_row(&mut self.index, *main, *sub, row)?;
-            }
-            self.leases = image
-                .leases
-                .iter()
-                .map(|(id, ttl)| (*id, lease::Lease::new(*ttl)))
-                .collect();
-            self.current_rev = image.current_rev;
-            self.compact_rev = image.compact_rev;
-            self.applied = applied;
-            self.rebuild_derived();
-            return Ok(());
-        };
-        let res = (|| -> Result<(), StorageError> {
-            let mut w = db.begin_write().map_err(redb::Error::from)?;
-            w.set_durability(Durability::Immediate)
-                .map_err(|e| StorageError::Redb(e.to_string()))?;
-            w.delete_table(EVENTS).map_err(redb::Error::from)?;
-            {
-                let mut events = w.open_table(EVENTS).map_err(redb::Error::from)?;
-                for (main, sub, row) in &image.events {
-                    events
-                        .insert((*main, *sub), row.as_slice())
+        // Decode every row first: a bad image changes nothing.
+        let mut index = BTreeMap::new();
+        for (main, sub, row) in &image.events {
+            index_row(&mut index, *main, *sub, row)?;
+        }
+        for history in index.values_mut() {
+            history.sort_by_key(|e: &KeyEvent| (e.main, e.sub));
+        }
+        if let Some(db) = &self.db {
+            let res = (|| -> Result<(), StorageError> {
+                let mut w = db.begin_write().map_err(redb::Error::from)?;
+                w.set_durability(Durability::Immediate)
+                    .map_err(|e| StorageError::Redb(e.to_string()))?;
+                w.delete_table(EVENTS).map_err(redb::Error::from)?;
+                {
+                    // In the table's own order: appending to a B-tree is far cheaper than
+                    // inserting all over it.
+                    let mut rows: Vec<_> = image.events.iter().collect();
+                    rows.sort_unstable_by_key(|(main, sub, _)| (*main, *sub));
+                    let mut events = w.open_table(EVENTS).map_err(redb::Error::from)?;
+                    for (main, sub, row) in rows {
+                        events
+                            .insert((*main, *sub), row.as_slice())
+                            .map_err(redb::Error::from)?;
+                    }
+                    let mut meta = w.open_table(META).map_err(redb::Error::from)?;
+                    meta.insert(META_CURRENT_REV, image.current_rev.to_le_bytes().as_slice())
+                        .map_err(redb::Error::from)?;
+                    meta.insert(META_COMPACT_REV, image.compact_rev.to_le_bytes().as_slice())
+                        .map_err(redb::Error::from)?;
+                    meta.insert(META_APPLIED, applied.as_slice())
                         .map_err(redb::Error::from)?;
                 }
-                let mut meta = w.open_table(META).map_err(redb::Error::from)?;
-                meta.insert(META_CURRENT_REV, image.current_rev.to_le_bytes().as_slice())
-                    .map_err(redb::Error::from)?;
-                meta.insert(META_COMPACT_REV, image.compact_rev.to_le_bytes().as_slice())
-                    .map_err(redb::Error::from)?;
-                meta.insert(META_APPLIED, applied.as_slice())
-                    .map_err(redb::Error::from)?;
-            }
-            w.delete_table(LEASES).map_err(redb::Error::from)?;
-            {
-                let mut leases = w.open_table(LEASES).map_err(redb::Error::from)?;
-                for (id, ttl) in &image.leases {
-                    leases.insert(*id, *ttl).map_err(redb::Error::from)?;
+                w.delete_table(LEASES).map_err(redb::Error::from)?;
+                {
+                    let mut leases = w.open_table(LEASES).map_err(redb::Error::from)?;
+                    for (id, ttl) in &image.leases {
+                        leases.insert(*id, *ttl).map_err(redb::Error::from)?;
+                    }
                 }
+                w.commit().map_err(redb::Error::from)?;
+                Ok(())
+            })();
+            if let Err(e) = res {
+                self.failed = Some(e.to_string());
+                return Err(e);
             }
-            w.commit().map_err(redb::Error::from)?;
-            Ok(())
-        })();
-        if let Err(e) = res {
-            self.failed = Some(e.to_string());
-            return Err(e);
         }
-        self.index.clear();
-        self.leases.clear();
+        // The file now holds exactly the image; the memory copy follows from the rows decoded
+        // above rather than from reading them back.
         self.pending = PendingRows::default();
-        self.current_rev = 1;
-        self.compact_rev = 0;
-        self.load()
+        self.index = index;
+        self.leases = image
+            .leases
+            .iter()
+            .map(|(id, ttl)| (*id, lease::Lease::new(*ttl)))
+            .collect();
+        self.current_rev = image.current_rev;
+        self.compact_rev = image.compact_rev;
+        self.applied = applied;
+        self.rebuild_derived();
+        Ok(())
     }
 
     /// Brings the store to the image `delta` was cut from (see [`MvccImage::since`]): keeps
