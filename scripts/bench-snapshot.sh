@@ -106,7 +106,11 @@ for flavor in etcd c20; do
     target=$(revision "127.0.0.1:${ports[0]}")
     t0=$(now)
     start_member "$flavor" n3 "${ports[4]}" "${ports[5]}" "$cluster" new
-    while [ "$(revision "127.0.0.1:${ports[4]}")" -lt "$target" ]; do sleep 0.05; done
+    deadline=$(( $(date +%s) + 300 ))
+    while [ "$(revision "127.0.0.1:${ports[4]}")" -lt "$target" ]; do
+        [ "$(date +%s)" -lt "$deadline" ] || { echo "$flavor: n3 never caught up" >&2; exit 1; }
+        sleep 0.05
+    done
     R[$flavor/catchup]=$(elapsed "$t0")
     if grep -qiE 'installed a snapshot|applied incoming snapshot|restored snapshot|applying snapshot' "$WORK/$flavor-n3.log"; then
         R[$flavor/via]=snapshot
@@ -122,12 +126,20 @@ for flavor in etcd c20; do
 
     # promote (etcd refuses a member add until every member has been connected for a while:
     # the clock starts once the add is accepted)
-    until add=$(etcdctl --endpoints "$eps" member add n4 --learner \
-        --peer-urls "http://127.0.0.1:${ports[7]}" 2>/dev/null); do sleep 0.2; done
+    deadline=$(( $(date +%s) + 120 ))
+    until etcdctl --endpoints "$eps" member list 2>/dev/null | grep -q "http://127.0.0.1:${ports[7]}"; do
+        [ "$(date +%s)" -lt "$deadline" ] || { echo "$flavor: member add never accepted" >&2; exit 1; }
+        etcdctl --endpoints "$eps" member add n4 --learner \
+            --peer-urls "http://127.0.0.1:${ports[7]}" >/dev/null 2>&1 || sleep 0.2
+    done
     t0=$(now)
-    id=$(echo "$add" | sed -n 's/^Member \([0-9a-f]*\) added.*/\1/p')
+    id=$(etcdctl --endpoints "$eps" member list | grep "http://127.0.0.1:${ports[7]}" | cut -d, -f1)
     start_member "$flavor" n4 "${ports[6]}" "${ports[7]}" "$cluster,n4=http://127.0.0.1:${ports[7]}" existing
-    until etcdctl --endpoints "$eps" member promote "$id" >/dev/null 2>&1; do sleep 0.05; done
+    deadline=$(( $(date +%s) + 120 ))
+    until err=$(etcdctl --endpoints "$eps" member promote "$id" 2>&1); do
+        [ "$(date +%s)" -lt "$deadline" ] || { echo "$flavor: promote of $id never accepted: $err" >&2; exit 1; }
+        sleep 0.05
+    done
     R[$flavor/promote]=$(elapsed "$t0")
 
     for key in "${!PID[@]}"; do

@@ -216,6 +216,9 @@ impl RaftNode {
             max_in_snapshot_log_to_keep: cfg.snapshot_catchup_entries,
             // Appends carry up to this many entries; a bigger batch amortizes the per-RPC work.
             max_payload_entries: 1024,
+            // Retries to an unreachable peer: 100, 200, 400 ms, then every 500 ms (openraft's
+            // default caps at 1 s), so a restarted member is noticed within half a second.
+            backoff: "100ms 200ms ...500ms".to_string(),
             ..Default::default()
         }
         .validate()

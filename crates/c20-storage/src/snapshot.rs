@@ -31,8 +31,9 @@ const TRAILER_LEN: usize = 4;
 /// Payloads at least this large are compressed.
 pub const COMPRESS_MIN_BYTES: usize = 4096;
 
-/// zstd level: 3 is zstd's default, the usual balance of speed and ratio.
-const ZSTD_LEVEL: i32 = 3;
+/// zstd level 1: on store images it compresses as well as the default level 3, three times
+/// faster (`cargo run --release -p c20-storage --example snapshot_sizes`, docs/BENCHMARKS.md).
+const ZSTD_LEVEL: i32 = 1;
 
 /// Largest payload a container may announce; anything larger is taken as corruption rather
 /// than allocated.
