@@ -219,6 +219,12 @@ impl RaftNode {
             // Retries to an unreachable peer: 100, 200, 400 ms, then every 500 ms (openraft's
             // default caps at 1 s), so a restarted member is noticed within half a second.
             backoff: "100ms 200ms ...500ms".to_string(),
+            // A restarted leader must win an election again. openraft would otherwise let it
+            // resume at once, and since the store is checkpointed lazily and the commit index
+            // is not persisted, it could then answer ReadIndex with a stale index: the chaos
+            // test (crates/c20-cli/tests/chaos.rs) caught linearizable reads served below an
+            // acknowledged write right after a leader was killed and restarted.
+            enable_leader_restore: Some(false),
             ..Default::default()
         }
         .validate()

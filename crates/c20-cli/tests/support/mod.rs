@@ -17,6 +17,8 @@
 //! on failure the tail of every member's log is printed.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use regex::{Captures, Regex};
 use std::cell::{Cell, OnceCell, RefCell};
 use std::fs::OpenOptions;
@@ -265,7 +267,10 @@ impl Flavor {
 pub struct Member {
     pub name: String,
     pub client_port: u16,
+    /// Where the member listens for peers.
     pub peer_port: u16,
+    /// Where peers are told to reach it, when that is a proxy in front of `peer_port`.
+    pub advertised_peer_port: Option<u16>,
     pub data_dir: PathBuf,
     pub log_path: PathBuf,
     pub child: Option<Child>,
@@ -281,8 +286,12 @@ impl Member {
     pub fn client_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.client_port)
     }
+    /// The peer URL other members use (the proxy's, when there is one).
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!(
+            "http://127.0.0.1:{}",
+            self.advertised_peer_port.unwrap_or(self.peer_port)
+        )
     }
     pub fn is_running(&self) -> bool {
         self.child.is_some()
@@ -371,6 +380,7 @@ impl Cluster {
                 name: format!("n{}", i + 1),
                 client_port: ports[2 * i],
                 peer_port: ports[2 * i + 1],
+                advertised_peer_port: None,
                 data_dir: dir.path().join(format!("n{}", i + 1)),
                 log_path: dir.path().join(format!("n{}.log", i + 1)),
                 child: None,
@@ -418,7 +428,10 @@ impl Cluster {
             ("--data-dir", m.data_dir.to_string_lossy().into_owned()),
             ("--listen-client-urls", m.client_url()),
             ("--advertise-client-urls", m.client_url()),
-            ("--listen-peer-urls", m.peer_url()),
+            (
+                "--listen-peer-urls",
+                format!("http://127.0.0.1:{}", m.peer_port),
+            ),
             ("--initial-advertise-peer-urls", m.peer_url()),
             ("--initial-cluster", initial),
             ("--initial-cluster-state", "new".to_string()),
