@@ -51,14 +51,26 @@ struct Shared {
     violations: Mutex<Vec<String>>,
 }
 
-/// A client to the member at `endpoints[*next % n]`, moving on after each failure.
-async fn client_at(endpoints: &[String], next: &mut usize) -> Option<Client> {
-    let ep = &endpoints[*next % endpoints.len()];
-    *next += 1;
-    tokio::time::timeout(Duration::from_secs(2), Client::connect(&[ep.as_str()]))
-        .await
-        .ok()?
-        .ok()
+/// `client` if it is there, else a connection to the member at `endpoints[*next % n]`
+/// (moving on for the next call), else `None` after a short pause.
+async fn client_at<'a>(
+    client: &'a mut Option<Client>,
+    endpoints: &[String],
+    next: &mut usize,
+) -> Option<&'a mut Client> {
+    if client.is_none() {
+        let ep = &endpoints[*next % endpoints.len()];
+        *next += 1;
+        let eps = [ep.as_str()];
+        *client = tokio::time::timeout(Duration::from_secs(2), Client::connect(&eps))
+            .await
+            .ok()
+            .and_then(Result::ok);
+        if client.is_none() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    client.as_mut()
 }
 
 async fn writer(id: usize, endpoints: Vec<String>, s: Arc<Shared>) {
@@ -67,16 +79,11 @@ async fn writer(id: usize, endpoints: Vec<String>, s: Arc<Shared>) {
     let mut last_rev = 0i64;
     let mut seq = 0u64;
     while !s.stop.load(Ordering::Relaxed) {
-        if client.is_none() {
-            client = client_at(&endpoints, &mut next).await;
-            if client.is_none() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        }
+        let Some(c) = client_at(&mut client, &endpoints, &mut next).await else {
+            continue;
+        };
         let key = format!("w/{id}/{seq:08}");
         seq += 1;
-        let c = client.as_mut().expect("connected");
         match tokio::time::timeout(Duration::from_secs(5), c.put(key.clone(), seq.to_string()))
             .await
         {
@@ -105,15 +112,10 @@ async fn reader(endpoints: Vec<String>, s: Arc<Shared>) {
     let started = Instant::now();
     let mut last_rev = 0i64;
     while !s.stop.load(Ordering::Relaxed) {
-        if client.is_none() {
-            client = client_at(&endpoints, &mut next).await;
-            if client.is_none() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        }
         let floor = s.max_acked_rev.load(Ordering::SeqCst);
-        let c = client.as_mut().expect("connected");
+        let Some(c) = client_at(&mut client, &endpoints, &mut next).await else {
+            continue;
+        };
         let req = RangeRequest {
             key: b"w/".to_vec(),
             range_end: prefix_end(b"w/"),

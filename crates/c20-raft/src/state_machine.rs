@@ -208,6 +208,28 @@ impl SmShared {
         )
     }
 
+    /// Makes an in-memory store lose, at [`SmShared::lose_unsynced`], what its last checkpoint
+    /// did not cover, as a store on disk does at a crash (simulation).
+    pub fn model_disk(&self) {
+        self.store.write().expect("store lock").model_disk();
+    }
+
+    /// What a crash does to the state machine: back to its last checkpoint (openraft re-applies
+    /// the log above it at the next start).
+    pub fn lose_unsynced(&self) -> Result<(), StorageError> {
+        let mut store = self.store.write().expect("store lock");
+        store.lose_unsynced()?;
+        let applied: Applied = if store.applied().is_empty() {
+            Applied::default()
+        } else {
+            postcard::from_bytes(store.applied())
+                .map_err(|e| StorageError::Corrupt(format!("applied record: {e}")))?
+        };
+        *self.applied.write().expect("applied lock") = applied;
+        self.announce_revision(store.current_revision());
+        Ok(())
+    }
+
     /// Threads for the parallel reads of an applied batch (1 = strictly serial apply).
     pub fn set_apply_threads(&self, threads: usize) {
         self.store

@@ -303,6 +303,22 @@ async fn write_many(node: &RaftNode, prefix: &str, n: usize) {
     }
 }
 
+/// Writes rounds of keys `{prefix}{round}-…` through `leader` until it purged its log past
+/// `index`.
+async fn write_until_purged_past(leader: &RaftNode, index: u64, prefix: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut round = 0;
+    while leader.status().purged_index <= index {
+        assert!(
+            Instant::now() < deadline,
+            "leader never purged: {:?}",
+            leader.status()
+        );
+        write_many(leader, &format!("{prefix}{round}-"), 400).await;
+        round += 1;
+    }
+}
+
 /// Waits until `node` has applied at least up to `index`.
 async fn until_applied(node: &RaftNode, index: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -336,17 +352,7 @@ async fn a_follower_behind_the_purged_log_catches_up_from_incremental_then_full_
     // Behind the purged log with its history intact below: only the increment is sent.
     router.isolate(follower);
     let behind = f.status().last_log_index;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut round = 0;
-    while l.status().purged_index <= behind {
-        assert!(
-            Instant::now() < deadline,
-            "leader never purged: {:?}",
-            l.status()
-        );
-        write_many(l, &format!("b{round}-"), 400).await;
-        round += 1;
-    }
+    write_until_purged_past(l, behind, "b").await;
     router.heal(follower);
     until_applied(f, l.status().applied_index).await;
     assert_eq!(f.status().snapshots_installed, (0, 1));
@@ -365,16 +371,7 @@ async fn a_follower_behind_the_purged_log_catches_up_from_incremental_then_full_
     )))
     .await
     .unwrap();
-    let mut round = 0;
-    while l.status().purged_index <= behind {
-        assert!(
-            Instant::now() < deadline,
-            "leader never purged: {:?}",
-            l.status()
-        );
-        write_many(l, &format!("d{round}-"), 400).await;
-        round += 1;
-    }
+    write_until_purged_past(l, behind, "d").await;
     router.heal(follower);
     until_applied(f, l.status().applied_index).await;
     assert_eq!(f.status().snapshots_installed, (1, 1));

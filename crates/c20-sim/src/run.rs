@@ -1,7 +1,7 @@
 //! A seeded workload under faults on a [`LocalReplicator`], recorded as a history.
 //!
 //! Clients put, delete and read a small key space while a fault task isolates, heals, crashes
-//! and restarts replicas. The seed fixes the client choices and the fault schedule; thread
+//! and restarts replicas. A crash loses what the replica's store had not checkpointed. The seed fixes the client choices and the fault schedule; thread
 //! scheduling is not under its control, so a seed reproduces the same workload and faults but
 //! not always the same interleaving.
 
@@ -22,6 +22,9 @@ pub struct RunConfig {
     pub read_level: ConsistencyLevel,
     /// Whether the fault task runs.
     pub faults: bool,
+    /// Whether a crash loses the store changes since the replica's last checkpoint, as a real
+    /// crash does (the log survives: it is fsynced before anything is acknowledged).
+    pub lose_unsynced: bool,
 }
 
 impl Default for RunConfig {
@@ -35,6 +38,7 @@ impl Default for RunConfig {
             write_level: ConsistencyLevel::Quorum,
             read_level: ConsistencyLevel::Strong,
             faults: true,
+            lose_unsynced: true,
         }
     }
 }
@@ -64,8 +68,12 @@ impl Rng {
 
 /// Runs the workload and returns every recorded operation.
 pub async fn run(cfg: &RunConfig) -> Vec<Op> {
-    let rep = LocalReplicator::try_new(cfg.replicas, cfg.replicas / 2 + 1, cfg.replicas / 2 + 1)
-        .expect("valid replicator parameters");
+    let majority = cfg.replicas / 2 + 1;
+    let mut builder = LocalReplicator::builder(cfg.replicas, majority, majority);
+    if cfg.lose_unsynced {
+        builder = builder.crash_loses_unsynced();
+    }
+    let rep = builder.build().expect("valid replicator parameters");
     let clock = Arc::new(AtomicU64::new(0));
     let history = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

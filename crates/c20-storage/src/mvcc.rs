@@ -186,6 +186,10 @@ pub struct MvccStore {
     failed: Option<String>,
     /// Threads for the parallel phase of [`MvccStore::apply_batch`]; 1 = strictly serial.
     apply_threads: usize,
+    /// For a store in memory that models a disk (simulation): what the last checkpoint made
+    /// durable, which [`MvccStore::lose_unsynced`] goes back to.
+    durable: Option<Box<(MvccImage, Vec<u8>)>>,
+    models_disk: bool,
 }
 
 impl MvccStore {
@@ -214,6 +218,8 @@ impl MvccStore {
             pending: PendingRows::default(),
             failed: None,
             apply_threads: 1,
+            durable: None,
+            models_disk: false,
         }
     }
 
@@ -641,6 +647,45 @@ impl MvccStore {
         self.applied = applied;
     }
 
+    /// Makes a store held in memory behave like one on disk at a crash: checkpoints keep a copy
+    /// of what they made "durable", and [`MvccStore::lose_unsynced`] returns to it. For the
+    /// simulator, which must see what a real crash loses.
+    pub fn model_disk(&mut self) {
+        self.models_disk = true;
+    }
+
+    /// What a crash does to the store: everything applied since the last checkpoint is gone. A
+    /// store on disk reloads its file; one in memory that models a disk returns to its last
+    /// checkpoint; any other store in memory keeps everything.
+    pub fn lose_unsynced(&mut self) -> Result<(), StorageError> {
+        self.pending = PendingRows::default();
+        self.failed = None;
+        if self.db.is_some() {
+            self.index.clear();
+            self.leases.clear();
+            self.current_rev = 1;
+            self.compact_rev = 0;
+            self.applied = Vec::new();
+            return self.load();
+        }
+        if !self.models_disk {
+            return Ok(());
+        }
+        match self.durable.clone() {
+            Some(d) => {
+                let (image, applied) = *d;
+                self.import(image, applied)
+            }
+            None => {
+                let threads = self.apply_threads;
+                *self = Self::empty(None, None);
+                self.models_disk = true;
+                self.apply_threads = threads;
+                Ok(())
+            }
+        }
+    }
+
     /// Makes everything applied so far durable (one fsync).
     pub fn checkpoint(&mut self) -> Result<(), StorageError> {
         if let Some(e) = &self.failed {
@@ -661,6 +706,9 @@ impl MvccStore {
     fn flush(&mut self) -> Result<(), StorageError> {
         let pending = std::mem::take(&mut self.pending);
         let Some(db) = &self.db else {
+            if self.models_disk {
+                self.durable = Some(Box::new((self.export(), self.applied.clone())));
+            }
             return Ok(());
         };
         let mut w = db.begin_write().map_err(redb::Error::from)?;

@@ -776,3 +776,27 @@ fn incremental_snapshot_is_refused_when_history_above_the_base_is_gone() {
     assert!(e.to_string().contains("this store is at 1"), "{e}");
     assert_eq!(behind.current_revision(), 1);
 }
+
+#[test]
+fn a_crash_loses_what_the_last_checkpoint_did_not_make_durable() {
+    let (_d, on_disk) = store();
+    let mut in_memory = MvccStore::in_memory().unwrap();
+    in_memory.model_disk();
+    for mut s in [on_disk, in_memory] {
+        put(&mut s, "a", "1");
+        s.set_applied(b"one".to_vec());
+        s.checkpoint().unwrap();
+        put(&mut s, "b", "2");
+        s.set_applied(b"two".to_vec());
+        s.lose_unsynced().unwrap();
+        assert!(get(&s, "a").is_some());
+        assert!(get(&s, "b").is_none());
+        assert_eq!(s.current_revision(), 2);
+        assert_eq!(s.applied(), b"one");
+    }
+    // A plain in-memory store keeps everything (nothing models a disk).
+    let mut plain = MvccStore::in_memory().unwrap();
+    put(&mut plain, "a", "1");
+    plain.lose_unsynced().unwrap();
+    assert!(get(&plain, "a").is_some());
+}

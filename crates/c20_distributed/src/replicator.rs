@@ -146,12 +146,21 @@ pub struct Builder {
     r: usize,
     w: usize,
     dir: Option<PathBuf>,
+    crash_loses_unsynced: bool,
 }
 
 impl Builder {
     /// Keep each replica's log and store under `dir/r<i>` instead of in memory.
     pub fn dir(mut self, dir: impl Into<PathBuf>) -> Builder {
         self.dir = Some(dir.into());
+        self
+    }
+
+    /// In memory, make [`LocalReplicator::crash`] lose what a real crash loses: every store
+    /// change since the replica's last checkpoint (the log, fsynced before any acknowledgement,
+    /// survives). By default an in-memory crash keeps the store whole.
+    pub fn crash_loses_unsynced(mut self) -> Builder {
+        self.crash_loses_unsynced = true;
         self
     }
 
@@ -217,7 +226,13 @@ impl LocalReplicator {
     }
 
     pub fn builder(n: usize, r: usize, w: usize) -> Builder {
-        Builder { n, r, w, dir: None }
+        Builder {
+            n,
+            r,
+            w,
+            dir: None,
+            crash_loses_unsynced: false,
+        }
     }
 
     fn start(b: Builder) -> Result<LocalReplicator, ConfigError> {
@@ -244,6 +259,7 @@ impl LocalReplicator {
             let peers = peers.clone();
             let router = router.clone();
             let dir = b.dir.clone();
+            let crash_loses_unsynced = b.crash_loses_unsynced;
             rt.spawn(async move {
                 let mut replicas = Vec::new();
                 for &id in peers.keys() {
@@ -251,6 +267,12 @@ impl LocalReplicator {
                     let res = if cfg.in_memory {
                         let log = c20_raft::log_store::LogStore::in_memory();
                         match c20_raft::state_machine::StateMachine::in_memory() {
+                            Ok(sm) if crash_loses_unsynced => {
+                                sm.shared().model_disk();
+                                RaftNode::start_with(cfg, log.clone(), sm.clone())
+                                    .await
+                                    .map(|node| (node, Some((log, sm))))
+                            }
                             Ok(sm) => RaftNode::start_with(cfg, log.clone(), sm.clone())
                                 .await
                                 .map(|node| (node, Some((log, sm)))),
@@ -665,6 +687,12 @@ impl LocalReplicator {
                     Ok(())
                 })
                 .await;
+            if let Some((_, sm)) = &self.inner.replicas.read().expect("replicas lock")[i].disk {
+                // Restoring the store's own checkpoint image fails only on a bug.
+                sm.shared()
+                    .lose_unsynced()
+                    .expect("a crashed replica returns to its last checkpoint");
+            }
         }
     }
 
