@@ -26,9 +26,9 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-command -v etcd >/dev/null || { echo "etcd not found: apt-get install etcd-server" >&2; exit 1; }
-cargo build --release -q -p c20-cli
-C20=target/release/c20
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+need_etcd_and_c20
 WORK=$(mktemp -d /tmp/c20-bench-snap-XXXXXX)
 declare -A PID
 cleanup() {
@@ -38,16 +38,6 @@ cleanup() {
 }
 trap cleanup EXIT
 export ETCDCTL_API=3
-
-free_ports() {
-    python3 - "$1" <<'PY'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-for s in socks: s.close()
-PY
-}
 
 now() { python3 -c 'import time; print(time.monotonic())'; }
 elapsed() { python3 -c "print(f'{$(now) - $1:.2f}')"; }

@@ -26,9 +26,9 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-command -v etcd >/dev/null || { echo "etcd not found: apt-get install etcd-server" >&2; exit 1; }
-cargo build --release -q -p c20-cli
-C20=target/release/c20
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+need_etcd_and_c20
 WORK=$(mktemp -d /tmp/c20-bench-XXXXXX)
 PIDS=()
 cleanup() {
@@ -37,17 +37,6 @@ cleanup() {
     rm -rf "$WORK"
 }
 trap cleanup EXIT
-
-# Six free loopback ports per cluster, found by binding port 0.
-free_ports() {
-    python3 - "$1" <<'PY'
-import socket, sys
-socks = [socket.socket() for _ in range(int(sys.argv[1]))]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-for s in socks: s.close()
-PY
-}
 
 start_cluster() { # flavor -> sets ENDPOINTS
     local flavor=$1 ports cluster="" i
