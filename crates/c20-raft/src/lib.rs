@@ -21,5 +21,5 @@ pub use consistency::PendingWrite;
 pub use lease::{LeaseAnswer, LeaseAsk, MAX_LEASE_TTL};
 pub use membership::ask_cluster_id;
 pub use node::{MemberInfo, NodeStatus, RaftNode, RaftNodeConfig};
-pub use transport::{LocalRouter, Transport};
+pub use transport::{LinkFaults, LocalRouter, Transport};
 pub use types::{Command, MemberAttrs, NodeId, Op, PeerNode, Reply};

@@ -106,6 +106,16 @@ impl LocalConnection {
         F: FnOnce(Arc<RaftNode>) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
+        let delay = self.router.delay();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        if self.router.loses() {
+            return Err(RPCError::Network(NetworkError::from_string(format!(
+                "message to {:x} lost",
+                self.target
+            ))));
+        }
         let node = self
             .router
             .route(self.from, self.target)
@@ -119,9 +129,9 @@ impl LocalConnection {
             }
             Ok(r) => r,
         };
-        if !self.router.can_reach(self.target, self.from) {
+        if !self.router.can_reach(self.target, self.from) || self.router.loses() {
             return Err(RPCError::Network(NetworkError::from_string(format!(
-                "reply from {:x} lost: link is cut",
+                "reply from {:x} lost",
                 self.target
             ))));
         }

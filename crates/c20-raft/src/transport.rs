@@ -1,11 +1,13 @@
 //! How members reach each other: gRPC between processes, or an in-process router for embedded
 //! clusters and tests. The router can drop traffic in either direction between any two members
-//! (isolation, asymmetric partitions) and forgets members that crashed.
+//! (isolation, asymmetric partitions), lose and delay Raft messages at random (seeded), and
+//! forgets members that crashed.
 
 use crate::node::RaftNode;
 use crate::types::NodeId;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock, Weak};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
 
 /// The way one node talks to its peers.
 #[derive(Clone, Default)]
@@ -26,12 +28,22 @@ impl std::fmt::Debug for Transport {
     }
 }
 
+/// Random trouble on every link: each Raft message (request or reply) is lost with
+/// probability `loss_per_mille` / 1000, and each request waits up to `delay_max` first.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LinkFaults {
+    pub loss_per_mille: u32,
+    pub delay_max: Duration,
+}
+
 /// Delivers calls between nodes of one process.
 #[derive(Default)]
 pub struct LocalRouter {
     nodes: RwLock<HashMap<NodeId, Weak<RaftNode>>>,
     /// (from, to) pairs whose traffic is dropped.
     blocked: RwLock<HashSet<(NodeId, NodeId)>>,
+    /// Random loss and delay, and the generator that draws them (splitmix64 state).
+    faults: Mutex<(LinkFaults, u64)>,
 }
 
 impl LocalRouter {
@@ -89,6 +101,36 @@ impl LocalRouter {
         self.blocked.write().expect("router lock").clear();
     }
 
+    /// Sets random loss and delay on every link, drawn from `seed` (all zero: none).
+    pub fn set_link_faults(&self, faults: LinkFaults, seed: u64) {
+        *self.faults.lock().expect("router lock") = (faults, seed);
+    }
+
+    fn draw(&self) -> (LinkFaults, u64) {
+        let mut f = self.faults.lock().expect("router lock");
+        f.1 = f.1.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = f.1;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (f.0, z ^ (z >> 31))
+    }
+
+    /// Whether the next message is lost (random, per [`LocalRouter::set_link_faults`]).
+    pub(crate) fn loses(&self) -> bool {
+        let (f, r) = self.draw();
+        f.loss_per_mille > 0 && (r % 1000) < u64::from(f.loss_per_mille)
+    }
+
+    /// How long the next message waits before it is delivered.
+    pub(crate) fn delay(&self) -> Duration {
+        let (f, r) = self.draw();
+        let max = f.delay_max.as_micros() as u64;
+        if max == 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_micros(r % (max + 1))
+    }
+
     /// Whether a message from `from` to `to` would be delivered now.
     pub fn can_reach(&self, from: NodeId, to: NodeId) -> bool {
         !self
@@ -115,5 +157,36 @@ impl LocalRouter {
             .get(&to)
             .and_then(Weak::upgrade)
             .ok_or_else(|| format!("member {to:x} is down"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn link_faults_lose_and_delay_as_configured() {
+        let r = LocalRouter::default();
+        assert!((0..100).all(|_| !r.loses() && r.delay().is_zero()));
+        let max = Duration::from_millis(20);
+        r.set_link_faults(
+            LinkFaults {
+                loss_per_mille: 100,
+                delay_max: max,
+            },
+            7,
+        );
+        let lost = (0..10_000).filter(|_| r.loses()).count();
+        assert!((700..1300).contains(&lost), "{lost} of 10,000 lost at 10%");
+        assert!((0..1000).all(|_| r.delay() <= max));
+        assert!((0..1000).any(|_| r.delay() > max / 2));
+        r.set_link_faults(
+            LinkFaults {
+                loss_per_mille: 1000,
+                delay_max: Duration::ZERO,
+            },
+            7,
+        );
+        assert!((0..100).all(|_| r.loses()));
     }
 }

@@ -1,7 +1,8 @@
 //! A seeded workload under faults on a [`LocalReplicator`], recorded as a history.
 //!
 //! Clients put, delete and read a small key space while a fault task isolates, heals, crashes
-//! and restarts replicas. A crash loses what the replica's store had not checkpointed. The seed fixes the client choices and the fault schedule; thread
+//! and restarts replicas, cuts single links one way, and loses and delays Raft messages at
+//! random. A crash loses what the replica's store had not checkpointed. The seed fixes the client choices and the fault schedule; thread
 //! scheduling is not under its control, so a seed reproduces the same workload and faults but
 //! not always the same interleaving.
 
@@ -87,9 +88,22 @@ pub async fn run(cfg: &RunConfig) -> Vec<Op> {
             let mut down: Vec<usize> = Vec::new();
             while !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_millis(30 + rng.below(120) as u64)).await;
-                match rng.below(4) {
+                match rng.below(7) {
                     0 => rep.isolate(rng.below(n)),
                     1 => rep.heal_all(),
+                    // An asymmetric partition: one direction of one link.
+                    4 if n > 1 => {
+                        let from = rng.below(n);
+                        rep.cut_one_way(from, (from + 1 + rng.below(n - 1)) % n);
+                    }
+                    // A lossy, slow network for a while: up to 10% of Raft messages lost, each
+                    // delayed up to 20 ms.
+                    5 => rep.set_link_faults(
+                        rng.below(101) as u32,
+                        Duration::from_millis(rng.below(21) as u64),
+                        rng.next_u64(),
+                    ),
+                    6 => rep.set_link_faults(0, Duration::ZERO, 0),
                     // Never more than a minority down at once.
                     2 if down.len() < (n - 1) / 2 => {
                         let i = rng.below(n);
@@ -106,6 +120,7 @@ pub async fn run(cfg: &RunConfig) -> Vec<Op> {
                 }
             }
             rep.heal_all();
+            rep.set_link_faults(0, Duration::ZERO, 0);
             for i in down {
                 let _ = rep.restart(i).await;
             }

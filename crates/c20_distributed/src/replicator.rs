@@ -675,6 +675,25 @@ impl LocalReplicator {
         self.inner.router.heal_all();
     }
 
+    /// Drops everything replica `from` sends to replica `to` (one direction only); undone by
+    /// [`LocalReplicator::heal`] or [`LocalReplicator::heal_all`].
+    pub fn cut_one_way(&self, from: usize, to: usize) {
+        let reps = self.inner.replicas.read().expect("replicas lock");
+        self.inner.router.block(reps[from].id, reps[to].id);
+    }
+
+    /// Loses and delays Raft messages between replicas at random (seeded): `loss_per_mille` of
+    /// them are dropped (requests or replies), each waits up to `delay_max`. Zero turns it off.
+    pub fn set_link_faults(&self, loss_per_mille: u32, delay_max: Duration, seed: u64) {
+        self.inner.router.set_link_faults(
+            c20_raft::LinkFaults {
+                loss_per_mille,
+                delay_max,
+            },
+            seed,
+        );
+    }
+
     /// Stops replica `i` abruptly (its storage stays, as a disk would).
     pub async fn crash(&self, i: usize) {
         let node = self.inner.replicas.write().expect("replicas lock")[i]
