@@ -349,7 +349,7 @@ fn whole_cluster_restart_keeps_data_and_revision() {
         .expect_ok("compact");
 
     c.stop_all();
-    c.restart_all();
+    c.start_all();
     c.wait_healthy(HEALTHY);
 
     for i in 0..c.len() {

@@ -9,14 +9,16 @@ use crate::network::peer_client;
 use crate::node::RaftNode;
 use crate::transport::Transport;
 use crate::types::{NodeId, PeerNode};
+use c20_api::c20peer::peer_client::PeerClient;
 use c20_api::c20peer::AskRequest;
 use c20_api::EtcdError;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
-use openraft::ChangeMembers;
+use openraft::{ChangeMembers, Membership};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
+use tonic::transport::Channel;
 
 /// etcd admits one learner at a time.
 pub const MAX_LEARNERS: usize = 1;
@@ -60,6 +62,41 @@ pub enum PeerAsk {
 pub enum PeerAnswer {
     Lease(crate::lease::LeaseAnswer),
     Admin(AdminAnswer),
+}
+
+/// Why a peer call ([`ask_peer`]) brought no answer.
+pub(crate) enum AskFailed {
+    /// Nothing came back in time.
+    NoAnswer,
+    /// The call failed (connection, or the peer refused the request).
+    Call(tonic::Status),
+}
+
+/// One `c20peer.Peer/Ask` call: `ask` to the peer behind `client`, and its answer.
+pub(crate) async fn ask_peer(
+    mut client: PeerClient<Channel>,
+    ask: &PeerAsk,
+    timeout: Duration,
+) -> Result<Result<PeerAnswer, EtcdError>, AskFailed> {
+    let body = match postcard::to_allocvec(ask) {
+        Ok(b) => b,
+        Err(e) => return Ok(Err(EtcdError::Internal(e.to_string()))),
+    };
+    match tokio::time::timeout(timeout, client.ask(AskRequest { ask: body })).await {
+        Err(_) => Err(AskFailed::NoAnswer),
+        Ok(Err(status)) => Err(AskFailed::Call(status)),
+        Ok(Ok(r)) => Ok(postcard::from_bytes::<Result<PeerAnswer, EtcdError>>(
+            &r.into_inner().result,
+        )
+        .unwrap_or_else(|e| Err(EtcdError::Internal(e.to_string())))),
+    }
+}
+
+/// Whether a member other than `except` already uses one of `urls`.
+fn urls_taken(membership: &Membership<NodeId, PeerNode>, except: NodeId, urls: &[String]) -> bool {
+    membership
+        .nodes()
+        .any(|(id, n)| *id != except && n.peer_urls.iter().any(|u| urls.contains(u)))
 }
 
 /// An openraft error of a membership change, as etcd's error.
@@ -170,10 +207,7 @@ impl RaftNode {
                 if membership.get_node(&id).is_some() {
                     return Err(EtcdError::MemberExist);
                 }
-                let taken = membership
-                    .nodes()
-                    .any(|(_, n)| n.peer_urls.iter().any(|u| node.peer_urls.contains(u)));
-                if taken {
+                if urls_taken(&membership, id, &node.peer_urls) {
                     return Err(EtcdError::PeerUrlExist);
                 }
                 if learner && learners.len() >= MAX_LEARNERS {
@@ -183,9 +217,8 @@ impl RaftNode {
                     .await
                     .map_err(write_error)?;
                 if !learner {
-                    raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                        .await
-                        .map_err(write_error)?;
+                    self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
+                        .await?;
                 }
             }
             AdminAsk::MemberPromote(id) => {
@@ -204,9 +237,8 @@ impl RaftNode {
                 if matched * 100 < last * LEARNER_READY_PERCENT {
                     return Err(EtcdError::LearnerNotReady);
                 }
-                raft.change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-                    .await
-                    .map_err(write_error)?;
+                self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id])))
+                    .await?;
             }
             AdminAsk::MemberRemove(id) => {
                 if membership.get_node(&id).is_none() {
@@ -218,9 +250,7 @@ impl RaftNode {
                     ChangeMembers::RemoveVoters(BTreeSet::from([id]))
                 };
                 let removed = membership.get_node(&id).cloned();
-                raft.change_membership(change, false)
-                    .await
-                    .map_err(write_error)?;
+                self.change(change).await?;
                 if let Some(node) = removed {
                     self.tell_removed(id, node);
                 }
@@ -229,26 +259,28 @@ impl RaftNode {
                 let Some(old) = membership.get_node(&id).cloned() else {
                     return Err(EtcdError::MemberNotFound);
                 };
-                let taken = membership.nodes().any(|(other, n)| {
-                    *other != id && n.peer_urls.iter().any(|u| peer_urls.contains(u))
-                });
-                if taken {
+                if urls_taken(&membership, id, &peer_urls) {
                     return Err(EtcdError::PeerUrlExist);
                 }
                 let node = PeerNode {
                     name: old.name,
                     peer_urls,
                 };
-                raft.change_membership(
-                    ChangeMembers::SetNodes(BTreeMap::from([(id, node)])),
-                    false,
-                )
-                .await
-                .map_err(write_error)?;
+                self.change(ChangeMembers::SetNodes(BTreeMap::from([(id, node)])))
+                    .await?;
                 self.forget_peer(id);
             }
         }
         Ok(AdminAnswer::Done)
+    }
+
+    /// Commits a membership change (openraft's joint consensus), as etcd's errors.
+    async fn change(&self, change: ChangeMembers<NodeId, PeerNode>) -> Result<(), EtcdError> {
+        self.raft()
+            .change_membership(change, false)
+            .await
+            .map(|_| ())
+            .map_err(write_error)
     }
 }
 
@@ -261,24 +293,14 @@ impl RaftNode {
             for _ in 0..50 {
                 let told = match &transport {
                     Transport::Grpc => {
-                        let Some(url) = node.peer_urls.first() else {
-                            return;
-                        };
-                        let Ok(mut client) = peer_client(url) else {
+                        let Some(client) = node.peer_urls.first().and_then(|u| peer_client(u).ok())
+                        else {
                             return;
                         };
                         let tell = PeerAsk::Admin(AdminAsk::YouAreRemoved(id));
-                        let Ok(ask) = postcard::to_allocvec(&tell) else {
-                            return;
-                        };
-                        matches!(
-                            tokio::time::timeout(
-                                Duration::from_secs(2),
-                                client.ask(AskRequest { ask })
-                            )
-                            .await,
-                            Ok(Ok(_))
-                        )
+                        ask_peer(client, &tell, Duration::from_secs(2))
+                            .await
+                            .is_ok()
                     }
                     Transport::Local(router) => match router.route(me, id) {
                         Ok(n) => {
@@ -301,28 +323,16 @@ impl RaftNode {
 /// cluster; the first answer wins.
 pub async fn ask_cluster_id(peer_urls: &[String], timeout: Duration) -> Result<u64, String> {
     let deadline = Instant::now() + timeout;
-    let body =
-        postcard::to_allocvec(&PeerAsk::Admin(AdminAsk::ClusterId)).map_err(|e| e.to_string())?;
+    let ask = PeerAsk::Admin(AdminAsk::ClusterId);
     let mut last = String::from("no peer URLs given");
     while Instant::now() < deadline {
         for url in peer_urls {
-            let mut client = peer_client(url)?;
-            let res = tokio::time::timeout(
-                Duration::from_secs(2),
-                client.ask(AskRequest { ask: body.clone() }),
-            )
-            .await;
-            match res {
-                Ok(Ok(r)) => {
-                    match postcard::from_bytes::<Result<PeerAnswer, EtcdError>>(
-                        &r.into_inner().result,
-                    ) {
-                        Ok(Ok(PeerAnswer::Admin(AdminAnswer::ClusterId(id)))) => return Ok(id),
-                        other => last = format!("{url}: unexpected answer {other:?}"),
-                    }
-                }
-                Ok(Err(e)) => last = format!("{url}: {}", e.message()),
-                Err(_) => last = format!("{url}: no answer"),
+            let client = peer_client(url)?;
+            match ask_peer(client, &ask, Duration::from_secs(2)).await {
+                Ok(Ok(PeerAnswer::Admin(AdminAnswer::ClusterId(id)))) => return Ok(id),
+                Ok(other) => last = format!("{url}: unexpected answer {other:?}"),
+                Err(AskFailed::Call(e)) => last = format!("{url}: {}", e.message()),
+                Err(AskFailed::NoAnswer) => last = format!("{url}: no answer"),
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

@@ -106,11 +106,11 @@ impl LocalConnection {
         F: FnOnce(Arc<RaftNode>) -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
-        let delay = self.router.delay();
+        let (delay, request_lost, reply_lost) = self.router.fate();
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        if self.router.loses() {
+        if request_lost {
             return Err(RPCError::Network(NetworkError::from_string(format!(
                 "message to {:x} lost",
                 self.target
@@ -129,7 +129,7 @@ impl LocalConnection {
             }
             Ok(r) => r,
         };
-        if !self.router.can_reach(self.target, self.from) || self.router.loses() {
+        if reply_lost || !self.router.can_reach(self.target, self.from) {
             return Err(RPCError::Network(NetworkError::from_string(format!(
                 "reply from {:x} lost",
                 self.target
@@ -252,13 +252,12 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
         cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
         _option: RPCOption,
     ) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>> {
-        let transfer = next_transfer_id();
         let meta = snapshot.meta;
         let full = snapshot.snapshot;
         let choose = Box::new(move |revision, compact_revision| {
             crate::state_machine::ship_for(full, revision, compact_revision)
         });
-        let sent = match self {
+        match self {
             PeerConnection::Grpc(c) => {
                 let client = c
                     .client
@@ -278,11 +277,7 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                         .await
                     }
                 };
-                let send = snapshot_transfer::send(call, transfer, vote, meta, choose, CHUNK_BYTES);
-                tokio::select! {
-                    r = send => r,
-                    closed = cancel => return Err(StreamingError::Closed(closed)),
-                }
+                transfer_snapshot(call, vote, meta, choose, cancel).await
             }
             PeerConnection::Local(c) => {
                 let call = |msg: SnapshotMsg| {
@@ -290,25 +285,41 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                         Ok::<_, std::convert::Infallible>(n.receive_snapshot(msg).await)
                     })
                 };
-                let send = snapshot_transfer::send(call, transfer, vote, meta, choose, CHUNK_BYTES);
-                tokio::select! {
-                    r = send => r,
-                    closed = cancel => return Err(StreamingError::Closed(closed)),
-                }
+                transfer_snapshot(call, vote, meta, choose, cancel).await
             }
-        };
-        match sent {
-            Ok((SnapshotAnswer::Installed(Ok(resp)), _)) => Ok(resp),
-            Ok((SnapshotAnswer::Installed(Err(fatal)), _)) => {
-                Err(StreamingError::Unreachable(Unreachable::new(&fatal)))
-            }
-            Ok((other, _)) => Err(StreamingError::Network(NetworkError::from_string(format!(
-                "snapshot transfer ended with {other:?}"
-            )))),
-            Err(SendError::Link(e)) => Err(e.into()),
-            Err(SendError::Refused(why)) => {
-                Err(StreamingError::Network(NetworkError::from_string(why)))
-            }
+        }
+    }
+}
+
+/// Runs one snapshot transfer over `call` (one message, one answer) until the receiver
+/// installed the snapshot, the transfer failed, or replication closed.
+async fn transfer_snapshot<F, Fut>(
+    call: F,
+    vote: Vote,
+    meta: crate::types::SnapshotMeta,
+    choose: Box<snapshot_transfer::Choose<'_>>,
+    cancel: impl Future<Output = ReplicationClosed>,
+) -> Result<SnapshotResponse<TypeConfig>, StreamingError<TypeConfig>>
+where
+    F: FnMut(SnapshotMsg) -> Fut,
+    Fut: Future<Output = Result<SnapshotAnswer, RPCError<TypeConfig>>>,
+{
+    let send = snapshot_transfer::send(call, next_transfer_id(), vote, meta, choose, CHUNK_BYTES);
+    let sent = tokio::select! {
+        r = send => r,
+        closed = cancel => return Err(StreamingError::Closed(closed)),
+    };
+    match sent {
+        Ok((SnapshotAnswer::Installed(Ok(resp)), _)) => Ok(resp),
+        Ok((SnapshotAnswer::Installed(Err(fatal)), _)) => {
+            Err(StreamingError::Unreachable(Unreachable::new(&fatal)))
+        }
+        Ok((other, _)) => Err(StreamingError::Network(NetworkError::from_string(format!(
+            "snapshot transfer ended with {other:?}"
+        )))),
+        Err(SendError::Link(e)) => Err(e.into()),
+        Err(SendError::Refused(why)) => {
+            Err(StreamingError::Network(NetworkError::from_string(why)))
         }
     }
 }

@@ -10,7 +10,7 @@
 use crate::batcher::{BatchConfig, Batcher};
 use crate::lease::Lessor;
 use crate::log_store::LogStore;
-use crate::membership::{PeerAnswer, PeerAsk};
+use crate::membership::{ask_peer, AskFailed, PeerAnswer, PeerAsk};
 use crate::network::{peer_client, Network, PEER_MESSAGE_BYTES_MAX};
 use crate::snapshot_transfer::{Incoming, SnapshotAnswer, SnapshotMsg};
 use crate::state_machine::{SmShared, StateMachine};
@@ -757,19 +757,11 @@ impl RaftNode {
         timeout: Duration,
     ) -> Result<PeerAnswer, EtcdError> {
         match &self.transport {
-            Transport::Grpc => {
-                let mut client = self.grpc_peer(to)?;
-                let body =
-                    postcard::to_allocvec(&ask).map_err(|e| EtcdError::Internal(e.to_string()))?;
-                match tokio::time::timeout(timeout, client.ask(AskRequest { ask: body })).await {
-                    Err(_) => Err(EtcdError::Timeout),
-                    Ok(Err(_)) => Err(EtcdError::NotLeader),
-                    Ok(Ok(r)) => postcard::from_bytes::<Result<PeerAnswer, EtcdError>>(
-                        &r.into_inner().result,
-                    )
-                    .map_err(|e| EtcdError::Internal(e.to_string()))?,
-                }
-            }
+            Transport::Grpc => match ask_peer(self.grpc_peer(to)?, &ask, timeout).await {
+                Ok(answer) => answer,
+                Err(AskFailed::NoAnswer) => Err(EtcdError::Timeout),
+                Err(AskFailed::Call(_)) => Err(EtcdError::NotLeader),
+            },
             Transport::Local(router) => {
                 self.call_local(
                     router,

@@ -13,7 +13,7 @@ use crate::types::{
     TypeConfig,
 };
 use c20_api::EtcdError;
-use c20_storage::mvcc::MvccImage;
+use c20_storage::mvcc::{ExportRefs, MvccImage};
 use c20_storage::snapshot::{self as container, Kind};
 use c20_storage::{meta_file, MvccStore, StorageError, WriteOp, WriteResult};
 use futures::{FutureExt, Stream, TryStreamExt};
@@ -54,6 +54,20 @@ struct SnapshotPayload {
 }
 
 impl SnapshotPayload {
+    /// A full snapshot of the store content `refs` (taken under the store's lock) as of
+    /// `applied`; encoding it later needs no lock.
+    fn full(refs: ExportRefs, applied: Applied) -> SnapshotPayload {
+        SnapshotPayload {
+            meta: SnapshotMeta {
+                last_log_id: applied.last_applied,
+                last_membership: applied.membership,
+            },
+            members: applied.members,
+            base: 0,
+            image: refs.into_image(),
+        }
+    }
+
     fn encode(&self) -> io::Result<Vec<u8>> {
         let kind = if self.base == 0 {
             Kind::Full
@@ -116,6 +130,15 @@ pub fn ship_for(full: Vec<u8>, revision: i64, compact_revision: i64) -> Vec<u8> 
             full
         }
     }
+}
+
+/// The applied record a store carries (none yet: the default).
+fn applied_of(store: &MvccStore) -> Result<Applied, StorageError> {
+    if store.applied().is_empty() {
+        return Ok(Applied::default());
+    }
+    postcard::from_bytes(store.applied())
+        .map_err(|e| StorageError::Corrupt(format!("applied record: {e}")))
 }
 
 /// Where the reply of an applied request comes from. Replies are built only for entries a client
@@ -219,13 +242,7 @@ impl SmShared {
     pub fn lose_unsynced(&self) -> Result<(), StorageError> {
         let mut store = self.store.write().expect("store lock");
         store.lose_unsynced()?;
-        let applied: Applied = if store.applied().is_empty() {
-            Applied::default()
-        } else {
-            postcard::from_bytes(store.applied())
-                .map_err(|e| StorageError::Corrupt(format!("applied record: {e}")))?
-        };
-        *self.applied.write().expect("applied lock") = applied;
+        *self.applied.write().expect("applied lock") = applied_of(&store)?;
         self.announce_revision(store.current_revision());
         Ok(())
     }
@@ -278,16 +295,7 @@ impl SmShared {
             let applied = self.applied.read().expect("applied lock").clone();
             (store.export_refs(), applied, store.current_revision())
         };
-        let payload = SnapshotPayload {
-            meta: SnapshotMeta {
-                last_log_id: applied.last_applied,
-                last_membership: applied.membership,
-            },
-            members: applied.members,
-            base: 0,
-            image: refs.into_image(),
-        };
-        Ok((payload.encode()?, rev))
+        Ok((SnapshotPayload::full(refs, applied).encode()?, rev))
     }
 
     /// Size in bytes of the store's file (for Status.dbSize).
@@ -342,12 +350,7 @@ impl StateMachine {
         store: MvccStore,
         snapshot_path: Option<PathBuf>,
     ) -> Result<StateMachine, StorageError> {
-        let applied: Applied = if store.applied().is_empty() {
-            Applied::default()
-        } else {
-            postcard::from_bytes(store.applied())
-                .map_err(|e| StorageError::Corrupt(format!("applied record: {e}")))?
-        };
+        let applied = applied_of(&store)?;
         let revision = tokio::sync::watch::Sender::new(store.current_revision());
         Ok(StateMachine {
             shared: Arc::new(SmShared {
@@ -477,16 +480,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 (store.export_refs(), applied)
             };
             // Encoding happens without the lock: applying goes on meanwhile.
-            let image = refs.into_image();
-            let payload = SnapshotPayload {
-                meta: SnapshotMeta {
-                    last_log_id: applied.last_applied,
-                    last_membership: applied.membership.clone(),
-                },
-                members: applied.members,
-                base: 0,
-                image,
-            };
+            let payload = SnapshotPayload::full(refs, applied);
             let raw = payload.encode()?;
             shared.save_snapshot(&raw, &payload.meta).map_err(io_err)?;
             Ok(Snapshot {
@@ -546,43 +540,36 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let applied = Applied {
                 last_applied: meta.last_log_id,
                 membership: meta.last_membership.clone(),
-                members: payload.members.clone(),
+                members: payload.members,
             };
             let raw = postcard::to_allocvec(&applied).map_err(io_err)?;
-            let mut store = shared.store.write().expect("store lock");
-            if payload.base == 0 {
-                store.import(payload.image, raw).map_err(io_err)?;
-            } else {
-                store
-                    .import_incremental(payload.base, payload.image, raw)
-                    .map_err(io_err)?;
-            }
-            *shared.applied.write().expect("applied lock") = applied;
-            shared.announce_revision(store.current_revision());
-            // The snapshot kept here is always a full one: rebuild it from the store when only
-            // the increment arrived.
-            let full = if payload.base == 0 {
-                snapshot
-            } else {
-                SnapshotPayload {
-                    meta: meta.clone(),
-                    members: payload.members,
-                    base: 0,
-                    image: store.export(),
-                }
-                .encode()?
-            };
-            drop(store);
-            shared.save_snapshot(&full, &meta).map_err(io_err)?;
-            shared.installed[usize::from(payload.base != 0)].fetch_add(1, Ordering::Relaxed);
-            tracing::info!(
-                kind = if payload.base == 0 {
-                    "full"
+            let incremental = payload.base != 0;
+            let (refs, revision) = {
+                let mut store = shared.store.write().expect("store lock");
+                if incremental {
+                    store
+                        .import_incremental(payload.base, payload.image, raw)
+                        .map_err(io_err)?;
                 } else {
-                    "incremental"
-                },
+                    store.import(payload.image, raw).map_err(io_err)?;
+                }
+                *shared.applied.write().expect("applied lock") = applied.clone();
+                let revision = store.current_revision();
+                shared.announce_revision(revision);
+                (incremental.then(|| store.export_refs()), revision)
+            };
+            // The snapshot kept here is always a full one: rebuilt from the store (outside its
+            // lock) when only the increment arrived.
+            let full = match refs {
+                Some(refs) => SnapshotPayload::full(refs, applied).encode()?,
+                None => snapshot,
+            };
+            shared.save_snapshot(&full, &meta).map_err(io_err)?;
+            shared.installed[usize::from(incremental)].fetch_add(1, Ordering::Relaxed);
+            tracing::info!(
+                kind = if incremental { "incremental" } else { "full" },
                 received_bytes,
-                revision = shared.read(|s| s.current_revision()),
+                revision,
                 took_ms = started.elapsed().as_millis() as u64,
                 "installed a snapshot from the leader"
             );

@@ -6,6 +6,7 @@
 use crate::node::RaftNode;
 use crate::types::NodeId;
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
@@ -44,6 +45,8 @@ pub struct LocalRouter {
     blocked: RwLock<HashSet<(NodeId, NodeId)>>,
     /// Random loss and delay, and the generator that draws them (splitmix64 state).
     faults: Mutex<(LinkFaults, u64)>,
+    /// Whether `faults` has any: without, a message takes no lock and draws nothing.
+    faulty: AtomicBool,
 }
 
 impl LocalRouter {
@@ -103,32 +106,36 @@ impl LocalRouter {
 
     /// Sets random loss and delay on every link, drawn from `seed` (all zero: none).
     pub fn set_link_faults(&self, faults: LinkFaults, seed: u64) {
-        *self.faults.lock().expect("router lock") = (faults, seed);
-    }
-
-    fn draw(&self) -> (LinkFaults, u64) {
         let mut f = self.faults.lock().expect("router lock");
-        f.1 = f.1.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = f.1;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (f.0, z ^ (z >> 31))
+        *f = (faults, seed);
+        self.faulty
+            .store(faults != LinkFaults::default(), Ordering::Relaxed);
     }
 
-    /// Whether the next message is lost (random, per [`LocalRouter::set_link_faults`]).
-    pub(crate) fn loses(&self) -> bool {
-        let (f, r) = self.draw();
-        f.loss_per_mille > 0 && (r % 1000) < u64::from(f.loss_per_mille)
-    }
-
-    /// How long the next message waits before it is delivered.
-    pub(crate) fn delay(&self) -> Duration {
-        let (f, r) = self.draw();
-        let max = f.delay_max.as_micros() as u64;
-        if max == 0 {
-            return Duration::ZERO;
+    /// The fate of the next message (random, per [`LocalRouter::set_link_faults`]): how long it
+    /// waits before delivery, whether the request is lost, whether its reply is lost.
+    pub(crate) fn fate(&self) -> (Duration, bool, bool) {
+        if !self.faulty.load(Ordering::Relaxed) {
+            return (Duration::ZERO, false, false);
         }
-        Duration::from_micros(r % (max + 1))
+        let mut f = self.faults.lock().expect("router lock");
+        let mut draw = || {
+            f.1 = f.1.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = f.1;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        };
+        let (d, req, rep) = (draw(), draw(), draw());
+        let faults = f.0;
+        let max = faults.delay_max.as_micros() as u64;
+        let lost = |r: u64| (r % 1000) < u64::from(faults.loss_per_mille);
+        let delay = if max == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_micros(d % (max + 1))
+        };
+        (delay, lost(req), lost(rep))
     }
 
     /// Whether a message from `from` to `to` would be delivered now.
@@ -167,7 +174,7 @@ mod tests {
     #[test]
     fn link_faults_lose_and_delay_as_configured() {
         let r = LocalRouter::default();
-        assert!((0..100).all(|_| !r.loses() && r.delay().is_zero()));
+        assert!((0..100).all(|_| r.fate() == (Duration::ZERO, false, false)));
         let max = Duration::from_millis(20);
         r.set_link_faults(
             LinkFaults {
@@ -176,10 +183,16 @@ mod tests {
             },
             7,
         );
-        let lost = (0..10_000).filter(|_| r.loses()).count();
+        let fates: Vec<_> = (0..10_000).map(|_| r.fate()).collect();
+        let lost = fates.iter().filter(|f| f.1).count();
+        let replies_lost = fates.iter().filter(|f| f.2).count();
         assert!((700..1300).contains(&lost), "{lost} of 10,000 lost at 10%");
-        assert!((0..1000).all(|_| r.delay() <= max));
-        assert!((0..1000).any(|_| r.delay() > max / 2));
+        assert!(
+            (700..1300).contains(&replies_lost),
+            "{replies_lost} replies lost"
+        );
+        assert!(fates.iter().all(|f| f.0 <= max));
+        assert!(fates.iter().any(|f| f.0 > max / 2));
         r.set_link_faults(
             LinkFaults {
                 loss_per_mille: 1000,
@@ -187,6 +200,8 @@ mod tests {
             },
             7,
         );
-        assert!((0..100).all(|_| r.loses()));
+        assert!((0..100).all(|_| r.fate() == (Duration::ZERO, true, true)));
+        r.set_link_faults(LinkFaults::default(), 7);
+        assert!((0..100).all(|_| r.fate() == (Duration::ZERO, false, false)));
     }
 }

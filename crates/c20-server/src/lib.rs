@@ -12,24 +12,6 @@ pub use c20_raft::node::default_apply_threads;
 pub use config::{parse_initial_cluster, parse_url, ServerConfig};
 pub use maintenance::ETCD_API_VERSION;
 
-/// Seeds `data_dir` (which must not exist) from a backup file's bytes, so that `c20 serve
-/// --data-dir` on it starts a new cluster holding that data at the same revision. Returns the
-/// revision.
-pub fn restore_backup(backup: &[u8], data_dir: &std::path::Path) -> Result<i64, String> {
-    if data_dir.exists() {
-        return Err(format!(
-            "data-dir {:?} exists",
-            data_dir.display().to_string()
-        ));
-    }
-    let container = c20_storage::snapshot::from_backup(backup).map_err(|e| e.to_string())?;
-    let res = c20_raft::state_machine::restore(&data_dir.join("kv"), container);
-    if res.is_err() {
-        // Leave nothing half-written behind.
-        let _ = std::fs::remove_dir_all(data_dir);
-    }
-    res.map_err(|e| e.to_string())
-}
 pub use watch_service::{WatchMetrics, EVENTS_PER_RESPONSE, SEND_QUEUE_RESPONSES};
 
 use c20_api::etcdserverpb::cluster_server::ClusterServer;
@@ -321,4 +303,23 @@ async fn bind(url: &str) -> Result<TcpListener, ServerError> {
     TcpListener::bind(addr)
         .await
         .map_err(|err| ServerError::Listen { addr, err })
+}
+
+/// Seeds `data_dir` (which must not exist) from a backup file's bytes, so that `c20 serve
+/// --data-dir` on it starts a new cluster holding that data at the same revision. Returns the
+/// revision.
+pub fn restore_backup(backup: &[u8], data_dir: &std::path::Path) -> Result<i64, String> {
+    if data_dir.exists() {
+        return Err(format!(
+            "data-dir {:?} exists",
+            data_dir.display().to_string()
+        ));
+    }
+    let container = c20_storage::snapshot::from_backup(backup).map_err(|e| e.to_string())?;
+    let res = c20_raft::state_machine::restore(&data_dir.join("kv"), container);
+    if res.is_err() {
+        // Leave nothing half-written behind.
+        let _ = std::fs::remove_dir_all(data_dir);
+    }
+    res.map_err(|e| e.to_string())
 }

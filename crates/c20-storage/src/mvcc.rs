@@ -607,11 +607,10 @@ impl MvccStore {
             events,
             leases: delta.leases,
         };
-        self.import(merged, applied.clone())?;
+        self.import(merged, applied)?;
         if delta.compact_rev > self.compact_rev {
             self.compact(delta.compact_rev)
                 .map_err(|e| StorageError::Corrupt(format!("incremental snapshot: {e}")))?;
-            self.applied = applied;
             self.checkpoint()?;
         }
         Ok(())
@@ -658,31 +657,24 @@ impl MvccStore {
     /// store on disk reloads its file; one in memory that models a disk returns to its last
     /// checkpoint; any other store in memory keeps everything.
     pub fn lose_unsynced(&mut self) -> Result<(), StorageError> {
-        self.pending = PendingRows::default();
-        self.failed = None;
-        if self.db.is_some() {
-            self.index.clear();
-            self.leases.clear();
-            self.current_rev = 1;
-            self.compact_rev = 0;
-            self.applied = Vec::new();
-            return self.load();
-        }
-        if !self.models_disk {
+        if self.db.is_none() && !self.models_disk {
             return Ok(());
+        }
+        // Back to an empty store on the same file and settings, then to what is durable.
+        let fresh = Self::empty(self.db.take(), self.path.take());
+        let old = std::mem::replace(self, fresh);
+        self.apply_threads = old.apply_threads;
+        self.models_disk = old.models_disk;
+        self.durable = old.durable;
+        if self.db.is_some() {
+            return self.load();
         }
         match self.durable.clone() {
             Some(d) => {
                 let (image, applied) = *d;
                 self.import(image, applied)
             }
-            None => {
-                let threads = self.apply_threads;
-                *self = Self::empty(None, None);
-                self.models_disk = true;
-                self.apply_threads = threads;
-                Ok(())
-            }
+            None => Ok(()),
         }
     }
 

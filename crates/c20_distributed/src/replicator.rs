@@ -267,15 +267,14 @@ impl LocalReplicator {
                     let res = if cfg.in_memory {
                         let log = c20_raft::log_store::LogStore::in_memory();
                         match c20_raft::state_machine::StateMachine::in_memory() {
-                            Ok(sm) if crash_loses_unsynced => {
-                                sm.shared().model_disk();
+                            Ok(sm) => {
+                                if crash_loses_unsynced {
+                                    sm.shared().model_disk();
+                                }
                                 RaftNode::start_with(cfg, log.clone(), sm.clone())
                                     .await
                                     .map(|node| (node, Some((log, sm))))
                             }
-                            Ok(sm) => RaftNode::start_with(cfg, log.clone(), sm.clone())
-                                .await
-                                .map(|node| (node, Some((log, sm)))),
                             Err(e) => Err(e),
                         }
                     } else {

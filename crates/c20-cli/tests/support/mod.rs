@@ -348,7 +348,7 @@ impl Cluster {
         c
     }
 
-    /// Starts every member that is not running.
+    /// Starts every member that is not running (the first start, or a restart after a stop).
     pub fn start_all(&mut self) {
         for i in 0..self.members.len() {
             if self.members[i].child.is_none() {
@@ -553,15 +553,6 @@ impl Cluster {
     pub fn stop_all(&mut self) {
         for i in 0..self.members.len() {
             self.kill9(i);
-        }
-    }
-
-    /// Start every stopped member again.
-    pub fn restart_all(&mut self) {
-        for i in 0..self.members.len() {
-            if !self.members[i].is_running() {
-                self.spawn(i);
-            }
         }
     }
 
