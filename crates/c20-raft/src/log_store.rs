@@ -5,16 +5,18 @@
 //! to openraft only from the WAL's group-commit thread, after fdatasync.
 
 use crate::types::{Entry, LogId, TypeConfig, Vote};
+use c20_storage::planted::{self, Bug};
 use c20_storage::{meta_file, StorageError, Wal, WalOptions};
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::EntryPayload;
 use openraft::OptionalSend;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 #[derive(Clone)]
@@ -38,7 +40,13 @@ struct State {
     vote: Option<Vote>,
     /// Request ids whose proposer wants to know when they are durable in this log.
     append_waiters: HashMap<u64, AppendWaiter>,
+    /// Only under the planted bug `ack-before-fsync`: each append's first index and when it
+    /// was acknowledged.
+    unsynced: VecDeque<(u64, Instant)>,
 }
+
+/// Under the planted bug `ack-before-fsync`, how long an acknowledged append stays volatile.
+const UNSYNCED_WRITEBACK: Duration = Duration::from_millis(500);
 
 /// Told the log index of an entry once it is durable in this log (or why it cannot be).
 pub type AppendWaiter = oneshot::Sender<Result<u64, String>>;
@@ -111,7 +119,7 @@ impl LogStore {
                     log,
                     last_purged,
                     vote,
-                    append_waiters: HashMap::new(),
+                    ..State::default()
                 }),
                 appended_bytes: Default::default(),
             }),
@@ -128,6 +136,38 @@ impl LogStore {
                 state: Mutex::new(State::default()),
                 appended_bytes: Default::default(),
             }),
+        }
+    }
+
+    /// The planted bug `ack-before-fsync`: the append from `first` on is acknowledged at once
+    /// but reaches the disk only as an unsynced page cache does, after a while (500 ms); a
+    /// crash ([`LogStore::lose_unsynced`]) loses every append younger than that.
+    fn flush_later(&self, first: Option<u64>) {
+        if let Some(first) = first {
+            let mut st = self.shared.state.lock().expect("log state lock");
+            while st
+                .unsynced
+                .front()
+                .is_some_and(|(_, at)| at.elapsed() >= UNSYNCED_WRITEBACK)
+            {
+                st.unsynced.pop_front();
+            }
+            st.unsynced.push_back((first, Instant::now()));
+        }
+    }
+
+    /// What a crash does to a log in memory: every append is durable before it is
+    /// acknowledged, so nothing is lost, except under the planted bug `ack-before-fsync`.
+    pub fn lose_unsynced(&self) {
+        let mut st = self.shared.state.lock().expect("log state lock");
+        let unsynced = std::mem::take(&mut st.unsynced);
+        let lost = unsynced
+            .into_iter()
+            .filter(|(_, at)| at.elapsed() < UNSYNCED_WRITEBACK)
+            .map(|(first, _)| first)
+            .min();
+        if let Some(from) = lost {
+            st.log.split_off(&from);
         }
     }
 
@@ -242,9 +282,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let durable = self.shared.wal.is_some();
         let mut records = Vec::new();
         let mut waiting: Vec<(AppendWaiter, u64)> = Vec::new();
+        let mut first = None;
         {
             let mut st = self.shared.state.lock().expect("log state lock");
             for e in entries {
+                first.get_or_insert(e.log_id.index);
                 if durable {
                     let raw = postcard::to_allocvec(&e).map_err(io_err)?;
                     records.push((e.log_id.index, raw));
@@ -271,6 +313,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         match &self.shared.wal {
             Some(wal) => wal.append(records, Box::new(done)),
+            None if planted::active(Bug::AckBeforeFsync) => {
+                self.flush_later(first);
+                done(Ok(()))
+            }
             None => done(Ok(())),
         }
         Ok(())

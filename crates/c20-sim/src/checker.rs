@@ -1,12 +1,15 @@
-//! Linearizability of key-value histories.
+//! Linearizability of key-value histories, and the revisions they report.
 //!
 //! Linearizability is compositional: a history is linearizable exactly when the sub-history of
 //! every key is. Each key is a register (absent or a value), checked with a depth-first search
 //! over the orders the real-time constraints allow (Wing & Gong, with Lowe's memoization of
 //! visited states). A write whose outcome is unknown may take effect at any point after its call
 //! or never; it is never dropped from the history.
+//!
+//! Revisions are checked apart: a read that observes a value must report the revision at which
+//! the write of that value was acknowledged (every write of one txn shares one revision).
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// What a register holds: `None` when the key is absent.
 pub type Value = Option<Vec<u8>>;
@@ -28,43 +31,72 @@ pub struct Op {
     pub call: u64,
     /// `None`: the outcome is unknown (a write that may or may not have happened).
     pub ret: Option<u64>,
+    /// For an acknowledged write, the revision it reported; for a read that observed a value,
+    /// that value's `mod_revision`.
+    pub revision: Option<i64>,
 }
 
-/// A key whose history admits no linearization, with that history.
+impl Op {
+    fn describe(&self) -> String {
+        let ret = self.ret.map_or("?".to_string(), |r| r.to_string());
+        let what = match &self.kind {
+            Kind::Put(v) => format!("put {:?}", String::from_utf8_lossy(v)),
+            Kind::Delete => "delete".to_string(),
+            Kind::Get(None) => "get -> absent".to_string(),
+            Kind::Get(Some(v)) => format!("get -> {:?}", String::from_utf8_lossy(v)),
+        };
+        let rev = self.revision.map_or(String::new(), |r| format!(" @{r}"));
+        format!(
+            "[{:>6}, {:>6}] client {:>2}: {what}{rev}",
+            self.call, ret, self.client
+        )
+    }
+}
+
+/// A key whose history breaks a promise, with the shortest slice of it found that still does.
 #[derive(Debug, Clone)]
 pub struct Violation {
     pub key: Vec<u8>,
+    /// What is broken.
+    pub reason: String,
+    /// The operations that show it, in call order.
     pub ops: Vec<Op>,
+    /// How many operations that key had in the whole history.
+    pub of: usize,
 }
 
 impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.ops.is_empty() {
+            return writeln!(f, "{}", self.reason);
+        }
         writeln!(
             f,
-            "no linearization for key {:?} ({} operations):",
+            "{} for key {:?} ({} of its {} operations):",
+            self.reason,
             String::from_utf8_lossy(&self.key),
-            self.ops.len()
+            self.ops.len(),
+            self.of
         )?;
         for op in &self.ops {
-            let ret = op.ret.map_or("?".to_string(), |r| r.to_string());
-            let what = match &op.kind {
-                Kind::Put(v) => format!("put {:?}", String::from_utf8_lossy(v)),
-                Kind::Delete => "delete".to_string(),
-                Kind::Get(None) => "get -> absent".to_string(),
-                Kind::Get(Some(v)) => format!("get -> {:?}", String::from_utf8_lossy(v)),
-            };
-            writeln!(
-                f,
-                "  [{:>6}, {:>6}] client {:>2}: {what}",
-                op.call, ret, op.client
-            )?;
+            writeln!(f, "  {}", op.describe())?;
         }
         Ok(())
     }
 }
 
-/// Checks every key; returns the first key (in key order) that has no linearization.
-pub fn check(history: &[Op]) -> Result<(), Violation> {
+/// What a check that found no violation covered.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Checked {
+    /// Keys whose history was searched.
+    pub keys: usize,
+    /// Keys whose search gave up (too many states) without a verdict.
+    pub undecided: usize,
+}
+
+/// Checks every key, revisions first; returns the first problem found (keys in order).
+pub fn check(history: &[Op]) -> Result<Checked, Violation> {
+    check_revisions(history)?;
     let mut by_key: BTreeMap<&[u8], Vec<&Op>> = BTreeMap::new();
     for op in history {
         // A read whose outcome is unknown observed nothing.
@@ -73,70 +105,187 @@ pub fn check(history: &[Op]) -> Result<(), Violation> {
         }
         by_key.entry(&op.key).or_default().push(op);
     }
-    for (key, mut ops) in by_key {
+    let mut checked = Checked::default();
+    for (key, ops) in by_key {
+        let of = ops.len();
+        let mut ops = without_unseen_maybes(ops);
         ops.sort_by_key(|o| o.call);
-        if !linearizable(&ops) {
-            return Err(Violation {
-                key: key.to_vec(),
-                ops: ops.into_iter().cloned().collect(),
-            });
+        checked.keys += 1;
+        match linearizable(&ops) {
+            Verdict::Linearizable => {}
+            Verdict::Undecided => checked.undecided += 1,
+            Verdict::NotLinearizable => {
+                let ops = shrink(ops);
+                return Err(Violation {
+                    key: key.to_vec(),
+                    reason: "no linearization".into(),
+                    ops: ops.into_iter().cloned().collect(),
+                    of,
+                });
+            }
+        }
+    }
+    Ok(checked)
+}
+
+/// Drops puts of unknown outcome whose value no read observed. Such a put can only ever be
+/// followed by another write before any read, so a linearization with it exists exactly when
+/// one without it does; dropping it keeps the search small when many writes fail.
+fn without_unseen_maybes(ops: Vec<&Op>) -> Vec<&Op> {
+    let observed: HashSet<&[u8]> = ops
+        .iter()
+        .filter_map(|o| match &o.kind {
+            Kind::Get(Some(v)) => Some(v.as_slice()),
+            _ => None,
+        })
+        .collect();
+    ops.into_iter()
+        .filter(|o| match (&o.kind, o.ret) {
+            (Kind::Put(v), None) => observed.contains(v.as_slice()),
+            _ => true,
+        })
+        .collect()
+}
+
+/// A read that observed a value at another revision than its write was acknowledged with.
+fn check_revisions(history: &[Op]) -> Result<(), Violation> {
+    let mut written: HashMap<(&[u8], &[u8]), &Op> = HashMap::new();
+    for op in history {
+        if let (Kind::Put(v), Some(_), Some(_)) = (&op.kind, op.ret, op.revision) {
+            written.insert((&op.key, v), op);
+        }
+    }
+    for op in history {
+        let (Kind::Get(Some(v)), Some(_), Some(seen)) = (&op.kind, op.ret, op.revision) else {
+            continue;
+        };
+        if let Some(w) = written.get(&(op.key.as_slice(), v.as_slice())) {
+            if w.revision != Some(seen) {
+                return Err(Violation {
+                    key: op.key.clone(),
+                    reason: format!(
+                        "a value acknowledged at revision {} was read at revision {seen}",
+                        w.revision.unwrap_or_default()
+                    ),
+                    ops: vec![(*w).clone(), op.clone()],
+                    of: history.iter().filter(|o| o.key == op.key).count(),
+                });
+            }
         }
     }
     Ok(())
 }
 
-/// Whether one register's history (sorted by call) has a linearization from the absent state.
-fn linearizable(ops: &[&Op]) -> bool {
-    let mut done = vec![false; ops.len()];
-    let mut seen: HashSet<(Vec<bool>, Value)> = HashSet::new();
-    search(ops, &mut done, None, &mut seen)
-}
-
-fn search(
-    ops: &[&Op],
-    done: &mut Vec<bool>,
-    value: Value,
-    seen: &mut HashSet<(Vec<bool>, Value)>,
-) -> bool {
-    // Finished when every operation with a known outcome is placed; unknown writes may never
-    // have happened.
-    if ops
-        .iter()
-        .zip(done.iter())
-        .all(|(op, d)| *d || op.ret.is_none())
-    {
-        return true;
-    }
-    if !seen.insert((done.clone(), value.clone())) {
-        return false;
-    }
-    // The earliest return among pending operations bounds which may go next: one called after
-    // that return cannot precede it.
-    let horizon = ops
-        .iter()
-        .zip(done.iter())
-        .filter(|(_, d)| !**d)
-        .filter_map(|(op, _)| op.ret)
-        .min()
-        .unwrap_or(u64::MAX);
-    for i in 0..ops.len() {
-        if done[i] || ops[i].call > horizon {
+/// Drops operations one at a time while the rest still has no linearization. Only reads and
+/// writes whose value no remaining read observed may go (deletes stay): such a slice is
+/// linearizable whenever the whole history is, so a slice without a linearization proves the
+/// whole history has none.
+fn shrink(mut ops: Vec<&Op>) -> Vec<&Op> {
+    let mut i = ops.len();
+    while i > 0 {
+        i -= 1;
+        let removable = match &ops[i].kind {
+            Kind::Get(_) => true,
+            Kind::Delete => false,
+            Kind::Put(v) => !ops
+                .iter()
+                .any(|o| matches!(&o.kind, Kind::Get(Some(seen)) if seen == v)),
+        };
+        if !removable {
             continue;
         }
-        let next = match &ops[i].kind {
-            Kind::Put(v) => Some(Some(v.clone())),
-            Kind::Delete => Some(None),
-            Kind::Get(observed) => (observed == &value).then(|| value.clone()),
-        };
-        if let Some(next) = next {
-            done[i] = true;
-            if search(ops, done, next, seen) {
-                return true;
-            }
-            done[i] = false;
+        let mut fewer = ops.clone();
+        fewer.remove(i);
+        if linearizable(&fewer) == Verdict::NotLinearizable {
+            ops = fewer;
+            i = i.min(ops.len());
         }
     }
-    false
+    ops
+}
+
+/// States one key's search may visit before it gives up and calls the history undecided.
+const STATE_BUDGET: usize = 1_000_000;
+
+/// What a search concluded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Linearizable,
+    NotLinearizable,
+    /// The budget ran out first.
+    Undecided,
+}
+
+/// Whether one register's history (sorted by call) has a linearization from the absent state.
+fn linearizable(ops: &[&Op]) -> Verdict {
+    let mut search = Search {
+        ops,
+        done: vec![0; ops.len().div_ceil(64)],
+        seen: HashSet::new(),
+    };
+    match search.from(None) {
+        Some(true) => Verdict::Linearizable,
+        Some(false) => Verdict::NotLinearizable,
+        None => Verdict::Undecided,
+    }
+}
+
+struct Search<'a> {
+    ops: &'a [&'a Op],
+    /// Which operations are placed, one bit each.
+    done: Vec<u64>,
+    seen: HashSet<(Vec<u64>, Value)>,
+}
+
+impl Search<'_> {
+    fn is_done(&self, i: usize) -> bool {
+        self.done[i / 64] & (1 << (i % 64)) != 0
+    }
+
+    fn flip(&mut self, i: usize) {
+        self.done[i / 64] ^= 1 << (i % 64);
+    }
+
+    /// `None` when the budget ran out.
+    fn from(&mut self, value: Value) -> Option<bool> {
+        // Finished when every operation with a known outcome is placed; unknown writes may
+        // never have happened.
+        if (0..self.ops.len()).all(|i| self.is_done(i) || self.ops[i].ret.is_none()) {
+            return Some(true);
+        }
+        if self.seen.len() >= STATE_BUDGET {
+            return None;
+        }
+        if !self.seen.insert((self.done.clone(), value.clone())) {
+            return Some(false);
+        }
+        // The earliest return among pending operations bounds which may go next: one called
+        // after that return cannot precede it.
+        let horizon = (0..self.ops.len())
+            .filter(|&i| !self.is_done(i))
+            .filter_map(|i| self.ops[i].ret)
+            .min()
+            .unwrap_or(u64::MAX);
+        for i in 0..self.ops.len() {
+            if self.is_done(i) || self.ops[i].call > horizon {
+                continue;
+            }
+            let next = match &self.ops[i].kind {
+                Kind::Put(v) => Some(Some(v.clone())),
+                Kind::Delete => Some(None),
+                Kind::Get(observed) => (observed == &value).then(|| value.clone()),
+            };
+            if let Some(next) = next {
+                self.flip(i);
+                let found = self.from(next)?;
+                self.flip(i);
+                if found {
+                    return Some(true);
+                }
+            }
+        }
+        Some(false)
+    }
 }
 
 #[cfg(test)]
@@ -150,6 +299,7 @@ mod tests {
             kind,
             call,
             ret,
+            revision: None,
         }
     }
 
@@ -186,6 +336,36 @@ mod tests {
     }
 
     #[test]
+    fn a_violation_is_shrunk_to_the_operations_that_show_it() {
+        // Many harmless reads around one stale read: the slice keeps the two writes and it.
+        let mut h = vec![op(0, put("a"), 0, Some(1)), op(0, put("b"), 2, Some(3))];
+        for t in 0..20 {
+            h.push(op(1, get(Some("b")), 4 + 2 * t, Some(5 + 2 * t)));
+        }
+        h.push(op(2, get(Some("a")), 50, Some(51)));
+        let v = check(&h).unwrap_err();
+        assert_eq!(v.of, 23);
+        let shown: Vec<_> = v.ops.iter().map(|o| o.call).collect();
+        assert_eq!(shown, vec![0, 2, 50], "{v}");
+    }
+
+    #[test]
+    fn a_value_read_at_another_revision_than_its_write_is_caught() {
+        let mut w = op(0, put("a"), 0, Some(1));
+        w.revision = Some(7);
+        let mut r = op(1, get(Some("a")), 2, Some(3));
+        r.revision = Some(7);
+        assert!(check(&[w.clone(), r.clone()]).is_ok());
+        r.revision = Some(8);
+        let v = check(&[w, r]).unwrap_err();
+        assert!(
+            v.reason.contains("revision 7") && v.reason.contains("revision 8"),
+            "{v}"
+        );
+        assert_eq!(v.ops.len(), 2);
+    }
+
+    #[test]
     fn concurrent_operations_may_take_either_order() {
         // The read overlaps the write: both "absent" and "a" are fine.
         for seen in [None, Some("a")] {
@@ -201,6 +381,28 @@ mod tests {
         assert!(check(&[maybe.clone(), op(1, get(None), 20, Some(21))]).is_ok());
         // ...but it cannot be seen by a read that finished before it was even called.
         assert!(check(&[maybe, op(1, get(Some("x")), 1, Some(2))]).is_err());
+    }
+
+    #[test]
+    fn failed_writes_nobody_read_do_not_blow_up_the_search() {
+        // 40 writes of unknown outcome, all concurrent with a stale read: without dropping the
+        // unread ones the search would wander through their orders and give up undecided.
+        let mut h = vec![op(0, put("a"), 0, Some(1)), op(0, put("b"), 2, Some(3))];
+        for c in 0..40 {
+            h.push(op(1 + c, put(&format!("lost{c}")), 4 + c as u64, None));
+        }
+        h.push(op(99, get(Some("a")), 100, Some(101)));
+        let v = check(&h).unwrap_err();
+        assert_eq!(v.of, 43);
+        assert_eq!(v.ops.len(), 3, "{v}");
+        let ok = check(&h[..h.len() - 1]).unwrap();
+        assert_eq!(
+            ok,
+            Checked {
+                keys: 1,
+                undecided: 0
+            }
+        );
     }
 
     #[test]

@@ -1,67 +1,152 @@
-//! `cargo run --release -p c20-sim -- --seeds N [--nodes 3|5] [--first S] [--ops K]`
+//! `cargo run --release -p c20-sim -- --seeds N [--nodes 3|5] [--minutes M] [--first S] [--ops K]`
 //!
-//! Runs seeds `S..S+N` and checks each history; prints the offending key's history and the
-//! command that reruns a failing seed. Exit code 1 when any history is not linearizable.
+//! Runs seeds `S..S+N` (with `--minutes`, as many seeds from `S` as fit in M minutes) and checks
+//! each history; prints the shortest slice of a failing key's history found and the command
+//! that reruns the seed. Exit code 1 when any history breaks a promise.
+//!
+//! `--plant BUG` (built with `--features planted-bugs`) switches a known bug on and stops at
+//! the first seed that shows it; the exit code is then 1 when no seed did.
 
-use c20_sim::checker::check;
 use c20_sim::run::{run, RunConfig};
+use std::time::{Duration, Instant};
 
-fn arg(args: &[String], name: &str, default: u64) -> Result<u64, String> {
+fn arg<T: std::str::FromStr>(args: &[String], name: &str) -> Result<Option<T>, String>
+where
+    T::Err: std::fmt::Display,
+{
     match args.iter().position(|a| a == name) {
-        None => Ok(default),
+        None => Ok(None),
         Some(i) => args
             .get(i + 1)
             .ok_or(format!("{name} needs a value"))?
             .parse()
+            .map(Some)
             .map_err(|e| format!("{name}: {e}")),
     }
+}
+
+struct Args {
+    seeds: u64,
+    first: u64,
+    nodes: usize,
+    ops: usize,
+    minutes: Option<f64>,
+    plant: Option<c20_distributed::planted::Bug>,
+}
+
+fn parse(args: &[String]) -> Result<Args, String> {
+    const KNOWN: [&str; 6] = [
+        "--seeds",
+        "--first",
+        "--nodes",
+        "--ops",
+        "--minutes",
+        "--plant",
+    ];
+    for a in args.iter().step_by(2) {
+        if !KNOWN.contains(&a.as_str()) {
+            return Err(format!(
+                "unknown option {a:?}; options: {}",
+                KNOWN.join(" ")
+            ));
+        }
+    }
+    let a = Args {
+        seeds: arg(args, "--seeds")?.unwrap_or(20),
+        first: arg(args, "--first")?.unwrap_or(1),
+        nodes: arg(args, "--nodes")?.unwrap_or(3),
+        ops: arg(args, "--ops")?.unwrap_or(60),
+        minutes: arg(args, "--minutes")?,
+        plant: arg(args, "--plant")?,
+    };
+    if a.nodes != 3 && a.nodes != 5 {
+        return Err("--nodes must be 3 or 5".into());
+    }
+    if a.minutes.is_some_and(|m| m.is_nan() || m <= 0.0) {
+        return Err("--minutes must be above 0".into());
+    }
+    if a.plant.is_some() && !cfg!(feature = "planted-bugs") {
+        return Err(
+            "--plant needs a build with the planted bugs: cargo run --release -p c20-sim --features planted-bugs -- ..."
+                .into(),
+        );
+    }
+    Ok(a)
 }
 
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let parsed = (|| -> Result<(u64, u64, u64, u64), String> {
-        Ok((
-            arg(&args, "--seeds", 20)?,
-            arg(&args, "--first", 1)?,
-            arg(&args, "--nodes", 3)?,
-            arg(&args, "--ops", 60)?,
-        ))
-    })();
-    let (seeds, first, nodes, ops) = match parsed {
-        Ok(p) => p,
+    let a = match parse(&args) {
+        Ok(a) => a,
         Err(e) => {
             eprintln!("c20-sim: {e}");
             std::process::exit(2);
         }
     };
-    if nodes != 3 && nodes != 5 {
-        eprintln!("c20-sim: --nodes must be 3 or 5");
-        std::process::exit(2);
-    }
-    let mut total_ops = 0;
-    let mut violations = 0;
-    for seed in first..first + seeds {
+    #[cfg(feature = "planted-bugs")]
+    c20_distributed::planted::plant(a.plant);
+    let started = Instant::now();
+    let budget = a.minutes.map(|m| Duration::from_secs_f64(m * 60.0));
+    let (mut seeds, mut total_ops, mut violations, mut undecided) = (0u64, 0usize, 0u64, 0usize);
+    let mut seed = a.first;
+    loop {
+        let more = match budget {
+            Some(b) => seeds == 0 || started.elapsed() < b,
+            None => seeds < a.seeds,
+        };
+        if !more {
+            break;
+        }
         let cfg = RunConfig {
             seed,
-            replicas: nodes as usize,
-            ops_per_client: ops as usize,
+            replicas: a.nodes,
+            ops_per_client: a.ops,
             ..RunConfig::default()
         };
-        let history = run(&cfg).await;
-        total_ops += history.len();
-        if let Err(v) = check(&history) {
+        let recorded = run(&cfg).await;
+        seeds += 1;
+        total_ops += recorded.ops.len();
+        let result = recorded.check();
+        if let Ok(c) = &result {
+            undecided += c.undecided;
+        }
+        if let Err(v) = result {
             violations += 1;
             println!("seed {seed}: {v}");
+            let plant = a.plant.map_or(String::new(), |b| {
+                format!(" --features planted-bugs -- --plant {b}")
+            });
+            let sep = if plant.is_empty() { " --" } else { "" };
             println!(
-                "rerun: cargo run --release -p c20-sim -- --seeds 1 --first {seed} --nodes {nodes} --ops {ops}"
+                "rerun: cargo run --release -p c20-sim{plant}{sep} --seeds 1 --first {seed} --nodes {} --ops {}",
+                a.nodes, a.ops
             );
+            if a.plant.is_some() {
+                break;
+            }
+        }
+        seed += 1;
+    }
+    if let Some(b) = a.plant {
+        if violations > 0 {
+            println!("planted bug {b}: found after {seeds} seeds");
+        } else {
+            println!("planted bug {b}: not found in {seeds} seeds");
         }
     }
+    if undecided > 0 {
+        println!("{undecided} key histories were too large to decide (search budget spent)");
+    }
     println!(
-        "seeds: {seeds}, ops: {total_ops}, violations: {violations}, replay-mismatches: not checked (seeded, not yet deterministic)"
+        "seeds: {seeds}, ops: {total_ops}, minutes: {:.1}, violations: {violations}, replay-mismatches: not checked (seeded, not yet deterministic)",
+        started.elapsed().as_secs_f64() / 60.0
     );
-    if violations > 0 {
+    let failed = match a.plant {
+        Some(_) => violations == 0,
+        None => violations > 0,
+    };
+    if failed {
         std::process::exit(1);
     }
 }

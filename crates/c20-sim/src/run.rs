@@ -1,14 +1,17 @@
 //! A seeded workload under faults on a [`LocalReplicator`], recorded as a history.
 //!
-//! Clients put, delete and read a small key space while a fault task isolates, heals, crashes
-//! and restarts replicas, cuts single links one way, and loses and delays Raft messages at
-//! random. A crash loses what the replica's store had not checkpointed. The seed fixes the client choices and the fault schedule; thread
-//! scheduling is not under its control, so a seed reproduces the same workload and faults but
-//! not always the same interleaving.
+//! Clients put, delete, write two keys in one txn and read a small key space, through the
+//! leader or through a replica of their choosing, while a fault task isolates replicas (the
+//! leader among them), heals, crashes and restarts them, cuts single links one way, loses and
+//! delays Raft messages at random, and now and then crashes every replica at once (a power
+//! failure). A crash loses what the replica's store had not checkpointed. The seed fixes the
+//! client choices and the fault schedule; thread scheduling is not under its control, so a seed
+//! reproduces the same workload and faults but not always the same interleaving.
 
-use crate::checker::{Kind, Op};
-use c20_distributed::{ConsistencyLevel, LocalReplicator};
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::checker::{check, Checked, Kind, Op, Violation};
+use c20_distributed::api::etcdserverpb::{request_op, PutRequest, RequestOp, TxnRequest};
+use c20_distributed::{ConsistencyLevel, EtcdError, LocalReplicator};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -67,8 +70,223 @@ impl Rng {
     }
 }
 
-/// Runs the workload and returns every recorded operation.
-pub async fn run(cfg: &RunConfig) -> Vec<Op> {
+/// How long a client waits for any call before it gives up (the outcome is then unknown).
+const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn within<T>(
+    call: impl std::future::Future<Output = Result<T, EtcdError>>,
+) -> Result<T, EtcdError> {
+    tokio::time::timeout(CALL_TIMEOUT, call)
+        .await
+        .unwrap_or(Err(EtcdError::Timeout))
+}
+
+/// A txn that puts `value` under both keys.
+fn put_both(keys: [&[u8]; 2], value: &[u8]) -> TxnRequest {
+    TxnRequest {
+        success: keys
+            .iter()
+            .map(|k| RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: k.to_vec(),
+                    value: value.to_vec(),
+                    ..Default::default()
+                })),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// The fault schedule: until `stop`, one seeded fault every 30..150 ms.
+async fn inject_faults(rep: LocalReplicator, seed: u64, stop: Arc<AtomicBool>) {
+    let mut rng = Rng::new(seed ^ 0xfa17);
+    let n = rep.replicas();
+    let mut down: Vec<usize> = Vec::new();
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(30 + rng.below(120) as u64)).await;
+        match rng.below(20) {
+            0..=1 => rep.isolate(rng.below(n)),
+            // Leader isolation: the replica that leads now loses every link.
+            2 => {
+                if let Some(l) = rep.leader() {
+                    rep.isolate(l)
+                }
+            }
+            3..=5 => rep.heal_all(),
+            // An asymmetric partition: one direction of one link.
+            6..=7 if n > 1 => {
+                let from = rng.below(n);
+                rep.cut_one_way(from, (from + 1 + rng.below(n - 1)) % n);
+            }
+            // A lossy, slow network for a while: up to 10% of Raft messages lost, each
+            // delayed up to 20 ms.
+            8..=9 => rep.set_link_faults(
+                rng.below(101) as u32,
+                Duration::from_millis(rng.below(21) as u64),
+                rng.next_u64(),
+            ),
+            10..=11 => rep.set_link_faults(0, Duration::ZERO, 0),
+            // Never more than a minority down at once, but for a power failure.
+            12..=14 if down.len() < (n - 1) / 2 => {
+                let i = rng.below(n);
+                if !down.contains(&i) {
+                    rep.crash(i).await;
+                    down.push(i);
+                }
+            }
+            // A power failure: every replica stops at once, then all start again.
+            15 => {
+                for i in 0..n {
+                    rep.crash(i).await;
+                }
+                for i in 0..n {
+                    let _ = rep.restart(i).await;
+                }
+                down.clear();
+            }
+            _ => {
+                if let Some(i) = down.pop() {
+                    let _ = rep.restart(i).await;
+                }
+            }
+        }
+    }
+    rep.heal_all();
+    rep.set_link_faults(0, Duration::ZERO, 0);
+    for i in down {
+        let _ = rep.restart(i).await;
+    }
+}
+
+/// One client's calls, appended to `history` as they return.
+async fn client(
+    rep: LocalReplicator,
+    cfg: RunConfig,
+    c: usize,
+    clock: Arc<AtomicU64>,
+    history: Arc<Mutex<Vec<Op>>>,
+) {
+    let mut rng = Rng::new(cfg.seed.wrapping_mul(1000).wrapping_add(c as u64));
+    let tick = || clock.fetch_add(1, Ordering::SeqCst);
+    for i in 0..cfg.ops_per_client {
+        let k = rng.below(cfg.keys);
+        let key = format!("key{k}").into_bytes();
+        let value = format!("c{c}-{i}").into_bytes();
+        let choice = rng.below(20);
+        let call = tick();
+        let mut ops = Vec::new();
+        if choice < 7 {
+            let res = within(rep.replicate(&key, &value, cfg.write_level)).await;
+            // A failed write may still have happened: its outcome is unknown.
+            let (ret, revision) = match res {
+                Ok(ack) => (Some(tick()), ack.revision),
+                Err(_) => (None, None),
+            };
+            ops.push((key, Kind::Put(value), ret, revision));
+        } else if choice < 9 {
+            let ret = within(rep.delete(&key, cfg.write_level))
+                .await
+                .ok()
+                .map(|_| tick());
+            ops.push((key, Kind::Delete, ret, None));
+        } else if choice < 11 && cfg.keys > 1 {
+            // Two distinct keys written by one txn.
+            let other = format!("key{}", (k + 1 + rng.below(cfg.keys - 1)) % cfg.keys).into_bytes();
+            let res = within(rep.txn(put_both([&key, &other], &value), cfg.write_level)).await;
+            let (ret, revision) = match res {
+                Ok(r) => (Some(tick()), r.header.map(|h| h.revision)),
+                Err(_) => (None, None),
+            };
+            for k in [key, other] {
+                ops.push((k, Kind::Put(value.clone()), ret, revision));
+            }
+        } else {
+            // Half the reads go through a replica the client picked, as a client connected
+            // to one endpoint does; the rest are routed to the leader.
+            let res = if rng.below(2) == 0 {
+                within(rep.get_from(rng.below(cfg.replicas), &key, cfg.read_level)).await
+            } else {
+                within(rep.get(&key, cfg.read_level)).await
+            };
+            match res {
+                Ok(kv) => {
+                    let ret = Some(tick());
+                    let revision = kv.as_ref().map(|kv| kv.mod_revision);
+                    ops.push((key, Kind::Get(kv.map(|kv| kv.value)), ret, revision));
+                }
+                Err(_) => ops.push((key, Kind::Get(None), None, None)),
+            }
+        }
+        let mut h = history.lock().expect("history lock");
+        for (key, kind, ret, revision) in ops {
+            h.push(Op {
+                client: c,
+                key,
+                kind,
+                call,
+                ret,
+                revision,
+            });
+        }
+    }
+}
+
+/// What a run recorded.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Every call and its return.
+    pub ops: Vec<Op>,
+    /// Panics of replica threads during the run (an assertion inside openraft or c20 failed).
+    pub replica_panics: Vec<String>,
+}
+
+impl Recorded {
+    /// A replica panic is a violation by itself; otherwise the history is checked.
+    pub fn check(&self) -> Result<Checked, Violation> {
+        if let Some(p) = self.replica_panics.first() {
+            return Err(Violation {
+                key: Vec::new(),
+                reason: format!(
+                    "a replica panicked ({} panics in the run): {p}",
+                    self.replica_panics.len()
+                ),
+                ops: Vec::new(),
+                of: 0,
+            });
+        }
+        check(&self.ops)
+    }
+}
+
+/// Panics seen on replica threads (named `c20-replica`) since the process started.
+static REPLICA_PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+/// Records every panic on a replica thread, then reports it as before.
+fn watch_replica_panics() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().name() == Some("c20-replica") {
+                if let Ok(mut p) = REPLICA_PANICS.lock() {
+                    p.push(info.to_string());
+                }
+            }
+            previous(info)
+        }));
+    });
+}
+
+fn replica_panics() -> usize {
+    REPLICA_PANICS.lock().map_or(0, |p| p.len())
+}
+
+/// Runs the workload and returns every recorded operation, and any replica panic (runs at the
+/// same time in one process see each other's panics).
+pub async fn run(cfg: &RunConfig) -> Recorded {
+    watch_replica_panics();
+    let panics_before = replica_panics();
     let majority = cfg.replicas / 2 + 1;
     let mut builder = LocalReplicator::builder(cfg.replicas, majority, majority);
     if cfg.lose_unsynced {
@@ -77,100 +295,21 @@ pub async fn run(cfg: &RunConfig) -> Vec<Op> {
     let rep = builder.build().expect("valid replicator parameters");
     let clock = Arc::new(AtomicU64::new(0));
     let history = Arc::new(Mutex::new(Vec::new()));
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-
-    let faults = if cfg.faults {
-        let rep = rep.clone();
-        let stop = stop.clone();
-        let mut rng = Rng::new(cfg.seed ^ 0xfa17);
-        let n = cfg.replicas;
-        Some(tokio::spawn(async move {
-            let mut down: Vec<usize> = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                tokio::time::sleep(Duration::from_millis(30 + rng.below(120) as u64)).await;
-                match rng.below(7) {
-                    0 => rep.isolate(rng.below(n)),
-                    1 => rep.heal_all(),
-                    // An asymmetric partition: one direction of one link.
-                    4 if n > 1 => {
-                        let from = rng.below(n);
-                        rep.cut_one_way(from, (from + 1 + rng.below(n - 1)) % n);
-                    }
-                    // A lossy, slow network for a while: up to 10% of Raft messages lost, each
-                    // delayed up to 20 ms.
-                    5 => rep.set_link_faults(
-                        rng.below(101) as u32,
-                        Duration::from_millis(rng.below(21) as u64),
-                        rng.next_u64(),
-                    ),
-                    6 => rep.set_link_faults(0, Duration::ZERO, 0),
-                    // Never more than a minority down at once.
-                    2 if down.len() < (n - 1) / 2 => {
-                        let i = rng.below(n);
-                        if !down.contains(&i) {
-                            rep.crash(i).await;
-                            down.push(i);
-                        }
-                    }
-                    _ => {
-                        if let Some(i) = down.pop() {
-                            let _ = rep.restart(i).await;
-                        }
-                    }
-                }
-            }
-            rep.heal_all();
-            rep.set_link_faults(0, Duration::ZERO, 0);
-            for i in down {
-                let _ = rep.restart(i).await;
-            }
-        }))
-    } else {
-        None
-    };
-
-    let mut clients = Vec::new();
-    for c in 0..cfg.clients {
-        let rep = rep.clone();
-        let clock = clock.clone();
-        let history = history.clone();
-        let cfg = cfg.clone();
-        let mut rng = Rng::new(cfg.seed.wrapping_mul(1000).wrapping_add(c as u64));
-        clients.push(tokio::spawn(async move {
-            for i in 0..cfg.ops_per_client {
-                let key = format!("key{}", rng.below(cfg.keys)).into_bytes();
-                let choice = rng.below(10);
-                let call = clock.fetch_add(1, Ordering::SeqCst);
-                let (kind, ret) = if choice < 4 {
-                    let value = format!("c{c}-{i}").into_bytes();
-                    let res = rep.replicate(&key, &value, cfg.write_level).await;
-                    // A failed write may still have happened: its outcome is unknown.
-                    (
-                        Kind::Put(value),
-                        res.ok().map(|_| clock.fetch_add(1, Ordering::SeqCst)),
-                    )
-                } else if choice < 5 {
-                    let res = rep.delete(&key, cfg.write_level).await;
-                    (
-                        Kind::Delete,
-                        res.ok().map(|_| clock.fetch_add(1, Ordering::SeqCst)),
-                    )
-                } else {
-                    match rep.read(&key, cfg.read_level).await {
-                        Ok(v) => (Kind::Get(v), Some(clock.fetch_add(1, Ordering::SeqCst))),
-                        Err(_) => (Kind::Get(None), None),
-                    }
-                };
-                history.lock().expect("history lock").push(Op {
-                    client: c,
-                    key,
-                    kind,
-                    call,
-                    ret,
-                });
-            }
-        }));
-    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let faults = cfg
+        .faults
+        .then(|| tokio::spawn(inject_faults(rep.clone(), cfg.seed, stop.clone())));
+    let clients: Vec<_> = (0..cfg.clients)
+        .map(|c| {
+            tokio::spawn(client(
+                rep.clone(),
+                cfg.clone(),
+                c,
+                clock.clone(),
+                history.clone(),
+            ))
+        })
+        .collect();
     for c in clients {
         c.await.expect("client task");
     }
@@ -178,6 +317,31 @@ pub async fn run(cfg: &RunConfig) -> Vec<Op> {
     if let Some(f) = faults {
         f.await.expect("fault task");
     }
-    let h = history.lock().expect("history lock").clone();
-    h
+    // Once the faults are over, a last reader reads every key, so a write lost near the end
+    // of the run shows too.
+    for k in 0..cfg.keys {
+        let key = format!("key{k}").into_bytes();
+        for _ in 0..5 {
+            let call = clock.fetch_add(1, Ordering::SeqCst);
+            if let Ok(kv) = within(rep.get(&key, ConsistencyLevel::Strong)).await {
+                history.lock().expect("history lock").push(Op {
+                    client: cfg.clients,
+                    key,
+                    revision: kv.as_ref().map(|kv| kv.mod_revision),
+                    kind: Kind::Get(kv.map(|kv| kv.value)),
+                    call,
+                    ret: Some(clock.fetch_add(1, Ordering::SeqCst)),
+                });
+                break;
+            }
+        }
+    }
+    let ops = history.lock().expect("history lock").clone();
+    let replica_panics = REPLICA_PANICS
+        .lock()
+        .map_or_else(|_| Vec::new(), |p| p[panics_before.min(p.len())..].to_vec());
+    Recorded {
+        ops,
+        replica_panics,
+    }
 }

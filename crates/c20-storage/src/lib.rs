@@ -11,6 +11,7 @@
 
 pub mod meta_file;
 pub mod mvcc;
+pub mod planted;
 pub mod snapshot;
 pub mod wal;
 

@@ -11,6 +11,7 @@
 //! replayed above the last checkpoint at restart, so rows that never reached redb are rebuilt.
 //! A store made with [`MvccStore::in_memory`] has no redb at all.
 
+use crate::planted::{self, Bug};
 use crate::StorageError;
 use c20_api::etcdserverpb::{
     compare, range_request, request_op, response_op, CompactionRequest, CompactionResponse,
@@ -804,7 +805,11 @@ impl MvccStore {
 
     fn finish(&mut self, w: TxnWriter) {
         if w.changes > 0 {
-            self.current_rev = w.rev();
+            self.current_rev = if planted::active(Bug::TxnAtTwoRevisions) {
+                w.begin_rev + w.changes
+            } else {
+                w.rev()
+            };
         }
     }
 
@@ -1136,6 +1141,9 @@ impl TxnWriter {
 
     /// The revision this txn's writes get.
     fn rev(&self) -> i64 {
+        if planted::active(Bug::TxnAtTwoRevisions) {
+            return self.begin_rev + 1 + self.changes;
+        }
         self.begin_rev + 1
     }
 

@@ -22,6 +22,7 @@ pub use c20_api as api;
 pub use c20_api::{ConsistencyLevel, EtcdError};
 pub use c20_client as client;
 pub use c20_server as server;
+pub use c20_storage::planted;
 pub use replicator::{
     validate, Builder, ConfigError, EventualWrite, LocalReplicator, Session, WriteAck,
 };

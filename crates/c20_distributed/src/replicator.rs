@@ -9,6 +9,7 @@ use c20_api::etcdserverpb::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, TxnRequest,
     TxnResponse,
 };
+use c20_api::mvccpb::KeyValue;
 use c20_api::{ConsistencyLevel, EtcdError};
 use c20_raft::consistency::PendingWrite;
 use c20_raft::{Command, LocalRouter, NodeId, PeerNode, RaftNode, RaftNodeConfig, Transport};
@@ -521,6 +522,15 @@ impl LocalReplicator {
         key: impl AsRef<[u8]>,
         level: ConsistencyLevel,
     ) -> Result<Option<Vec<u8>>, EtcdError> {
+        Ok(self.get(key, level).await?.map(|kv| kv.value))
+    }
+
+    /// Reads `key` at `level` with its revisions and version.
+    pub async fn get(
+        &self,
+        key: impl AsRef<[u8]>,
+        level: ConsistencyLevel,
+    ) -> Result<Option<KeyValue>, EtcdError> {
         let seen = self.inner.session.clone();
         self.read_in(key, level, seen).await
     }
@@ -530,7 +540,7 @@ impl LocalReplicator {
         key: impl AsRef<[u8]>,
         level: ConsistencyLevel,
         seen: Arc<AtomicI64>,
-    ) -> Result<Option<Vec<u8>>, EtcdError> {
+    ) -> Result<Option<KeyValue>, EtcdError> {
         let node = match level {
             ConsistencyLevel::Eventual => self.pick(false)?,
             ConsistencyLevel::Sequential => {
@@ -558,6 +568,16 @@ impl LocalReplicator {
         key: impl AsRef<[u8]>,
         level: ConsistencyLevel,
     ) -> Result<Option<Vec<u8>>, EtcdError> {
+        Ok(self.get_from(i, key, level).await?.map(|kv| kv.value))
+    }
+
+    /// [`LocalReplicator::read_from`] with the key's revisions and version.
+    pub async fn get_from(
+        &self,
+        i: usize,
+        key: impl AsRef<[u8]>,
+        level: ConsistencyLevel,
+    ) -> Result<Option<KeyValue>, EtcdError> {
         let node = self.node(i)?;
         let seen = self.inner.session.clone();
         self.read_at(node, key.as_ref().to_vec(), level, seen).await
@@ -569,7 +589,7 @@ impl LocalReplicator {
         key: Vec<u8>,
         level: ConsistencyLevel,
         seen: Arc<AtomicI64>,
-    ) -> Result<Option<Vec<u8>>, EtcdError> {
+    ) -> Result<Option<KeyValue>, EtcdError> {
         let r = self.inner.r;
         self.run(async move {
             node.read_gate(level, r, seen.load(Ordering::Acquire))
@@ -583,7 +603,7 @@ impl LocalReplicator {
             if level != ConsistencyLevel::Eventual {
                 Self::observe(&seen, resp.header.as_ref().map_or(0, |h| h.revision));
             }
-            Ok(resp.kvs.into_iter().next().map(|kv| kv.value))
+            Ok(resp.kvs.into_iter().next())
         })
         .await
     }
@@ -705,7 +725,8 @@ impl LocalReplicator {
                     Ok(())
                 })
                 .await;
-            if let Some((_, sm)) = &self.inner.replicas.read().expect("replicas lock")[i].disk {
+            if let Some((log, sm)) = &self.inner.replicas.read().expect("replicas lock")[i].disk {
+                log.lose_unsynced();
                 // Restoring the store's own checkpoint image fails only on a bug.
                 sm.shared()
                     .lose_unsynced()
@@ -755,7 +776,11 @@ impl Session {
         key: impl AsRef<[u8]>,
         level: ConsistencyLevel,
     ) -> Result<Option<Vec<u8>>, EtcdError> {
-        self.rep.read_in(key, level, self.seen.clone()).await
+        Ok(self
+            .rep
+            .read_in(key, level, self.seen.clone())
+            .await?
+            .map(|kv| kv.value))
     }
 
     /// The newest revision this session has seen.

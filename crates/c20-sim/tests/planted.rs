@@ -1,0 +1,40 @@
+//! Each planted bug (`c20_storage::planted`) is found by the simulator within 200 seeds.
+//!
+//! The bugs switch on for the whole process, so this file holds one test that plants them one
+//! after another; no other test shares its process.
+
+use c20_distributed::planted::{plant, Bug};
+use c20_sim::run::{run, RunConfig};
+
+/// The first seed (1-based count) whose history breaks a promise, with what it broke.
+async fn first_failing_seed(limit: u64) -> Option<(u64, String)> {
+    for seed in 1..=limit {
+        let recorded = run(&RunConfig {
+            seed,
+            ..RunConfig::default()
+        })
+        .await;
+        if let Err(v) = recorded.check() {
+            return Some((seed, v.to_string()));
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_planted_bug_is_found_within_200_seeds() {
+    let mut found = Vec::new();
+    for bug in Bug::ALL {
+        plant(Some(bug));
+        let result = first_failing_seed(200).await;
+        plant(None);
+        match result {
+            Some((seed, violation)) => {
+                println!("{bug}: found at seed {seed}\n{violation}");
+                found.push((bug, seed));
+            }
+            None => panic!("planted bug {bug} went unnoticed for 200 seeds"),
+        }
+    }
+    println!("found: {found:?}");
+}

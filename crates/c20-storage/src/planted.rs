@@ -1,0 +1,113 @@
+//! Bugs planted on purpose, to show that the simulator (`c20-sim --plant BUG`) finds them.
+//!
+//! Each bug is compiled in only with the `planted-bugs` feature, which nothing but the
+//! simulator's tests and its `--plant` option turn on; without the feature [`active`] is a
+//! constant `false` and the code behind it is removed. With the feature, one bug at a time is
+//! switched on for the whole process.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// A known-bad behaviour the simulator must catch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bug {
+    /// The in-memory log acknowledges an append before it is durable: a crash of every replica
+    /// loses the appends not yet flushed, acknowledged or not.
+    AckBeforeFsync,
+    /// A replica that believes it leads serves `Strong` reads from its own state, without
+    /// confirming its leadership with a quorum (no ReadIndex).
+    StrongReadWithoutReadIndex,
+    /// A txn's second and later writes each take one more revision instead of sharing one.
+    TxnAtTwoRevisions,
+}
+
+impl Bug {
+    pub const ALL: [Bug; 3] = [
+        Bug::AckBeforeFsync,
+        Bug::StrongReadWithoutReadIndex,
+        Bug::TxnAtTwoRevisions,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Bug::AckBeforeFsync => "ack-before-fsync",
+            Bug::StrongReadWithoutReadIndex => "strong-read-without-read-index",
+            Bug::TxnAtTwoRevisions => "txn-at-two-revisions",
+        }
+    }
+
+    #[cfg(feature = "planted-bugs")]
+    fn code(self) -> u8 {
+        match self {
+            Bug::AckBeforeFsync => 1,
+            Bug::StrongReadWithoutReadIndex => 2,
+            Bug::TxnAtTwoRevisions => 3,
+        }
+    }
+}
+
+impl fmt::Display for Bug {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Bug {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Bug, String> {
+        Bug::ALL.into_iter().find(|b| b.name() == s).ok_or_else(|| {
+            let names: Vec<_> = Bug::ALL.iter().map(|b| b.name()).collect();
+            format!("unknown bug {s:?}; known: {}", names.join(", "))
+        })
+    }
+}
+
+#[cfg(feature = "planted-bugs")]
+static ACTIVE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Switches `bug` on for the whole process (`None` switches every bug off).
+#[cfg(feature = "planted-bugs")]
+pub fn plant(bug: Option<Bug>) {
+    ACTIVE.store(
+        bug.map_or(0, Bug::code),
+        std::sync::atomic::Ordering::SeqCst,
+    );
+}
+
+/// Whether `bug` is switched on; always `false` without the `planted-bugs` feature.
+#[inline]
+pub fn active(bug: Bug) -> bool {
+    #[cfg(feature = "planted-bugs")]
+    {
+        ACTIVE.load(std::sync::atomic::Ordering::Relaxed) == bug.code()
+    }
+    #[cfg(not(feature = "planted-bugs"))]
+    {
+        let _ = bug;
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_back_and_unknown_names_are_refused() {
+        for b in Bug::ALL {
+            assert_eq!(b.name().parse::<Bug>().unwrap(), b);
+        }
+        let err = "fsync-later".parse::<Bug>().unwrap_err();
+        assert!(
+            err.contains("unknown bug") && err.contains("ack-before-fsync"),
+            "{err}"
+        );
+    }
+
+    #[cfg(not(feature = "planted-bugs"))]
+    #[test]
+    fn without_the_feature_no_bug_is_active() {
+        assert!(Bug::ALL.into_iter().all(|b| !active(b)));
+    }
+}
