@@ -3,10 +3,12 @@
 # one after the other in one run, and prints a side-by-side table.
 #
 #   scripts/bench-vs-etcd.sh [--total N] [--quick] [--watch-only] [--only NAME,NAME...]
+#                            [--c20-flags "FLAGS"] [--c20-only]
 #
 # Besides the KV workloads it runs `c20 bench-watch` (1,000 watchers on 10 streams: put-to-event
 # latency at 100 puts/s, then event throughput); --watch-only runs just that. --only runs just
-# the named KV workloads (and no watch), e.g. --only txn-cas-low,txn-cas-high.
+# the named KV workloads (and no watch), e.g. --only txn-cas-low,txn-cas-high. --c20-flags adds
+# flags to every `c20 serve` (to measure one optimisation on and off); --c20-only skips etcd.
 #
 # Needs Debian's etcd-server (/usr/bin/etcd). Both clusters run on 127.0.0.1 with fsync on,
 # data in a temporary directory; everything started here is stopped on exit.
@@ -16,12 +18,16 @@ cd "$(dirname "$0")/.."
 TOTAL=20000
 WATCH_ONLY=0
 ONLY=""
+C20_FLAGS=""
+FLAVORS="etcd c20"
 while [ $# -gt 0 ]; do
     case "$1" in
         --total) TOTAL="$2"; shift 2 ;;
         --quick) TOTAL=2000; shift ;;
         --watch-only) WATCH_ONLY=1; shift ;;
         --only) ONLY="$2"; shift 2 ;;
+        --c20-flags) C20_FLAGS="$2"; shift 2 ;;
+        --c20-only) FLAVORS="c20"; shift ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -53,7 +59,8 @@ start_cluster() { # flavor -> sets ENDPOINTS
         if [ "$flavor" = etcd ]; then
             etcd "${args[@]}" >"$WORK/$flavor-n$((i+1)).log" 2>&1 &
         else
-            "$C20" serve "${args[@]}" >"$WORK/$flavor-n$((i+1)).log" 2>&1 &
+            # shellcheck disable=SC2086
+            "$C20" serve "${args[@]}" $C20_FLAGS >"$WORK/$flavor-n$((i+1)).log" 2>&1 &
         fi
         PIDS+=($!)
         ENDPOINTS+="127.0.0.1:$c,"
@@ -93,7 +100,7 @@ if [ -n "$ONLY" ]; then
     done
     WORKLOADS=("${KEEP[@]}")
 fi
-for flavor in etcd c20; do
+for flavor in $FLAVORS; do
     start_cluster "$flavor"
     if [ -z "$ONLY" ]; then
         WATCH[$flavor]=$("$C20" bench-watch --endpoints "$ENDPOINTS" --watchers 1000 --streams 10 --json)
@@ -108,6 +115,14 @@ for flavor in etcd c20; do
 done
 
 field() { python3 -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }
+if [ "$FLAVORS" = c20 ]; then
+    printf '%-18s | %12s %9s %9s\n' workload "c20 ops/s" "p50 ms" "p99 ms"
+    for w in "${WORKLOADS[@]}"; do
+        c=${RES[c20/${w%%:*}]}
+        printf '%-18s | %12s %9s %9s\n' "${w%%:*}" "$(field "$c" ops_per_s)" "$(field "$c" p50_ms)" "$(field "$c" p99_ms)"
+    done
+    exit 0
+fi
 if [ -z "$ONLY" ]; then
     printf '%-18s | %12s %9s %9s | %12s %9s %9s\n' watch "etcd ev/s" "p50 ms" "p99 ms" "c20 ev/s" "p50 ms" "p99 ms"
     printf '%-18s | %12s %9s %9s | %12s %9s %9s\n' "1000 watchers" \

@@ -142,6 +142,10 @@ struct ServeArgs {
     /// exactly those of serial apply. 1 turns it off. [default: cores, at most 4]
     #[arg(long, env = "C20_APPLY_THREADS", value_parser = clap::value_parser!(u64).range(1..=64))]
     apply_threads: Option<u64>,
+    /// Peer requests (log appends) at least this many bytes long travel lz4-compressed; 0
+    /// turns compression off.
+    #[arg(long, env = "C20_PEER_COMPRESSION_MIN_BYTES", default_value_t = c20_server::config::DEFAULT_PEER_COMPRESSION_MIN_BYTES)]
+    peer_compression_min_bytes: usize,
 }
 
 /// Parses a duration as etcd's flags write them: a number and `ms`, `s`, `m` or `h`.
@@ -230,6 +234,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         apply_threads: a
             .apply_threads
             .map_or_else(c20_server::default_apply_threads, |n| n as usize),
+        peer_compression_min_bytes: a.peer_compression_min_bytes,
     };
     let server = Server::start(cfg).await?;
     let removed = tokio::select! {

@@ -27,6 +27,76 @@ use tonic::transport::{Channel, Endpoint};
 
 /// The payload format byte: postcard.
 pub const FORMAT_POSTCARD: u32 = 0;
+/// The payload format byte: postcard, then an lz4 block behind the uncompressed length (u32,
+/// little-endian).
+pub const FORMAT_POSTCARD_LZ4: u32 = 1;
+
+/// Compression of peer request payloads (appends carry the client's keys and values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerCompression {
+    /// Payloads at least this long are lz4-compressed; 0 turns compression off.
+    pub min_bytes: usize,
+}
+
+/// Peer requests this process sent compressed, and their bytes before and after.
+static COMPRESSED: [std::sync::atomic::AtomicU64; 3] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; 3];
+
+/// (requests, bytes before, bytes after) of the peer requests this process sent compressed.
+pub fn compressed_requests() -> (u64, u64, u64) {
+    let get = |i: usize| COMPRESSED[i].load(std::sync::atomic::Ordering::Relaxed);
+    (get(0), get(1), get(2))
+}
+
+impl PeerCompression {
+    pub const OFF: PeerCompression = PeerCompression { min_bytes: 0 };
+
+    /// Wraps a postcard payload: compressed when it is long enough and compression shrinks it.
+    pub fn encode(self, raw: Vec<u8>) -> (u32, Vec<u8>) {
+        if self.min_bytes == 0 || raw.len() < self.min_bytes || raw.len() > u32::MAX as usize {
+            return (FORMAT_POSTCARD, raw);
+        }
+        let mut out = vec![0; 4 + lz4_flex::block::get_maximum_output_size(raw.len())];
+        out[..4].copy_from_slice(&(raw.len() as u32).to_le_bytes());
+        match lz4_flex::block::compress_into(&raw, &mut out[4..]) {
+            Ok(n) if 4 + n < raw.len() => {
+                out.truncate(4 + n);
+                for (i, v) in [1, raw.len(), out.len()].into_iter().enumerate() {
+                    COMPRESSED[i].fetch_add(v as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+                (FORMAT_POSTCARD_LZ4, out)
+            }
+            _ => (FORMAT_POSTCARD, raw),
+        }
+    }
+}
+
+/// The postcard bytes of a peer payload in `format`; refuses unknown formats, damaged lz4 and
+/// lengths above [`PEER_MESSAGE_BYTES_MAX`].
+pub fn decode_payload(format: u32, payload: &[u8]) -> Result<std::borrow::Cow<'_, [u8]>, String> {
+    match format {
+        FORMAT_POSTCARD => Ok(std::borrow::Cow::Borrowed(payload)),
+        FORMAT_POSTCARD_LZ4 => {
+            let (len, block) = payload
+                .split_first_chunk::<4>()
+                .ok_or("lz4 payload shorter than its length prefix")?;
+            let len = u32::from_le_bytes(*len) as usize;
+            if len > PEER_MESSAGE_BYTES_MAX {
+                return Err(format!(
+                    "lz4 payload claims {len} bytes, above the {PEER_MESSAGE_BYTES_MAX} limit"
+                ));
+            }
+            let mut out = vec![0; len];
+            let n = lz4_flex::block::decompress_into(block, &mut out)
+                .map_err(|e| format!("damaged lz4 payload: {e}"))?;
+            if n != len {
+                return Err(format!("lz4 payload of {n} bytes, {len} announced"));
+            }
+            Ok(std::borrow::Cow::Owned(out))
+        }
+        other => Err(format!("unknown payload format {other}")),
+    }
+}
 
 /// Largest message between peers (snapshots travel in chunks of `CHUNK_BYTES`, far below).
 pub const PEER_MESSAGE_BYTES_MAX: usize = 1 << 30;
@@ -57,6 +127,7 @@ pub fn peer_client(url: &str) -> Result<PeerClient<Channel>, String> {
 pub struct Network {
     pub(crate) from: NodeId,
     pub(crate) transport: Transport,
+    pub(crate) compression: PeerCompression,
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -69,6 +140,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                 PeerConnection::Grpc(GrpcConnection {
                     target,
                     client: peer_client(&url),
+                    compression: self.compression,
                 })
             }
             Transport::Local(router) => PeerConnection::Local(LocalConnection {
@@ -89,6 +161,7 @@ pub enum PeerConnection {
 pub struct GrpcConnection {
     target: NodeId,
     client: Result<PeerClient<Channel>, String>,
+    compression: PeerCompression,
 }
 
 /// A direct in-process link, subject to the router's cuts in both directions: a request that
@@ -150,7 +223,7 @@ impl GrpcConnection {
             Ok(c) => c.clone(),
             Err(e) => return Err(RPCError::Unreachable(Unreachable::from_string(e.clone()))),
         };
-        grpc_call(client, self.target, kind, req, timeout).await
+        grpc_call(client, self.target, kind, req, timeout, self.compression).await
     }
 }
 
@@ -161,12 +234,14 @@ async fn grpc_call<Req: Serialize, Resp: DeserializeOwned>(
     kind: RaftKind,
     req: &Req,
     timeout: Duration,
+    compression: PeerCompression,
 ) -> Result<Resp, RPCError<TypeConfig>> {
-    let payload = postcard::to_allocvec(req)
+    let raw = postcard::to_allocvec(req)
         .map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())))?;
+    let (format, payload) = compression.encode(raw);
     let request = RaftRequest {
         kind: kind as i32,
-        format: FORMAT_POSTCARD,
+        format,
         payload,
     };
     let reply = match tokio::time::timeout(timeout, client.raft(request)).await {
@@ -273,6 +348,8 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
                             RaftKind::Snapshot,
                             &msg,
                             SNAPSHOT_MESSAGE_TIMEOUT,
+                            // Snapshot chunks are zstd-compressed already.
+                            PeerCompression::OFF,
                         )
                         .await
                     }
@@ -362,5 +439,64 @@ impl GrpcConnection {
         let r: Result<VoteResponse<TypeConfig>, RaftError<TypeConfig>> =
             self.call(RaftKind::Vote, &rpc, option.soft_ttl()).await?;
         r.map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compressible(n: usize) -> Vec<u8> {
+        (0..n).map(|i| b"key-value-"[i % 10]).collect()
+    }
+
+    #[test]
+    fn long_compressible_payloads_travel_as_lz4_and_come_back_whole() {
+        let raw = compressible(8192);
+        let (format, wire) = PeerCompression { min_bytes: 4096 }.encode(raw.clone());
+        assert_eq!(format, FORMAT_POSTCARD_LZ4);
+        assert!(wire.len() < raw.len() / 4, "{} bytes", wire.len());
+        assert_eq!(&*decode_payload(format, &wire).unwrap(), raw.as_slice());
+    }
+
+    #[test]
+    fn short_incompressible_or_switched_off_payloads_travel_as_they_are() {
+        let short = compressible(100);
+        assert_eq!(
+            PeerCompression { min_bytes: 4096 }.encode(short.clone()),
+            (FORMAT_POSTCARD, short.clone())
+        );
+        let long = compressible(8192);
+        assert_eq!(PeerCompression::OFF.encode(long.clone()).0, FORMAT_POSTCARD);
+        // Bytes with no repetition do not shrink: sent plain rather than larger.
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let noise: Vec<u8> = (0..8192)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        assert_eq!(
+            PeerCompression { min_bytes: 1 }.encode(noise.clone()),
+            (FORMAT_POSTCARD, noise)
+        );
+    }
+
+    #[test]
+    fn damaged_oversized_and_unknown_payloads_are_refused() {
+        let (_, mut wire) = PeerCompression { min_bytes: 1 }.encode(compressible(8192));
+        let cut = decode_payload(FORMAT_POSTCARD_LZ4, &wire[..wire.len() / 2]).unwrap_err();
+        assert!(cut.contains("damaged lz4 payload"), "{cut}");
+        wire[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let huge = decode_payload(FORMAT_POSTCARD_LZ4, &wire).unwrap_err();
+        assert!(huge.contains("above the"), "{huge}");
+        wire[..4].copy_from_slice(&9000u32.to_le_bytes());
+        let short = decode_payload(FORMAT_POSTCARD_LZ4, &wire).unwrap_err();
+        assert!(short.contains("8192 bytes, 9000 announced"), "{short}");
+        assert!(decode_payload(FORMAT_POSTCARD_LZ4, &[1, 2]).is_err());
+        let unknown = decode_payload(7, b"x").unwrap_err();
+        assert_eq!(unknown, "unknown payload format 7");
     }
 }

@@ -11,7 +11,7 @@ use crate::batcher::{BatchConfig, Batcher};
 use crate::lease::Lessor;
 use crate::log_store::LogStore;
 use crate::membership::{ask_peer, AskFailed, PeerAnswer, PeerAsk};
-use crate::network::{peer_client, Network, PEER_MESSAGE_BYTES_MAX};
+use crate::network::{peer_client, Network, PeerCompression, PEER_MESSAGE_BYTES_MAX};
 use crate::snapshot_transfer::{Incoming, SnapshotAnswer, SnapshotMsg};
 use crate::state_machine::{SmShared, StateMachine};
 use crate::transport::Transport;
@@ -70,6 +70,8 @@ pub struct RaftNodeConfig {
     pub transport: Transport,
     /// How client requests are grouped into log entries.
     pub batch: BatchConfig,
+    /// lz4 compression of peer requests (gRPC transport only).
+    pub peer_compression: PeerCompression,
     /// Threads that read for independent requests of an applied batch in parallel; 1 applies
     /// strictly one request after the other.
     pub apply_threads: usize,
@@ -96,6 +98,7 @@ impl RaftNodeConfig {
             in_memory: false,
             transport: Transport::Grpc,
             batch: BatchConfig::default(),
+            peer_compression: PeerCompression::OFF,
             apply_threads: default_apply_threads(),
             cluster_id: 0,
         }
@@ -232,6 +235,7 @@ impl RaftNode {
         let network = Network {
             from: cfg.id,
             transport: cfg.transport.clone(),
+            compression: cfg.peer_compression,
         };
         let raft = Raft::new(cfg.id, Arc::new(config), network, log.clone(), sm)
             .await
@@ -1048,28 +1052,24 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Status> {
 impl Peer for PeerHandler {
     async fn raft(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let req = request.into_inner();
-        if req.format != crate::network::FORMAT_POSTCARD {
-            return Err(Status::invalid_argument(format!(
-                "unknown payload format {}",
-                req.format
-            )));
-        }
+        let payload = crate::network::decode_payload(req.format, &req.payload)
+            .map_err(Status::invalid_argument)?;
         let raft = &self.node.raft;
         let payload = match RaftKind::try_from(req.kind) {
             Ok(RaftKind::Append) => {
-                let rpc = postcard::from_bytes(&req.payload).map_err(bad_request)?;
+                let rpc = postcard::from_bytes(&payload).map_err(bad_request)?;
                 encode(&raft.append_entries(rpc).await)?
             }
             Ok(RaftKind::Vote) => {
-                let rpc = postcard::from_bytes(&req.payload).map_err(bad_request)?;
+                let rpc = postcard::from_bytes(&payload).map_err(bad_request)?;
                 encode(&raft.vote(rpc).await)?
             }
             Ok(RaftKind::TransferLeader) => {
-                let rpc = postcard::from_bytes(&req.payload).map_err(bad_request)?;
+                let rpc = postcard::from_bytes(&payload).map_err(bad_request)?;
                 encode(&raft.handle_transfer_leader(rpc).await)?
             }
             Ok(RaftKind::Snapshot) => {
-                let msg: SnapshotMsg = postcard::from_bytes(&req.payload).map_err(bad_request)?;
+                let msg: SnapshotMsg = postcard::from_bytes(&payload).map_err(bad_request)?;
                 encode(&self.node.receive_snapshot(msg).await)?
             }
             Err(_) => {

@@ -4,6 +4,7 @@ mod common;
 
 use c20_api::etcdserverpb::PutRequest;
 use c20_api::EtcdError;
+use c20_raft::network::PeerCompression;
 use c20_raft::{Command, MemberAttrs, NodeId, PeerNode, RaftNode, RaftNodeConfig, Reply};
 use c20_storage::{IoFaults, WriteOp};
 use common::{local_get, put};
@@ -28,6 +29,7 @@ struct TestCluster {
     addrs: BTreeMap<NodeId, SocketAddr>,
     members: BTreeMap<NodeId, Member>,
     faults: BTreeMap<NodeId, Arc<FailSyncs>>,
+    compression: PeerCompression,
 }
 
 /// Fails every WAL fsync of one member once armed.
@@ -49,9 +51,11 @@ async fn start_member(
     addr: SocketAddr,
     peers: &BTreeMap<NodeId, PeerNode>,
     faults: Option<Arc<dyn IoFaults>>,
+    compression: PeerCompression,
 ) -> Member {
     let mut cfg = RaftNodeConfig::new(id, dir.join(format!("n{id}")), peers.clone());
     cfg.wal.faults = faults;
+    cfg.peer_compression = compression;
     cfg.attrs = MemberAttrs {
         name: format!("n{id}"),
         client_urls: vec![],
@@ -89,6 +93,10 @@ async fn start_member(
 
 impl TestCluster {
     async fn start(n: usize) -> TestCluster {
+        Self::start_with(n, PeerCompression::OFF).await
+    }
+
+    async fn start_with(n: usize, compression: PeerCompression) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let listeners: Vec<std::net::TcpListener> = (0..n)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
@@ -115,7 +123,7 @@ impl TestCluster {
             faults.insert(id, f.clone());
             members.insert(
                 id,
-                start_member(dir.path(), id, addr, &peers, Some(f)).await,
+                start_member(dir.path(), id, addr, &peers, Some(f), compression).await,
             );
         }
         TestCluster {
@@ -124,6 +132,7 @@ impl TestCluster {
             addrs,
             members,
             faults,
+            compression,
         }
     }
 
@@ -136,7 +145,15 @@ impl TestCluster {
 
     async fn restart(&mut self, id: NodeId) {
         let f: Arc<dyn IoFaults> = self.faults[&id].clone();
-        let m = start_member(self.dir.path(), id, self.addrs[&id], &self.peers, Some(f)).await;
+        let m = start_member(
+            self.dir.path(),
+            id,
+            self.addrs[&id],
+            &self.peers,
+            Some(f),
+            self.compression,
+        )
+        .await;
         self.members.insert(id, m);
     }
 
@@ -182,6 +199,30 @@ async fn writes_replicate_and_followers_forward() {
         assert_eq!(local_get(c.node(id), "a").as_deref(), Some(&b"1"[..]));
         assert_eq!(local_get(c.node(id), "b").as_deref(), Some(&b"2"[..]));
     }
+    c.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_appends_replicate_the_same_values() {
+    let c = TestCluster::start_with(3, PeerCompression { min_bytes: 256 }).await;
+    let leader = c.leader().await;
+    let value = |i: usize| format!("{i:04}-").repeat(800);
+    for i in 0..30 {
+        put(c.node(leader), &format!("k{i}"), &value(i))
+            .await
+            .unwrap();
+    }
+    for id in 1..=3 {
+        c.node(id).read_barrier().await.unwrap();
+        for i in 0..30 {
+            let got = local_get(c.node(id), &format!("k{i}")).unwrap();
+            assert_eq!(got, value(i).into_bytes(), "member {id}, k{i}");
+        }
+    }
+    // Only this test turns compression on in this process.
+    let (requests, before, after) = c20_raft::network::compressed_requests();
+    assert!(requests >= 30, "{requests} compressed appends");
+    assert!(after * 4 < before, "{before} bytes compressed to {after}");
     c.shutdown().await;
 }
 

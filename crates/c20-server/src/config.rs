@@ -44,7 +44,13 @@ pub struct ServerConfig {
     /// `--apply-threads`: threads reading for independent requests of an applied batch in
     /// parallel (1 = strictly serial apply).
     pub apply_threads: usize,
+    /// `--peer-compression-min-bytes`: peer requests at least this long travel lz4-compressed
+    /// (0 = never).
+    pub peer_compression_min_bytes: usize,
 }
+
+/// Default of `--peer-compression-min-bytes` (docs/BENCHMARKS.md has the measurement behind it).
+pub const DEFAULT_PEER_COMPRESSION_MIN_BYTES: usize = 0;
 
 impl ServerConfig {
     /// A single-member configuration on the given URLs (handy for tests and `c20 serve`
@@ -68,6 +74,7 @@ impl ServerConfig {
             request_timeout: Duration::from_secs(7),
             watch_progress_notify_interval: Duration::from_secs(600),
             apply_threads: c20_raft::node::default_apply_threads(),
+            peer_compression_min_bytes: DEFAULT_PEER_COMPRESSION_MIN_BYTES,
         }
     }
 }

@@ -161,6 +161,9 @@ impl Server {
         rcfg.snapshot_catchup_entries = cfg.snapshot_catchup_entries;
         rcfg.snapshot_log_bytes = cfg.snapshot_log_bytes;
         rcfg.apply_threads = cfg.apply_threads;
+        rcfg.peer_compression = c20_raft::network::PeerCompression {
+            min_bytes: cfg.peer_compression_min_bytes,
+        };
         rcfg.cluster_id = cluster_id;
         let node = RaftNode::start(rcfg).await?;
         let shared = Arc::new(Shared {
