@@ -80,6 +80,11 @@ impl Incoming {
         self.transfer
     }
 
+    /// Bytes taken so far.
+    pub fn received(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Takes one chunk, or says why not and where the sender must resume.
     pub fn chunk(&mut self, offset: u64, len: u32, crc: u32, data: &[u8]) -> SnapshotAnswer {
         let have = self.buf.len() as u64;

@@ -556,7 +556,8 @@ impl Writer {
     }
 }
 
-fn encode_record(buf: &mut Vec<u8>, index: u64, payload: &[u8]) {
+/// Appends one record: length, crc32c of index and payload, index, payload (docs/FORMATS.md).
+pub fn encode_record(buf: &mut Vec<u8>, index: u64, payload: &[u8]) {
     let len = 8 + payload.len();
     let mut crc = crc32c::crc32c(&index.to_le_bytes());
     crc = crc32c::crc32c_append(crc, payload);
