@@ -502,7 +502,8 @@ impl MvccStore {
         if let Some(e) = &self.failed {
             return Err(StorageError::Failed(e.clone()));
         }
-        // Decode every row first: a bad image changes nothing.
+        // Check the revisions and decode every row first: a bad image changes nothing.
+        check_image(&image)?;
         let mut index = BTreeMap::new();
         for (main, sub, row) in &image.events {
             index_row(&mut index, *main, *sub, row)?;
@@ -586,6 +587,15 @@ impl MvccStore {
             return Err(StorageError::Corrupt(format!(
                 "incremental snapshot from revision {base}, but this store is compacted at {}",
                 self.compact_rev
+            )));
+        }
+        // Everything that could fail once the store is replaced is checked before: a refused
+        // increment changes nothing.
+        check_image(&delta)?;
+        if delta.current_rev < self.current_rev {
+            return Err(StorageError::Corrupt(format!(
+                "incremental snapshot up to revision {}, but this store is at {}",
+                delta.current_rev, self.current_rev
             )));
         }
         let own = self.export();
@@ -1155,6 +1165,28 @@ impl TxnWriter {
             self.begin_rev
         }
     }
+}
+
+/// The revisions of an image hold together: compaction at or below the current revision, every
+/// event at a revision from 1 to the current one.
+fn check_image(image: &MvccImage) -> Result<(), StorageError> {
+    if image.compact_rev < 0 || image.compact_rev > image.current_rev {
+        return Err(StorageError::Corrupt(format!(
+            "snapshot image compacted at revision {} with current revision {}",
+            image.compact_rev, image.current_rev
+        )));
+    }
+    if let Some((main, sub, _)) = image
+        .events
+        .iter()
+        .find(|(main, _, _)| *main == 0 || *main > image.current_rev as u64)
+    {
+        return Err(StorageError::Corrupt(format!(
+            "snapshot image event at revision {main}.{sub}, outside 1..={}",
+            image.current_rev
+        )));
+    }
+    Ok(())
 }
 
 /// Adds one stored row to the key index.

@@ -777,6 +777,51 @@ fn incremental_snapshot_is_refused_when_history_above_the_base_is_gone() {
     assert_eq!(behind.current_revision(), 1);
 }
 
+/// Found by the `snapshot_image` fuzz target: an increment whose compaction lay above its own
+/// current revision was imported first and refused after, leaving the store emptied.
+#[test]
+fn images_with_impossible_revisions_are_refused_and_change_nothing() {
+    let (_d, mut s) = store();
+    put(&mut s, "a", "1");
+    put(&mut s, "b", "1");
+    let before = (s.export(), s.hash_kv(0).unwrap());
+    let image = |current_rev, compact_rev, events: Vec<u64>| MvccImage {
+        current_rev,
+        compact_rev,
+        events: events
+            .into_iter()
+            .map(|main| (main, 0, serde_bytes::ByteBuf::from(vec![0u8])))
+            .collect(),
+        leases: vec![],
+    };
+    let cases = [
+        (
+            image(0, 40, vec![]),
+            "compacted at revision 40 with current revision 0",
+        ),
+        (image(5, -1, vec![]), "compacted at revision -1"),
+        (image(5, 0, vec![6]), "event at revision 6.0, outside 1..=5"),
+        (image(5, 0, vec![0]), "event at revision 0.0"),
+    ];
+    for (bad, why) in cases {
+        let e = s.import_incremental(2, bad.clone(), vec![]).unwrap_err();
+        assert!(e.to_string().contains(why), "{e}");
+        let e = s.import(bad, vec![]).unwrap_err();
+        assert!(e.to_string().contains(why), "{e}");
+        assert_eq!((s.export(), s.hash_kv(0).unwrap()), before);
+    }
+    // An increment that would take the store back below its own revision.
+    let e = s
+        .import_incremental(2, image(2, 0, vec![]), vec![])
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("up to revision 2, but this store is at 3"),
+        "{e}"
+    );
+    assert_eq!((s.export(), s.hash_kv(0).unwrap()), before);
+}
+
 #[test]
 fn a_crash_loses_what_the_last_checkpoint_did_not_make_durable() {
     let (_d, on_disk) = store();
