@@ -140,8 +140,8 @@ impl LogStore {
     }
 
     /// The planted bug `ack-before-fsync`: the append from `first` on is acknowledged at once
-    /// but reaches the disk only as an unsynced page cache does, after a while (500 ms); a
-    /// crash ([`LogStore::lose_unsynced`]) loses every append younger than that.
+    /// but reaches the disk only after 500 ms, as if an unsynced page cache wrote it back then;
+    /// a crash ([`LogStore::lose_unsynced`]) loses every append younger than that.
     fn flush_later(&self, first: Option<u64>) {
         if let Some(first) = first {
             let mut st = self.shared.state.lock().expect("log state lock");

@@ -3,8 +3,8 @@
 //! Clients put, delete, write two keys in one txn and read a small key space, through the
 //! leader or through a replica of their choosing, while a fault task isolates replicas (the
 //! leader among them), heals, crashes and restarts them, cuts single links one way, loses and
-//! delays Raft messages at random, and now and then crashes every replica at once (a power
-//! failure). A crash loses what the replica's store had not checkpointed. The seed fixes the
+//! delays Raft messages at random, and crashes every replica at once (a power failure) when the
+//! first client is half done, and now and then besides. A crash loses what the replica's store had not checkpointed. The seed fixes the
 //! client choices and the fault schedule; thread scheduling is not under its control, so a seed
 //! reproduces the same workload and faults but not always the same interleaving.
 
@@ -98,13 +98,36 @@ fn put_both(keys: [&[u8]; 2], value: &[u8]) -> TxnRequest {
     }
 }
 
-/// The fault schedule: until `stop`, one seeded fault every 30..150 ms.
-async fn inject_faults(rep: LocalReplicator, seed: u64, stop: Arc<AtomicBool>) {
+/// Crashes every replica at once, then starts them all.
+async fn power_failure(rep: &LocalReplicator) {
+    for i in 0..rep.replicas() {
+        rep.crash(i).await;
+    }
+    for i in 0..rep.replicas() {
+        let _ = rep.restart(i).await;
+    }
+}
+
+/// The fault schedule: until `stop`, one seeded fault every 30..150 ms; and one power failure
+/// once `halfway` is set (the first client is half done), so every run has one under load.
+async fn inject_faults(
+    rep: LocalReplicator,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    halfway: Arc<AtomicBool>,
+) {
     let mut rng = Rng::new(seed ^ 0xfa17);
     let n = rep.replicas();
     let mut down: Vec<usize> = Vec::new();
+    let mut powered_off = false;
     while !stop.load(Ordering::Relaxed) {
         tokio::time::sleep(Duration::from_millis(30 + rng.below(120) as u64)).await;
+        if !powered_off && halfway.load(Ordering::Relaxed) {
+            powered_off = true;
+            power_failure(&rep).await;
+            down.clear();
+            continue;
+        }
         match rng.below(20) {
             0..=1 => rep.isolate(rng.below(n)),
             // Leader isolation: the replica that leads now loses every link.
@@ -137,12 +160,7 @@ async fn inject_faults(rep: LocalReplicator, seed: u64, stop: Arc<AtomicBool>) {
             }
             // A power failure: every replica stops at once, then all start again.
             15 => {
-                for i in 0..n {
-                    rep.crash(i).await;
-                }
-                for i in 0..n {
-                    let _ = rep.restart(i).await;
-                }
+                power_failure(&rep).await;
                 down.clear();
             }
             _ => {
@@ -166,10 +184,19 @@ async fn client(
     c: usize,
     clock: Arc<AtomicU64>,
     history: Arc<Mutex<Vec<Op>>>,
+    halfway: Arc<AtomicBool>,
+    panics_before: usize,
 ) {
     let mut rng = Rng::new(cfg.seed.wrapping_mul(1000).wrapping_add(c as u64));
     let tick = || clock.fetch_add(1, Ordering::SeqCst);
     for i in 0..cfg.ops_per_client {
+        if c == 0 && i == cfg.ops_per_client / 2 {
+            halfway.store(true, Ordering::Relaxed);
+        }
+        // A replica panicked: the run has failed already; stop rather than wait out timeouts.
+        if replica_panics() > panics_before {
+            break;
+        }
         let k = rng.below(cfg.keys);
         let key = format!("key{k}").into_bytes();
         let value = format!("c{c}-{i}").into_bytes();
@@ -218,16 +245,24 @@ async fn client(
                 Err(_) => ops.push((key, Kind::Get(None), None, None)),
             }
         }
-        let mut h = history.lock().expect("history lock");
-        for (key, kind, ret, revision) in ops {
-            h.push(Op {
-                client: c,
-                key,
-                kind,
-                call,
-                ret,
-                revision,
-            });
+        let failed = ops.iter().any(|(_, _, ret, _)| ret.is_none());
+        {
+            let mut h = history.lock().expect("history lock");
+            for (key, kind, ret, revision) in ops {
+                h.push(Op {
+                    client: c,
+                    key,
+                    kind,
+                    call,
+                    ret,
+                    revision,
+                });
+            }
+        }
+        // Like a real client, wait a little after a failure (no leader, a timeout) before the
+        // next call instead of spending the whole workload while the cluster is down.
+        if failed {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
@@ -296,9 +331,15 @@ pub async fn run(cfg: &RunConfig) -> Recorded {
     let clock = Arc::new(AtomicU64::new(0));
     let history = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
-    let faults = cfg
-        .faults
-        .then(|| tokio::spawn(inject_faults(rep.clone(), cfg.seed, stop.clone())));
+    let halfway = Arc::new(AtomicBool::new(false));
+    let faults = cfg.faults.then(|| {
+        tokio::spawn(inject_faults(
+            rep.clone(),
+            cfg.seed,
+            stop.clone(),
+            halfway.clone(),
+        ))
+    });
     let clients: Vec<_> = (0..cfg.clients)
         .map(|c| {
             tokio::spawn(client(
@@ -307,6 +348,8 @@ pub async fn run(cfg: &RunConfig) -> Recorded {
                 c,
                 clock.clone(),
                 history.clone(),
+                halfway.clone(),
+                panics_before,
             ))
         })
         .collect();
