@@ -86,6 +86,14 @@ pub fn decode_payload(format: u32, payload: &[u8]) -> Result<std::borrow::Cow<'_
                     "lz4 payload claims {len} bytes, above the {PEER_MESSAGE_BYTES_MAX} limit"
                 ));
             }
+            // lz4 expands at most about 255 times: a tiny request must not make this member
+            // allocate a gigabyte it announces.
+            if len > block.len().saturating_mul(255).saturating_add(16) {
+                return Err(format!(
+                    "lz4 payload claims {len} bytes from a {}-byte block",
+                    block.len()
+                ));
+            }
             let mut out = vec![0; len];
             let n = lz4_flex::block::decompress_into(block, &mut out)
                 .map_err(|e| format!("damaged lz4 payload: {e}"))?;
@@ -487,11 +495,16 @@ mod tests {
     #[test]
     fn damaged_oversized_and_unknown_payloads_are_refused() {
         let (_, mut wire) = PeerCompression { min_bytes: 1 }.encode(compressible(8192));
-        let cut = decode_payload(FORMAT_POSTCARD_LZ4, &wire[..wire.len() / 2]).unwrap_err();
+        let cut = decode_payload(FORMAT_POSTCARD_LZ4, &wire[..wire.len() - 3]).unwrap_err();
         assert!(cut.contains("damaged lz4 payload"), "{cut}");
         wire[..4].copy_from_slice(&u32::MAX.to_le_bytes());
         let huge = decode_payload(FORMAT_POSTCARD_LZ4, &wire).unwrap_err();
         assert!(huge.contains("above the"), "{huge}");
+        // Within the message limit, but far more than the block could expand to.
+        let mut tiny = (1u32 << 29).to_le_bytes().to_vec();
+        tiny.push(0);
+        let bomb = decode_payload(FORMAT_POSTCARD_LZ4, &tiny).unwrap_err();
+        assert!(bomb.contains("from a 1-byte block"), "{bomb}");
         wire[..4].copy_from_slice(&9000u32.to_le_bytes());
         let short = decode_payload(FORMAT_POSTCARD_LZ4, &wire).unwrap_err();
         assert!(short.contains("8192 bytes, 9000 announced"), "{short}");

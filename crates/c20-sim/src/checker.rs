@@ -4,7 +4,7 @@
 //! every key is. Each key is a register (absent or a value), checked with a depth-first search
 //! over the orders the real-time constraints allow (Wing & Gong, with Lowe's memoization of
 //! visited states). A write whose outcome is unknown may take effect at any point after its call
-//! or never; it is never dropped from the history.
+//! or never; it is dropped only when no read returned its value, which provably changes nothing.
 //!
 //! Revisions are checked apart: a read that observes a value must report the revision at which
 //! the write of that value was acknowledged (every write of one txn shares one revision).

@@ -1,9 +1,11 @@
 //! Bugs planted on purpose, to show that the simulator (`c20-sim --plant BUG`) finds them.
 //!
-//! Each bug is compiled in only with the `planted-bugs` feature, which nothing but the
-//! simulator's tests and its `--plant` option turn on; without the feature [`active`] is a
-//! constant `false` and the code behind it is removed. With the feature, one bug at a time is
-//! switched on for the whole process.
+//! Each bug is compiled in only with the `planted-bugs` feature; without it [`active`] is a
+//! constant `false` and the code behind it is removed, as in every `cargo build --release`.
+//! The simulator's dev-dependency turns the feature on, and Cargo unifies features, so
+//! workspace-wide test and bench builds contain the code too, inert: a bug acts only once
+//! [`plant`] switches it on, which only `c20-sim`'s `tests/planted.rs` (in its own process) and
+//! its `--plant` option do. One bug at a time is on, for the whole process.
 
 use std::fmt;
 use std::str::FromStr;
