@@ -4,13 +4,16 @@
 //! the parallel apply, which must give the same results and the same HashKV.
 #![no_main]
 
-use c20_api::etcdserverpb::{
-    CompactionRequest, DeleteRangeRequest, PutRequest, RangeRequest, TxnRequest,
-};
+use c20_api::etcdserverpb::CompactionRequest;
 use c20_storage::mvcc::{validate_delete, validate_put, validate_range, validate_txn};
 use c20_storage::{MvccStore, WriteOp};
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
+
+/// The request `body` decodes to, if it decodes and passes `check` (as the gRPC layer checks it).
+fn valid<T: Message + Default, E>(body: &[u8], check: impl Fn(&T) -> Result<(), E>) -> Option<T> {
+    T::decode(body).ok().filter(|r| check(r).is_ok())
+}
 
 fuzz_target!(|data: &[u8]| {
     let mut ops = Vec::new();
@@ -22,39 +25,13 @@ fuzz_target!(|data: &[u8]| {
         let body = &rest[2..(2 + len).min(rest.len())];
         rest = &rest[2 + body.len()..];
         match tag % 5 {
-            0 => {
-                if let Ok(p) = PutRequest::decode(body) {
-                    if validate_put(&p).is_ok() {
-                        ops.push(WriteOp::Put(p));
-                    }
-                }
-            }
-            1 => {
-                if let Ok(d) = DeleteRangeRequest::decode(body) {
-                    if validate_delete(&d).is_ok() {
-                        ops.push(WriteOp::DeleteRange(d));
-                    }
-                }
-            }
-            2 => {
-                if let Ok(t) = TxnRequest::decode(body) {
-                    if validate_txn(&t).is_ok() {
-                        ops.push(WriteOp::Txn(t));
-                    }
-                }
-            }
-            3 => {
-                if let Ok(c) = CompactionRequest::decode(body) {
-                    ops.push(WriteOp::Compact(c));
-                }
-            }
-            _ => {
-                if let Ok(r) = RangeRequest::decode(body) {
-                    if validate_range(&r).is_ok() {
-                        ranges.push(r);
-                    }
-                }
-            }
+            0 => ops.extend(valid(body, validate_put).map(WriteOp::Put)),
+            1 => ops.extend(valid(body, validate_delete).map(WriteOp::DeleteRange)),
+            2 => ops.extend(valid(body, validate_txn).map(WriteOp::Txn)),
+            3 => ops.extend(
+                valid(body, |_: &CompactionRequest| Ok::<(), ()>(())).map(WriteOp::Compact),
+            ),
+            _ => ranges.extend(valid(body, validate_range)),
         }
     }
     let mut serial = MvccStore::in_memory().expect("in-memory store");
