@@ -828,8 +828,13 @@ impl MvccStore {
         let visible = w.visible_rev();
         let sub = w.changes;
         w.changes += 1;
-        // One walk of the key index for the read of the previous version and the append.
-        let history = self.index.entry(p.key.clone()).or_default();
+        // One walk of the key index for the read of the previous version and the append. A new
+        // key's history starts with room for one event: most keys are written once or rarely,
+        // and Vec's first growth would reserve four.
+        let history = self
+            .index
+            .entry(p.key.clone())
+            .or_insert_with(|| Vec::with_capacity(1));
         let prev = latest_at(history, visible).and_then(|e| e.kv.clone());
         let (create_revision, version) = match &prev {
             Some(kv) => (kv.create_revision, kv.version + 1),

@@ -6,6 +6,9 @@
 //! ```sh
 //! cargo run --release -p c20_distributed --example stress [-- TASKS WRITES_PER_TASK]
 //! ```
+//!
+//! The process runs without transparent huge pages unless `C20_KEEP_THP=1` is set
+//! (docs/BENCHMARKS.md compares the two).
 
 use c20_distributed::{ConsistencyLevel, LocalReplicator};
 use std::time::Instant;
@@ -15,6 +18,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // As c20's docs advise for any process holding a growing store (see the function's docs);
+    // `C20_KEEP_THP=1` keeps huge pages, for comparison.
+    if std::env::var_os("C20_KEEP_THP").is_none() {
+        c20_distributed::disable_transparent_huge_pages()?;
+    }
     let mut args = std::env::args().skip(1);
     let tasks: usize = args.next().map_or(Ok(100), |a| a.parse())?;
     let per_task: usize = args.next().map_or(Ok(1000), |a| a.parse())?;

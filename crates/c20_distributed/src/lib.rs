@@ -17,6 +17,7 @@
 //! ```
 
 mod replicator;
+mod tuning;
 
 pub use c20_api as api;
 pub use c20_api::{ConsistencyLevel, EtcdError};
@@ -26,3 +27,4 @@ pub use c20_storage::planted;
 pub use replicator::{
     validate, Builder, ConfigError, EventualWrite, LocalReplicator, Session, WriteAck,
 };
+pub use tuning::{disable_transparent_huge_pages, transparent_huge_pages_disabled};
