@@ -146,6 +146,22 @@ struct ServeArgs {
     /// turns compression off.
     #[arg(long, env = "C20_PEER_COMPRESSION_MIN_BYTES", default_value_t = c20_server::config::DEFAULT_PEER_COMPRESSION_MIN_BYTES)]
     peer_compression_min_bytes: usize,
+    /// Most client requests the leader puts in one log entry; 1 turns batching off.
+    #[arg(
+        long,
+        env = "C20_BATCH_MAX_OPS",
+        default_value_t = c20_server::config::DEFAULT_BATCH_MAX_OPS as u64,
+        value_parser = clap::value_parser!(u64).range(1..=65536)
+    )]
+    batch_max_ops: u64,
+    /// Whether the leader proposes the next batch while earlier ones replicate; false keeps one
+    /// batch in flight (for measuring what pipelining contributes, not for production).
+    #[arg(long, env = "C20_PROPOSAL_PIPELINING", default_value_t = true, action = clap::ArgAction::Set)]
+    proposal_pipelining: bool,
+    /// Whether concurrent linearizable reads share the leader's quorum rounds; false gives each
+    /// read a round of its own (for measuring what coalescing contributes).
+    #[arg(long, env = "C20_READ_COALESCING", default_value_t = true, action = clap::ArgAction::Set)]
+    read_coalescing: bool,
 }
 
 /// Parses a duration as etcd's flags write them: a number and `ms`, `s`, `m` or `h`.
@@ -235,6 +251,9 @@ async fn serve(a: ServeArgs) -> Result<()> {
             .apply_threads
             .map_or_else(c20_server::default_apply_threads, |n| n as usize),
         peer_compression_min_bytes: a.peer_compression_min_bytes,
+        batch_max_ops: a.batch_max_ops as usize,
+        proposal_pipelining: a.proposal_pipelining,
+        read_coalescing: a.read_coalescing,
     };
     let server = Server::start(cfg).await?;
     let removed = tokio::select! {

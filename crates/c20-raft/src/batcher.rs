@@ -7,6 +7,8 @@ use crate::node::Raft;
 use crate::types::{Command, Op, Reply};
 use c20_api::EtcdError;
 use openraft::errors::{ClientWriteError, RaftError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -19,16 +21,72 @@ pub struct BatchConfig {
     pub bytes_max: usize,
     /// How long the first request of a batch waits for company (0: take what is queued).
     pub linger: Duration,
+    /// Whether the next batch may be proposed while earlier ones are still replicating. Off,
+    /// one batch at a time is in flight: a switch for measuring what pipelining contributes,
+    /// not a setting for production (a batch that cannot commit holds up every later one until
+    /// the request timeout).
+    pub pipelining: bool,
 }
+
+/// Default of [`BatchConfig::ops_max`].
+pub const DEFAULT_BATCH_OPS_MAX: usize = 256;
 
 impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
-            ops_max: 256,
+            ops_max: DEFAULT_BATCH_OPS_MAX,
             bytes_max: 1024 * 1024,
             linger: Duration::ZERO,
+            pipelining: true,
         }
     }
+}
+
+/// How many of something are in progress at once, and the most there ever were.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    now: AtomicUsize,
+    most: AtomicUsize,
+}
+
+impl InFlight {
+    /// Counts one more until the guard is dropped.
+    pub(crate) fn enter(self: &Arc<Self>) -> InFlightGuard {
+        let now = self.now.fetch_add(1, Ordering::AcqRel) + 1;
+        self.most.fetch_max(now, Ordering::AcqRel);
+        InFlightGuard(self.clone())
+    }
+
+    pub(crate) fn most(&self) -> usize {
+        self.most.load(Ordering::Acquire)
+    }
+}
+
+pub(crate) struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// What the batcher has proposed so far.
+#[derive(Debug, Default)]
+pub(crate) struct BatchStats {
+    entries: AtomicU64,
+    requests: AtomicU64,
+    in_flight: Arc<InFlight>,
+}
+
+/// A copy of the batcher's counters (see [`crate::RaftNode::proposal_counts`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProposalCounts {
+    /// Log entries the batcher proposed on this node while it led.
+    pub entries: u64,
+    /// Client requests in those entries.
+    pub requests: u64,
+    /// The most entries ever replicating at the same time (1 without pipelining).
+    pub in_flight_max: usize,
 }
 
 type Done = oneshot::Sender<Result<(Reply, u64), EtcdError>>;
@@ -36,11 +94,14 @@ type Done = oneshot::Sender<Result<(Reply, u64), EtcdError>>;
 /// Hands commands to Raft in batches. Dropping it stops the batching task.
 pub(crate) struct Batcher {
     tx: mpsc::UnboundedSender<(Command, Done)>,
+    stats: Arc<BatchStats>,
 }
 
 impl Batcher {
     pub(crate) fn spawn(raft: Raft, cfg: BatchConfig) -> Batcher {
         let (tx, mut rx) = mpsc::unbounded_channel::<(Command, Done)>();
+        let stats = Arc::new(BatchStats::default());
+        let counts = stats.clone();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 if !cfg.linger.is_zero() {
@@ -57,12 +118,30 @@ impl Batcher {
                         Err(_) => break,
                     }
                 }
-                // Each batch is proposed on its own task so that the next one can form while
-                // this one replicates (pipelining).
-                tokio::spawn(propose(raft.clone(), batch));
+                counts.entries.fetch_add(1, Ordering::Relaxed);
+                counts
+                    .requests
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                let in_flight = counts.in_flight.enter();
+                let proposal = propose(raft.clone(), batch, in_flight);
+                if cfg.pipelining {
+                    // Each batch is proposed on its own task so that the next one can form
+                    // while this one replicates.
+                    tokio::spawn(proposal);
+                } else {
+                    proposal.await;
+                }
             }
         });
-        Batcher { tx }
+        Batcher { tx, stats }
+    }
+
+    pub(crate) fn counts(&self) -> ProposalCounts {
+        ProposalCounts {
+            entries: self.stats.entries.load(Ordering::Relaxed),
+            requests: self.stats.requests.load(Ordering::Relaxed),
+            in_flight_max: self.stats.in_flight.most(),
+        }
     }
 
     /// Proposes `cmd` as the leader; `NotLeader` means nothing was proposed.
@@ -86,7 +165,9 @@ fn write_error(
     }
 }
 
-async fn propose(raft: Raft, mut batch: Vec<(Command, Done)>) {
+/// Proposes one batch as one entry and answers each request; `_in_flight` counts it until the
+/// outcome is known.
+async fn propose(raft: Raft, mut batch: Vec<(Command, Done)>, _in_flight: InFlightGuard) {
     if batch.len() == 1 {
         let (cmd, done) = batch.pop().expect("one element");
         let res = raft

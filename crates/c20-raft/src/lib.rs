@@ -16,7 +16,7 @@ pub mod state_machine;
 pub mod transport;
 pub mod types;
 
-pub use batcher::BatchConfig;
+pub use batcher::{BatchConfig, ProposalCounts};
 pub use consistency::PendingWrite;
 pub use lease::{LeaseAnswer, LeaseAsk, MAX_LEASE_TTL};
 pub use membership::ask_cluster_id;

@@ -7,7 +7,7 @@
 //!   coalescing concurrent readers into one round; a follower asks the leader for that index and
 //!   waits until it applied it).
 
-use crate::batcher::{BatchConfig, Batcher};
+use crate::batcher::{BatchConfig, Batcher, InFlight, ProposalCounts};
 use crate::lease::Lessor;
 use crate::log_store::LogStore;
 use crate::membership::{ask_peer, AskFailed, PeerAnswer, PeerAsk};
@@ -75,6 +75,10 @@ pub struct RaftNodeConfig {
     /// Threads that read for independent requests of an applied batch in parallel; 1 applies
     /// strictly one request after the other.
     pub apply_threads: usize,
+    /// Whether concurrent linearizable reads on the leader share quorum rounds. Off, each read
+    /// waits for a round of its own, one round after the other: a switch for measuring what
+    /// coalescing contributes.
+    pub read_coalescing: bool,
     /// The cluster's id (etcd's), which this member tells a joining member.
     pub cluster_id: u64,
 }
@@ -100,6 +104,7 @@ impl RaftNodeConfig {
             batch: BatchConfig::default(),
             peer_compression: PeerCompression::OFF,
             apply_threads: default_apply_threads(),
+            read_coalescing: true,
             cluster_id: 0,
         }
     }
@@ -181,6 +186,10 @@ pub struct RaftNode {
     forwarders: Mutex<HashMap<NodeId, ForwardQueue>>,
     /// The snapshot transfer being received, if any (a newer one replaces it).
     incoming_snapshot: Mutex<Option<Incoming>>,
+    /// Held across a leader's read round when reads are not coalesced.
+    read_round: Option<tokio::sync::Mutex<()>>,
+    /// Leader read rounds in progress (the most at once shows whether rounds were shared).
+    read_rounds: Arc<InFlight>,
 }
 
 impl RaftNode {
@@ -277,6 +286,8 @@ impl RaftNode {
             was_member: std::sync::atomic::AtomicBool::new(false),
             told_removed: std::sync::atomic::AtomicBool::new(false),
             incoming_snapshot: Mutex::new(None),
+            read_round: (!cfg.read_coalescing).then(|| tokio::sync::Mutex::new(())),
+            read_rounds: Arc::default(),
             removed_notify: tokio::sync::Notify::new(),
             lessor: Lessor::default(),
             peers: Mutex::new(HashMap::new()),
@@ -851,6 +862,11 @@ impl RaftNode {
     /// linearizable read must wait for. openraft queues concurrent requests and answers them
     /// together with one heartbeat round.
     pub(crate) async fn read_index_as_leader(&self) -> Result<u64, EtcdError> {
+        let _own_round = match &self.read_round {
+            Some(m) => Some(m.lock().await),
+            None => None,
+        };
+        let _counted = self.read_rounds.enter();
         let res = tokio::time::timeout(
             self.request_timeout,
             self.raft.get_read_linearizer(ReadPolicy::ReadIndex),
@@ -865,6 +881,17 @@ impl RaftNode {
             Ok(Err(RaftError::APIError(_))) => Err(EtcdError::Timeout),
             Ok(Err(RaftError::Fatal(e))) => Err(EtcdError::StorageFailed(e.to_string())),
         }
+    }
+
+    /// What this node's proposal batcher did so far (entries, requests, most in flight).
+    pub fn proposal_counts(&self) -> ProposalCounts {
+        self.batcher.counts()
+    }
+
+    /// The most ReadIndex rounds this node ran at once as leader (1 when reads are not
+    /// coalesced).
+    pub fn read_rounds_in_flight_max(&self) -> usize {
+        self.read_rounds.most()
     }
 
     /// Returns once the local state machine reflects every write acknowledged before the call.

@@ -47,7 +47,17 @@ pub struct ServerConfig {
     /// `--peer-compression-min-bytes`: peer requests at least this long travel lz4-compressed
     /// (0 = never).
     pub peer_compression_min_bytes: usize,
+    /// `--batch-max-ops`: most client requests in one log entry (1 = batching off).
+    pub batch_max_ops: usize,
+    /// `--proposal-pipelining`: whether the next batch may be proposed while earlier ones
+    /// replicate.
+    pub proposal_pipelining: bool,
+    /// `--read-coalescing`: whether concurrent linearizable reads share quorum rounds.
+    pub read_coalescing: bool,
 }
+
+/// Default of `--batch-max-ops`.
+pub const DEFAULT_BATCH_MAX_OPS: usize = c20_raft::batcher::DEFAULT_BATCH_OPS_MAX;
 
 /// Default of `--peer-compression-min-bytes` (docs/BENCHMARKS.md has the measurement behind it).
 pub const DEFAULT_PEER_COMPRESSION_MIN_BYTES: usize = 0;
@@ -75,6 +85,9 @@ impl ServerConfig {
             watch_progress_notify_interval: Duration::from_secs(600),
             apply_threads: c20_raft::node::default_apply_threads(),
             peer_compression_min_bytes: DEFAULT_PEER_COMPRESSION_MIN_BYTES,
+            batch_max_ops: DEFAULT_BATCH_MAX_OPS,
+            proposal_pipelining: true,
+            read_coalescing: true,
         }
     }
 }
