@@ -154,10 +154,11 @@ struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..=65536)
     )]
     batch_max_ops: u64,
-    /// Whether the leader proposes the next batch while earlier ones replicate; false keeps one
-    /// batch in flight (for measuring what pipelining contributes, not for production).
-    #[arg(long, env = "C20_PROPOSAL_PIPELINING", default_value_t = true, action = clap::ArgAction::Set)]
-    proposal_pipelining: bool,
+    /// Most batches the leader has replicating at once (pipelining); requests that arrive while
+    /// the window is full leave together in the next batch. 1 turns pipelining off, 0 leaves it
+    /// unbounded.
+    #[arg(long, env = "C20_PROPOSAL_WINDOW", default_value_t = c20_server::config::DEFAULT_PROPOSAL_WINDOW as u64, value_parser = clap::value_parser!(u64).range(0..=4096))]
+    proposal_window: u64,
     /// Whether concurrent linearizable reads share the leader's quorum rounds; false gives each
     /// read a round of its own (for measuring what coalescing contributes).
     #[arg(long, env = "C20_READ_COALESCING", default_value_t = true, action = clap::ArgAction::Set)]
@@ -252,7 +253,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
             .map_or_else(c20_server::default_apply_threads, |n| n as usize),
         peer_compression_min_bytes: a.peer_compression_min_bytes,
         batch_max_ops: a.batch_max_ops as usize,
-        proposal_pipelining: a.proposal_pipelining,
+        proposal_window: a.proposal_window as usize,
         read_coalescing: a.read_coalescing,
     };
     let server = Server::start(cfg).await?;

@@ -10,7 +10,7 @@ use openraft::errors::{ClientWriteError, RaftError};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 /// Bounds of one batch; `ops_max: 1` turns batching off.
 #[derive(Debug, Clone)]
@@ -21,15 +21,16 @@ pub struct BatchConfig {
     pub bytes_max: usize,
     /// How long the first request of a batch waits for company (0: take what is queued).
     pub linger: Duration,
-    /// Whether the next batch may be proposed while earlier ones are still replicating. Off,
-    /// one batch at a time is in flight: a switch for measuring what pipelining contributes,
-    /// not a setting for production (a batch that cannot commit holds up every later one until
-    /// the request timeout).
-    pub pipelining: bool,
+    /// Most batches replicating at once (pipelining); while the window is full, requests queue
+    /// and leave together in the next batch. `1` turns pipelining off, `0` leaves it unbounded.
+    pub window: usize,
 }
 
 /// Default of [`BatchConfig::ops_max`].
 pub const DEFAULT_BATCH_OPS_MAX: usize = 256;
+
+/// Default of [`BatchConfig::window`].
+pub const DEFAULT_PROPOSAL_WINDOW: usize = 0;
 
 impl Default for BatchConfig {
     fn default() -> Self {
@@ -37,7 +38,7 @@ impl Default for BatchConfig {
             ops_max: DEFAULT_BATCH_OPS_MAX,
             bytes_max: 1024 * 1024,
             linger: Duration::ZERO,
-            pipelining: true,
+            window: DEFAULT_PROPOSAL_WINDOW,
         }
     }
 }
@@ -85,7 +86,7 @@ pub struct ProposalCounts {
     pub entries: u64,
     /// Client requests in those entries.
     pub requests: u64,
-    /// The most entries ever replicating at the same time (1 without pipelining).
+    /// The most entries ever replicating at the same time (at most the window).
     pub in_flight_max: usize,
 }
 
@@ -102,8 +103,18 @@ impl Batcher {
         let (tx, mut rx) = mpsc::unbounded_channel::<(Command, Done)>();
         let stats = Arc::new(BatchStats::default());
         let counts = stats.clone();
+        let window = (cfg.window > 0).then(|| Arc::new(Semaphore::new(cfg.window)));
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
+                // Wait for room in the window before forming the batch: what arrives meanwhile
+                // joins it.
+                let slot = match &window {
+                    Some(w) => match w.clone().acquire_owned().await {
+                        Ok(permit) => Some(permit),
+                        Err(_) => return,
+                    },
+                    None => None,
+                };
                 if !cfg.linger.is_zero() {
                     tokio::time::sleep(cfg.linger).await;
                 }
@@ -122,15 +133,10 @@ impl Batcher {
                 counts
                     .requests
                     .fetch_add(batch.len() as u64, Ordering::Relaxed);
-                let in_flight = counts.in_flight.enter();
-                let proposal = propose(raft.clone(), batch, in_flight);
-                if cfg.pipelining {
-                    // Each batch is proposed on its own task so that the next one can form
-                    // while this one replicates.
-                    tokio::spawn(proposal);
-                } else {
-                    proposal.await;
-                }
+                let in_flight = (counts.in_flight.enter(), slot);
+                // Each batch is proposed on its own task so that the next one can form while
+                // this one replicates.
+                tokio::spawn(propose(raft.clone(), batch, in_flight));
             }
         });
         Batcher { tx, stats }
@@ -165,9 +171,13 @@ fn write_error(
     }
 }
 
-/// Proposes one batch as one entry and answers each request; `_in_flight` counts it until the
-/// outcome is known.
-async fn propose(raft: Raft, mut batch: Vec<(Command, Done)>, _in_flight: InFlightGuard) {
+/// Proposes one batch as one entry and answers each request; `_in_flight` counts it and holds
+/// its place in the window until the outcome is known.
+async fn propose(
+    raft: Raft,
+    mut batch: Vec<(Command, Done)>,
+    _in_flight: (InFlightGuard, Option<OwnedSemaphorePermit>),
+) {
     if batch.len() == 1 {
         let (cmd, done) = batch.pop().expect("one element");
         let res = raft

@@ -462,23 +462,28 @@ async fn without_batching_every_request_is_a_log_entry_of_its_own() {
     shutdown(nodes).await;
 }
 
-/// The pipelining switch (`--proposal-pipelining false`): one batch replicates at a time, and
-/// concurrent writes still all commit with their own revisions.
+/// The pipelining window (`--proposal-window N`): at most N batches replicate at once (1 turns
+/// pipelining off), and concurrent writes still all commit with their own revisions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_pipelining_one_batch_replicates_at_a_time() {
-    let (_router, nodes) = cluster_with(3, |c| c.batch.pipelining = false).await;
-    let leader = leader_among(&nodes, None).await;
-    let node = nodes[&leader].clone();
-    let revisions = concurrent_puts(&node, "k", 200).await;
-    assert_eq!(revisions, (2..=201).collect::<Vec<i64>>());
-    let counts = node.proposal_counts();
-    assert_eq!(counts.in_flight_max, 1, "{counts:?}");
-    assert!(counts.requests >= 200, "{counts:?}");
-    for n in nodes.values() {
-        n.read_barrier().await.unwrap();
-        assert!(local_get(n, "k199").is_some());
+async fn the_proposal_window_bounds_batches_in_flight() {
+    for window in [1, 3] {
+        let (_router, nodes) = cluster_with(3, |c| c.batch.window = window).await;
+        let leader = leader_among(&nodes, None).await;
+        let node = nodes[&leader].clone();
+        let revisions = concurrent_puts(&node, "k", 200).await;
+        assert_eq!(revisions, (2..=201).collect::<Vec<i64>>());
+        let counts = node.proposal_counts();
+        assert!(
+            counts.in_flight_max <= window,
+            "window {window}: {counts:?}"
+        );
+        assert!(counts.requests >= 200, "{counts:?}");
+        for n in nodes.values() {
+            n.read_barrier().await.unwrap();
+            assert!(local_get(n, "k199").is_some());
+        }
+        shutdown(nodes).await;
     }
-    shutdown(nodes).await;
 }
 
 /// The read coalescing switch (`--read-coalescing false`): concurrent linearizable reads, on the

@@ -49,15 +49,17 @@ pub struct ServerConfig {
     pub peer_compression_min_bytes: usize,
     /// `--batch-max-ops`: most client requests in one log entry (1 = batching off).
     pub batch_max_ops: usize,
-    /// `--proposal-pipelining`: whether the next batch may be proposed while earlier ones
-    /// replicate.
-    pub proposal_pipelining: bool,
+    /// `--proposal-window`: most batches replicating at once (1 = no pipelining, 0 = no bound).
+    pub proposal_window: usize,
     /// `--read-coalescing`: whether concurrent linearizable reads share quorum rounds.
     pub read_coalescing: bool,
 }
 
 /// Default of `--batch-max-ops`.
 pub const DEFAULT_BATCH_MAX_OPS: usize = c20_raft::batcher::DEFAULT_BATCH_OPS_MAX;
+
+/// Default of `--proposal-window`.
+pub const DEFAULT_PROPOSAL_WINDOW: usize = c20_raft::batcher::DEFAULT_PROPOSAL_WINDOW;
 
 /// Default of `--peer-compression-min-bytes` (docs/BENCHMARKS.md has the measurement behind it).
 pub const DEFAULT_PEER_COMPRESSION_MIN_BYTES: usize = 0;
@@ -86,7 +88,7 @@ impl ServerConfig {
             apply_threads: c20_raft::node::default_apply_threads(),
             peer_compression_min_bytes: DEFAULT_PEER_COMPRESSION_MIN_BYTES,
             batch_max_ops: DEFAULT_BATCH_MAX_OPS,
-            proposal_pipelining: true,
+            proposal_window: DEFAULT_PROPOSAL_WINDOW,
             read_coalescing: true,
         }
     }

@@ -165,7 +165,7 @@ impl Server {
             min_bytes: cfg.peer_compression_min_bytes,
         };
         rcfg.batch.ops_max = cfg.batch_max_ops.max(1);
-        rcfg.batch.pipelining = cfg.proposal_pipelining;
+        rcfg.batch.window = cfg.proposal_window;
         rcfg.read_coalescing = cfg.read_coalescing;
         rcfg.cluster_id = cluster_id;
         let node = RaftNode::start(rcfg).await?;
