@@ -564,6 +564,12 @@ impl MvccStore {
         self.compact_rev = image.compact_rev;
         self.applied = applied;
         self.rebuild_derived();
+        // An import is durable on disk (the transaction above), so it must be for a store that
+        // models a disk too: otherwise a crash after installing a snapshot would go back to the
+        // checkpoint before it, while the log below the snapshot is already purged.
+        if self.db.is_none() && self.models_disk {
+            self.durable = Some(Box::new((self.export(), self.applied.clone())));
+        }
         Ok(())
     }
 
