@@ -205,7 +205,12 @@ impl RaftNode {
     ) -> Result<(), EtcdError> {
         match level {
             ConsistencyLevel::Eventual => Ok(()),
-            ConsistencyLevel::Sequential => self.wait_revision(session_revision).await,
+            ConsistencyLevel::Sequential => {
+                if planted::active(Bug::SequentialReadIgnoresSession) {
+                    return Ok(());
+                }
+                self.wait_revision(session_revision).await
+            }
             ConsistencyLevel::Quorum => {
                 let index = self.read_index().await?;
                 if r > self.majority() {

@@ -8,6 +8,9 @@
 //!
 //! Revisions are checked apart: a read that observes a value must report the revision at which
 //! the write of that value was acknowledged (every write of one txn shares one revision).
+//!
+//! `Sequential` reads may be stale, so they stay out of the linearizability search; they are
+//! checked against their session's promises instead (see [`check_sessions`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -18,8 +21,10 @@ pub type Value = Option<Vec<u8>>;
 pub enum Kind {
     Put(Vec<u8>),
     Delete,
-    /// A read and what it observed.
+    /// A linearizable read and what it observed.
     Get(Value),
+    /// A `Sequential` read through the client's session and what it observed.
+    SequentialGet(Value),
 }
 
 /// One call and its return, on a single logical clock.
@@ -34,6 +39,9 @@ pub struct Op {
     /// For an acknowledged write, the revision it reported; for a read that observed a value,
     /// that value's `mod_revision`.
     pub revision: Option<i64>,
+    /// Whether the call went through the client's session, so that the session's later
+    /// `Sequential` reads must reflect it.
+    pub session: bool,
 }
 
 impl Op {
@@ -44,6 +52,10 @@ impl Op {
             Kind::Delete => "delete".to_string(),
             Kind::Get(None) => "get -> absent".to_string(),
             Kind::Get(Some(v)) => format!("get -> {:?}", String::from_utf8_lossy(v)),
+            Kind::SequentialGet(None) => "sequential get -> absent".to_string(),
+            Kind::SequentialGet(Some(v)) => {
+                format!("sequential get -> {:?}", String::from_utf8_lossy(v))
+            }
         };
         let rev = self.revision.map_or(String::new(), |r| format!(" @{r}"));
         format!(
@@ -92,20 +104,29 @@ pub struct Checked {
     pub keys: usize,
     /// Keys whose search gave up (too many states) without a verdict.
     pub undecided: usize,
+    /// `Sequential` reads whose session had seen a write of their key, so that the session
+    /// promises constrained what they could return.
+    pub session_reads: usize,
 }
 
-/// Checks every key, revisions first; returns the first problem found (keys in order).
+/// Checks revisions, then sessions, then every key; returns the first problem found (keys in
+/// order).
 pub fn check(history: &[Op]) -> Result<Checked, Violation> {
     check_revisions(history)?;
+    let session_reads = check_sessions(history)?;
     let mut by_key: BTreeMap<&[u8], Vec<&Op>> = BTreeMap::new();
     for op in history {
-        // A read whose outcome is unknown observed nothing.
-        if matches!(op.kind, Kind::Get(_)) && op.ret.is_none() {
+        // A read whose outcome is unknown observed nothing; a Sequential read may be stale.
+        let unknown_read = matches!(op.kind, Kind::Get(_)) && op.ret.is_none();
+        if unknown_read || matches!(op.kind, Kind::SequentialGet(_)) {
             continue;
         }
         by_key.entry(&op.key).or_default().push(op);
     }
-    let mut checked = Checked::default();
+    let mut checked = Checked {
+        session_reads,
+        ..Checked::default()
+    };
     for (key, ops) in by_key {
         let of = ops.len();
         let mut ops = without_unseen_maybes(ops);
@@ -156,7 +177,9 @@ fn check_revisions(history: &[Op]) -> Result<(), Violation> {
         }
     }
     for op in history {
-        let (Kind::Get(Some(v)), Some(_), Some(seen)) = (&op.kind, op.ret, op.revision) else {
+        let (Kind::Get(Some(v)) | Kind::SequentialGet(Some(v)), Some(_), Some(seen)) =
+            (&op.kind, op.ret, op.revision)
+        else {
             continue;
         };
         if let Some(w) = written.get(&(op.key.as_slice(), v.as_slice())) {
@@ -176,6 +199,84 @@ fn check_revisions(history: &[Op]) -> Result<(), Violation> {
     Ok(())
 }
 
+/// The promises of a session's `Sequential` reads. What the session has seen is at least the
+/// highest revision among its own acknowledged writes and the values its reads returned; a read
+/// of a key must then reflect that key as of that revision or later:
+/// - a value it returns was written no earlier than the newest acknowledged write of the key at
+///   or below what the session had seen (read-your-writes, monotonic reads);
+/// - it finds the key absent only if some delete of the key was called before it returned.
+///
+/// Returns how many reads had such a write to respect.
+fn check_sessions(history: &[Op]) -> Result<usize, Violation> {
+    let mut constrained = 0;
+    let mut writes: HashMap<&[u8], Vec<(i64, &Op)>> = HashMap::new();
+    let mut by_client: BTreeMap<usize, Vec<&Op>> = BTreeMap::new();
+    for op in history {
+        if let (Kind::Put(_), Some(_), Some(r)) = (&op.kind, op.ret, op.revision) {
+            writes.entry(&op.key).or_default().push((r, op));
+        }
+        by_client.entry(op.client).or_default().push(op);
+    }
+    for w in writes.values_mut() {
+        w.sort_by_key(|(r, _)| *r);
+    }
+    for ops in by_client.values_mut() {
+        ops.sort_by_key(|o| o.call);
+        // The lower bound of what the session has seen, and the call that showed it.
+        let mut seen: Option<(i64, &Op)> = None;
+        for &op in ops.iter() {
+            let Some(ret) = op.ret else { continue };
+            if let (Kind::SequentialGet(value), Some((at, shown))) = (&op.kind, seen) {
+                let floor = writes
+                    .get(op.key.as_slice())
+                    .and_then(|w| w.iter().rev().find(|(r, _)| *r <= at));
+                if let Some(&(written, write)) = floor {
+                    constrained += 1;
+                    let broken = match (value, op.revision) {
+                        (Some(_), Some(got)) if got < written => Some(format!(
+                            "a Sequential read returned the value of revision {got}, though its \
+                             session had seen revision {at} and the key was written at {written}"
+                        )),
+                        (None, _) => (!history
+                            .iter()
+                            .any(|d| d.key == op.key && d.kind == Kind::Delete && d.call < ret))
+                        .then(|| {
+                            format!(
+                                "a Sequential read found the key absent, though its session had \
+                                 seen revision {at}, the key was written at {written}, and no \
+                                 delete of it ran"
+                            )
+                        }),
+                        _ => None,
+                    };
+                    if let Some(reason) = broken {
+                        let mut shown_ops = vec![write.clone(), shown.clone(), op.clone()];
+                        shown_ops.sort_by_key(|o| o.call);
+                        shown_ops.dedup();
+                        return Err(Violation {
+                            key: op.key.clone(),
+                            reason,
+                            ops: shown_ops,
+                            of: history.iter().filter(|o| o.key == op.key).count(),
+                        });
+                    }
+                }
+            }
+            let shows = match &op.kind {
+                Kind::Put(_) => op.session,
+                Kind::SequentialGet(Some(_)) => true,
+                _ => false,
+            };
+            if let (true, Some(r)) = (shows, op.revision) {
+                if seen.is_none_or(|(at, _)| r > at) {
+                    seen = Some((r, op));
+                }
+            }
+        }
+    }
+    Ok(constrained)
+}
+
 /// Drops operations one at a time while the rest still has no linearization. Only reads and
 /// writes whose value no remaining read observed may go (deletes stay): such a slice is
 /// linearizable whenever the whole history is, so a slice without a linearization proves the
@@ -185,7 +286,7 @@ fn shrink(mut ops: Vec<&Op>) -> Vec<&Op> {
     while i > 0 {
         i -= 1;
         let removable = match &ops[i].kind {
-            Kind::Get(_) => true,
+            Kind::Get(_) | Kind::SequentialGet(_) => true,
             Kind::Delete => false,
             Kind::Put(v) => !ops
                 .iter()
@@ -274,6 +375,8 @@ impl Search<'_> {
                 Kind::Put(v) => Some(Some(v.clone())),
                 Kind::Delete => Some(None),
                 Kind::Get(observed) => (observed == &value).then(|| value.clone()),
+                // Never searched: check() leaves Sequential reads out.
+                Kind::SequentialGet(_) => None,
             };
             if let Some(next) = next {
                 self.flip(i);
@@ -300,6 +403,7 @@ mod tests {
             call,
             ret,
             revision: None,
+            session: false,
         }
     }
 
@@ -400,9 +504,59 @@ mod tests {
             ok,
             Checked {
                 keys: 1,
-                undecided: 0
+                undecided: 0,
+                session_reads: 0,
             }
         );
+    }
+
+    fn at(mut o: Op, revision: i64) -> Op {
+        o.revision = Some(revision);
+        o
+    }
+
+    fn seq_get(v: Option<&str>) -> Kind {
+        Kind::SequentialGet(v.map(|v| v.as_bytes().to_vec()))
+    }
+
+    #[test]
+    fn a_sequential_read_may_be_stale_but_never_older_than_its_session() {
+        // Client 1 writes b at 6; client 0 (the session) wrote a at 5 and reads: "a" is a stale
+        // but allowed answer, and stale reads are not searched for linearizability.
+        let mut mine = at(op(0, put("a"), 0, Some(1)), 5);
+        mine.session = true;
+        let other = at(op(1, put("b"), 2, Some(3)), 6);
+        let stale = at(op(0, seq_get(Some("a")), 4, Some(5)), 5);
+        assert!(check(&[mine.clone(), other.clone(), stale]).is_ok());
+        // The session reads b at 6, then a again: monotonic reads broken.
+        let newer = at(op(0, seq_get(Some("b")), 4, Some(5)), 6);
+        let older = at(op(0, seq_get(Some("a")), 6, Some(7)), 5);
+        let v = check(&[mine.clone(), other.clone(), newer, older]).unwrap_err();
+        assert!(v.reason.contains("returned the value of revision 5"), "{v}");
+        assert!(v.reason.contains("written at 6"), "{v}");
+        // Read-your-writes: after its own write at 6, a read of the write at 5 is wrong.
+        let mut mine_b = at(op(0, put("b"), 2, Some(3)), 6);
+        mine_b.session = true;
+        let older = at(op(0, seq_get(Some("a")), 4, Some(5)), 5);
+        assert!(check(&[mine.clone(), mine_b.clone(), older.clone()]).is_err());
+        // The same write made outside the session promises nothing to the session.
+        mine_b.session = false;
+        assert!(check(&[mine, mine_b, older]).is_ok());
+    }
+
+    #[test]
+    fn a_sequential_read_finds_a_key_absent_only_if_a_delete_may_have_run() {
+        let mut mine = at(op(0, put("a"), 0, Some(1)), 5);
+        mine.session = true;
+        let absent = op(0, seq_get(None), 2, Some(3));
+        let v = check(&[mine.clone(), absent.clone()]).unwrap_err();
+        assert!(v.reason.contains("absent"), "{v}");
+        // A delete of unknown outcome called before the read returned explains it.
+        let delete = op(1, Kind::Delete, 1, None);
+        assert!(check(&[mine.clone(), delete, absent.clone()]).is_ok());
+        // One called only after the read returned does not.
+        let late = op(1, Kind::Delete, 4, Some(5));
+        assert!(check(&[mine, late, absent]).is_err());
     }
 
     #[test]

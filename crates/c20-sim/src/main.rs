@@ -89,6 +89,7 @@ async fn main() {
     let started = Instant::now();
     let budget = a.minutes.map(|m| Duration::from_secs_f64(m * 60.0));
     let (mut seeds, mut total_ops, mut violations, mut undecided) = (0u64, 0usize, 0u64, 0usize);
+    let mut session_reads = 0usize;
     let mut seed = a.first;
     loop {
         let more = match budget {
@@ -110,6 +111,7 @@ async fn main() {
         let result = recorded.check();
         if let Ok(c) = &result {
             undecided += c.undecided;
+            session_reads += c.session_reads;
         }
         if let Err(v) = result {
             violations += 1;
@@ -138,6 +140,7 @@ async fn main() {
     if undecided > 0 {
         println!("{undecided} key histories were too large to decide (search budget spent)");
     }
+    println!("{session_reads} Sequential reads were held to what their session had seen");
     println!(
         "seeds: {seeds}, ops: {total_ops}, minutes: {:.1}, violations: {violations}, replay-mismatches: not checked (seeded, not yet deterministic)",
         started.elapsed().as_secs_f64() / 60.0

@@ -1,7 +1,8 @@
 //! A seeded workload under faults on a [`LocalReplicator`], recorded as a history.
 //!
 //! Clients put, delete, write two keys in one txn and read a small key space, through the
-//! leader or through a replica of their choosing, while a fault task isolates replicas (the
+//! leader or through a replica of their choosing (linearizable reads, and `Sequential` reads in
+//! the client's session), while a fault task isolates replicas (the
 //! leader among them), heals, crashes and restarts them, cuts single links one way, loses and
 //! delays Raft messages at random, and crashes every replica at once (a power failure) when the
 //! first client is half done, and now and then besides. A crash loses what the replica's store had not checkpointed. The seed fixes the
@@ -189,6 +190,8 @@ async fn client(
 ) {
     let mut rng = Rng::new(cfg.seed.wrapping_mul(1000).wrapping_add(c as u64));
     let tick = || clock.fetch_add(1, Ordering::SeqCst);
+    // The client's single puts and its Sequential reads share this session.
+    let session = rep.session();
     for i in 0..cfg.ops_per_client {
         if c == 0 && i == cfg.ops_per_client / 2 {
             halfway.store(true, Ordering::Relaxed);
@@ -200,11 +203,11 @@ async fn client(
         let k = rng.below(cfg.keys);
         let key = format!("key{k}").into_bytes();
         let value = format!("c{c}-{i}").into_bytes();
-        let choice = rng.below(20);
+        let choice = rng.below(22);
         let call = tick();
         let mut ops = Vec::new();
         if choice < 7 {
-            let res = within(rep.replicate(&key, &value, cfg.write_level)).await;
+            let res = within(session.replicate(&key, &value, cfg.write_level)).await;
             // A failed write may still have happened: its outcome is unknown.
             let (ret, revision) = match res {
                 Ok(ack) => (Some(tick()), ack.revision),
@@ -228,9 +231,31 @@ async fn client(
             for k in [key, other] {
                 ops.push((k, Kind::Put(value.clone()), ret, revision));
             }
+        } else if choice >= 20 {
+            // A Sequential read in the session, from a replica the client picked: it may be
+            // stale, but never older than what the session has seen.
+            let res = within(session.get_from(
+                rng.below(cfg.replicas),
+                &key,
+                ConsistencyLevel::Sequential,
+            ))
+            .await;
+            match res {
+                Ok(kv) => {
+                    let ret = Some(tick());
+                    let revision = kv.as_ref().map(|kv| kv.mod_revision);
+                    ops.push((
+                        key,
+                        Kind::SequentialGet(kv.map(|kv| kv.value)),
+                        ret,
+                        revision,
+                    ));
+                }
+                Err(_) => ops.push((key, Kind::SequentialGet(None), None, None)),
+            }
         } else {
-            // Half the reads go through a replica the client picked, as a client connected
-            // to one endpoint does; the rest are routed to the leader.
+            // Half the linearizable reads go through a replica the client picked, as a client
+            // connected to one endpoint does; the rest are routed to the leader.
             let res = if rng.below(2) == 0 {
                 within(rep.get_from(rng.below(cfg.replicas), &key, cfg.read_level)).await
             } else {
@@ -249,6 +274,8 @@ async fn client(
         {
             let mut h = history.lock().expect("history lock");
             for (key, kind, ret, revision) in ops {
+                // Single puts are the only writes made through the session.
+                let session = choice < 7 || matches!(kind, Kind::SequentialGet(_));
                 h.push(Op {
                     client: c,
                     key,
@@ -256,6 +283,7 @@ async fn client(
                     call,
                     ret,
                     revision,
+                    session,
                 });
             }
         }
@@ -374,6 +402,7 @@ pub async fn run(cfg: &RunConfig) -> Recorded {
                     kind: Kind::Get(kv.map(|kv| kv.value)),
                     call,
                     ret: Some(clock.fetch_add(1, Ordering::SeqCst)),
+                    session: false,
                 });
                 break;
             }

@@ -28,6 +28,7 @@ fn expected(bug: Bug) -> &'static [&'static str] {
         Bug::AckBeforeFsync => &["no linearization", "replica panicked"],
         Bug::StrongReadWithoutReadIndex => &["no linearization"],
         Bug::TxnAtTwoRevisions => &["was read at revision"],
+        Bug::SequentialReadIgnoresSession => &["a Sequential read"],
     }
 }
 

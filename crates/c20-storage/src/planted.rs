@@ -21,13 +21,17 @@ pub enum Bug {
     StrongReadWithoutReadIndex,
     /// A txn's second and later writes each take one more revision instead of sharing one.
     TxnAtTwoRevisions,
+    /// A `Sequential` read is served from whatever the replica has applied, without waiting
+    /// until it reached what the session has seen (no read-your-writes, no monotonic reads).
+    SequentialReadIgnoresSession,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 3] = [
+    pub const ALL: [Bug; 4] = [
         Bug::AckBeforeFsync,
         Bug::StrongReadWithoutReadIndex,
         Bug::TxnAtTwoRevisions,
+        Bug::SequentialReadIgnoresSession,
     ];
 
     pub fn name(self) -> &'static str {
@@ -35,6 +39,7 @@ impl Bug {
             Bug::AckBeforeFsync => "ack-before-fsync",
             Bug::StrongReadWithoutReadIndex => "strong-read-without-read-index",
             Bug::TxnAtTwoRevisions => "txn-at-two-revisions",
+            Bug::SequentialReadIgnoresSession => "sequential-read-ignores-session",
         }
     }
 
@@ -44,6 +49,7 @@ impl Bug {
             Bug::AckBeforeFsync => 1,
             Bug::StrongReadWithoutReadIndex => 2,
             Bug::TxnAtTwoRevisions => 3,
+            Bug::SequentialReadIgnoresSession => 4,
         }
     }
 }

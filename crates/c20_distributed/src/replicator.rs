@@ -776,11 +776,30 @@ impl Session {
         key: impl AsRef<[u8]>,
         level: ConsistencyLevel,
     ) -> Result<Option<Vec<u8>>, EtcdError> {
-        Ok(self
-            .rep
-            .read_in(key, level, self.seen.clone())
-            .await?
-            .map(|kv| kv.value))
+        Ok(self.get(key, level).await?.map(|kv| kv.value))
+    }
+
+    /// [`Session::read`] with the key's revisions and version.
+    pub async fn get(
+        &self,
+        key: impl AsRef<[u8]>,
+        level: ConsistencyLevel,
+    ) -> Result<Option<KeyValue>, EtcdError> {
+        self.rep.read_in(key, level, self.seen.clone()).await
+    }
+
+    /// Reads `key` at `level` from replica `i` (0-based) in this session: at `Sequential` the
+    /// replica first catches up with what the session has seen, however far behind it was.
+    pub async fn get_from(
+        &self,
+        i: usize,
+        key: impl AsRef<[u8]>,
+        level: ConsistencyLevel,
+    ) -> Result<Option<KeyValue>, EtcdError> {
+        let node = self.rep.node(i)?;
+        self.rep
+            .read_at(node, key.as_ref().to_vec(), level, self.seen.clone())
+            .await
     }
 
     /// The newest revision this session has seen.
