@@ -35,49 +35,7 @@ done
 # shellcheck source=scripts/lib.sh
 . scripts/lib.sh
 need_etcd_and_c20
-WORK=$(mktemp -d /tmp/c20-bench-XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
-
-start_cluster() { # flavor -> sets ENDPOINTS
-    local flavor=$1 ports cluster="" i
-    read -r -a ports <<<"$(free_ports 6)"
-    for i in 0 1 2; do cluster+="n$((i+1))=http://127.0.0.1:${ports[$((i*2+1))]},"; done
-    cluster=${cluster%,}
-    ENDPOINTS=""
-    for i in 0 1 2; do
-        local c=${ports[$((i*2))]} p=${ports[$((i*2+1))]}
-        local args=(--name "n$((i+1))" --data-dir "$WORK/$flavor/n$((i+1))"
-            --listen-client-urls "http://127.0.0.1:$c" --advertise-client-urls "http://127.0.0.1:$c"
-            --listen-peer-urls "http://127.0.0.1:$p" --initial-advertise-peer-urls "http://127.0.0.1:$p"
-            --initial-cluster "$cluster" --initial-cluster-state new --initial-cluster-token "bench-$flavor")
-        if [ "$flavor" = etcd ]; then
-            etcd "${args[@]}" >"$WORK/$flavor-n$((i+1)).log" 2>&1 &
-        else
-            # shellcheck disable=SC2086
-            "$C20" serve "${args[@]}" $C20_FLAGS >"$WORK/$flavor-n$((i+1)).log" 2>&1 &
-        fi
-        PIDS+=($!)
-        ENDPOINTS+="127.0.0.1:$c,"
-    done
-    ENDPOINTS=${ENDPOINTS%,}
-    for _ in $(seq 1 200); do
-        if ETCDCTL_API=3 etcdctl --endpoints "$ENDPOINTS" endpoint health >/dev/null 2>&1; then return; fi
-        sleep 0.1
-    done
-    echo "$flavor cluster did not become healthy" >&2; exit 1
-}
-
-stop_cluster() {
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    PIDS=()
-}
+start_work_dir
 
 WORKLOADS=(
     "put-1:--workload put --clients 1 --conns 1"

@@ -129,6 +129,10 @@ pub struct BenchArgs {
     /// makes the stored data far more compressible than real data).
     #[arg(long)]
     fresh_values: bool,
+    /// Take keys in order (0, 1, 2, ..., wrapping at --key-space) instead of at random, so that
+    /// --total N with --key-space N writes N distinct keys.
+    #[arg(long)]
+    sequential_keys: bool,
 }
 
 /// When the timed run ends.
@@ -148,6 +152,7 @@ struct Plan {
     key_size: usize,
     val_size: usize,
     fresh_values: bool,
+    sequential_keys: bool,
     key_space: u64,
     limit: Limit,
     /// `Some` exactly for the workloads that read (get, mixed).
@@ -281,6 +286,7 @@ impl BenchArgs {
             key_size,
             val_size: self.val_size as usize,
             fresh_values: self.fresh_values,
+            sequential_keys: self.sequential_keys,
             key_space: self.key_space,
             limit,
             consistency,
@@ -500,6 +506,7 @@ struct Shared {
     read_ratio: f64,
     serializable: bool,
     fresh_values: bool,
+    sequential_keys: bool,
     /// The `c20-consistency` value sent with every request, if the workload has a level.
     consistency: Option<AsciiMetadataValue>,
     timeout: Duration,
@@ -509,9 +516,20 @@ struct Shared {
     issued: AtomicU64,
     /// Requests completed, for the progress bar.
     done: AtomicU64,
+    /// The next key with `sequential_keys`.
+    next_key: AtomicU64,
 }
 
 impl Shared {
+    /// The index of the next request's key: in order with `sequential_keys`, else at random.
+    fn key_index(&self, rng: &mut SmallRng) -> u64 {
+        if self.sequential_keys {
+            self.next_key.fetch_add(1, Ordering::Relaxed) % self.key_space
+        } else {
+            rng.random_range(0..self.key_space)
+        }
+    }
+
     /// Starts the clock.
     fn new(plan: &Plan) -> Shared {
         Shared {
@@ -520,6 +538,8 @@ impl Shared {
             key_space: plan.key_space,
             read_ratio: plan.read_ratio.unwrap_or(0.0),
             fresh_values: plan.fresh_values,
+            sequential_keys: plan.sequential_keys,
+            next_key: AtomicU64::new(0),
             serializable: plan.consistency == Some(ConsistencyLevel::Eventual),
             consistency: plan
                 .consistency
@@ -643,7 +663,7 @@ async fn client_loop(
         if s.fresh_values {
             value = random_value(&mut rng, val_size);
         }
-        let key = format_key(rng.random_range(0..s.key_space), s.key_size);
+        let key = format_key(s.key_index(&mut rng), s.key_size);
         let op = match s.workload {
             Workload::Put => Op::Put,
             Workload::Get => Op::Get,
@@ -971,6 +991,19 @@ mod tests {
         let s = Shared::new(&plan(&["--total", "3"]).unwrap());
         let taken = (0..10).filter(|_| s.take_slot()).count();
         assert_eq!(taken, 3);
+    }
+
+    #[test]
+    fn sequential_keys_take_every_index_once_then_wrap() {
+        let s = Shared::new(&plan(&["--key-space", "4", "--sequential-keys"]).unwrap());
+        let mut rng = SmallRng::seed_from_u64(1);
+        let got: Vec<u64> = (0..6).map(|_| s.key_index(&mut rng)).collect();
+        assert_eq!(got, [0, 1, 2, 3, 0, 1]);
+        // Without the flag, keys are drawn at random (and this seed does not draw them in order).
+        let s = Shared::new(&plan(&["--key-space", "1000"]).unwrap());
+        let got: Vec<u64> = (0..6).map(|_| s.key_index(&mut rng)).collect();
+        assert!(got.iter().all(|&i| i < 1000));
+        assert_ne!(got, [0, 1, 2, 3, 4, 5]);
     }
 
     #[test]
