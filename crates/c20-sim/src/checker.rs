@@ -42,6 +42,9 @@ pub struct Op {
     /// Whether the call went through the client's session, so that the session's later
     /// `Sequential` reads must reflect it.
     pub session: bool,
+    /// For a read that returned: the replica (0-based) that served it and the store revision
+    /// it saw, to tell a stale replica from a lost write when a violation shows.
+    pub served: Option<(usize, i64)>,
 }
 
 impl Op {
@@ -58,8 +61,11 @@ impl Op {
             }
         };
         let rev = self.revision.map_or(String::new(), |r| format!(" @{r}"));
+        let served = self.served.map_or(String::new(), |(replica, at)| {
+            format!(" (replica {replica}, store at revision {at})")
+        });
         format!(
-            "[{:>6}, {:>6}] client {:>2}: {what}{rev}",
+            "[{:>6}, {:>6}] client {:>2}: {what}{rev}{served}",
             self.call, ret, self.client
         )
     }
@@ -404,6 +410,7 @@ mod tests {
             ret,
             revision: None,
             session: false,
+            served: None,
         }
     }
 

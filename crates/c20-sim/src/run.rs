@@ -206,6 +206,7 @@ async fn client(
         let choice = rng.below(22);
         let call = tick();
         let mut ops = Vec::new();
+        let mut served = None;
         if choice < 7 {
             let res = within(session.replicate(&key, &value, cfg.write_level)).await;
             // A failed write may still have happened: its outcome is unknown.
@@ -234,22 +235,19 @@ async fn client(
         } else if choice >= 20 {
             // A Sequential read in the session, from a replica the client picked: it may be
             // stale, but never older than what the session has seen.
-            let res = within(session.get_from(
+            let res = within(session.read_result_from(
                 rng.below(cfg.replicas),
                 &key,
                 ConsistencyLevel::Sequential,
             ))
             .await;
             match res {
-                Ok(kv) => {
+                Ok(r) => {
+                    served = Some((r.replica, r.revision));
                     let ret = Some(tick());
-                    let revision = kv.as_ref().map(|kv| kv.mod_revision);
-                    ops.push((
-                        key,
-                        Kind::SequentialGet(kv.map(|kv| kv.value)),
-                        ret,
-                        revision,
-                    ));
+                    let revision = r.kv.as_ref().map(|kv| kv.mod_revision);
+                    let kind = Kind::SequentialGet(r.kv.map(|kv| kv.value));
+                    ops.push((key, kind, ret, revision));
                 }
                 Err(_) => ops.push((key, Kind::SequentialGet(None), None, None)),
             }
@@ -257,15 +255,16 @@ async fn client(
             // Half the linearizable reads go through a replica the client picked, as a client
             // connected to one endpoint does; the rest are routed to the leader.
             let res = if rng.below(2) == 0 {
-                within(rep.get_from(rng.below(cfg.replicas), &key, cfg.read_level)).await
+                within(rep.read_result_from(rng.below(cfg.replicas), &key, cfg.read_level)).await
             } else {
-                within(rep.get(&key, cfg.read_level)).await
+                within(rep.read_result(&key, cfg.read_level)).await
             };
             match res {
-                Ok(kv) => {
+                Ok(r) => {
+                    served = Some((r.replica, r.revision));
                     let ret = Some(tick());
-                    let revision = kv.as_ref().map(|kv| kv.mod_revision);
-                    ops.push((key, Kind::Get(kv.map(|kv| kv.value)), ret, revision));
+                    let revision = r.kv.as_ref().map(|kv| kv.mod_revision);
+                    ops.push((key, Kind::Get(r.kv.map(|kv| kv.value)), ret, revision));
                 }
                 Err(_) => ops.push((key, Kind::Get(None), None, None)),
             }
@@ -284,6 +283,7 @@ async fn client(
                     ret,
                     revision,
                     session,
+                    served,
                 });
             }
         }
@@ -394,15 +394,16 @@ pub async fn run(cfg: &RunConfig) -> Recorded {
         let key = format!("key{k}").into_bytes();
         for _ in 0..5 {
             let call = clock.fetch_add(1, Ordering::SeqCst);
-            if let Ok(kv) = within(rep.get(&key, ConsistencyLevel::Strong)).await {
+            if let Ok(r) = within(rep.read_result(&key, ConsistencyLevel::Strong)).await {
                 history.lock().expect("history lock").push(Op {
                     client: cfg.clients,
                     key,
-                    revision: kv.as_ref().map(|kv| kv.mod_revision),
-                    kind: Kind::Get(kv.map(|kv| kv.value)),
+                    revision: r.kv.as_ref().map(|kv| kv.mod_revision),
+                    kind: Kind::Get(r.kv.map(|kv| kv.value)),
                     call,
                     ret: Some(clock.fetch_add(1, Ordering::SeqCst)),
                     session: false,
+                    served: Some((r.replica, r.revision)),
                 });
                 break;
             }

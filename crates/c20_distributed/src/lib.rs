@@ -25,6 +25,6 @@ pub use c20_client as client;
 pub use c20_server as server;
 pub use c20_storage::planted;
 pub use replicator::{
-    validate, Builder, ConfigError, EventualWrite, LocalReplicator, Session, WriteAck,
+    validate, Builder, ConfigError, EventualWrite, LocalReplicator, ReadResult, Session, WriteAck,
 };
 pub use tuning::{disable_transparent_huge_pages, transparent_huge_pages_disabled};

@@ -66,6 +66,18 @@ pub struct WriteAck {
     pub index: u64,
 }
 
+/// A read with where and at what revision it was served (for tests and history checkers that
+/// need to tell a stale replica from a lost write).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadResult {
+    /// The key as the read found it.
+    pub kv: Option<KeyValue>,
+    /// The store revision the read saw (etcd's response header revision).
+    pub revision: i64,
+    /// The replica (0-based) that served it.
+    pub replica: usize,
+}
+
 /// An `Eventual` write that is durable in the leader's log; replication continues.
 #[derive(Debug)]
 pub struct EventualWrite {
@@ -531,6 +543,16 @@ impl LocalReplicator {
         key: impl AsRef<[u8]>,
         level: ConsistencyLevel,
     ) -> Result<Option<KeyValue>, EtcdError> {
+        Ok(self.read_result(key, level).await?.kv)
+    }
+
+    /// [`LocalReplicator::get`], also saying which replica served the read and at what store
+    /// revision.
+    pub async fn read_result(
+        &self,
+        key: impl AsRef<[u8]>,
+        level: ConsistencyLevel,
+    ) -> Result<ReadResult, EtcdError> {
         let seen = self.inner.session.clone();
         self.read_in(key, level, seen).await
     }
@@ -540,7 +562,7 @@ impl LocalReplicator {
         key: impl AsRef<[u8]>,
         level: ConsistencyLevel,
         seen: Arc<AtomicI64>,
-    ) -> Result<Option<KeyValue>, EtcdError> {
+    ) -> Result<ReadResult, EtcdError> {
         let node = match level {
             ConsistencyLevel::Eventual => self.pick(false)?,
             ConsistencyLevel::Sequential => {
@@ -578,6 +600,16 @@ impl LocalReplicator {
         key: impl AsRef<[u8]>,
         level: ConsistencyLevel,
     ) -> Result<Option<KeyValue>, EtcdError> {
+        Ok(self.read_result_from(i, key, level).await?.kv)
+    }
+
+    /// [`LocalReplicator::get_from`], also giving the store revision the read saw.
+    pub async fn read_result_from(
+        &self,
+        i: usize,
+        key: impl AsRef<[u8]>,
+        level: ConsistencyLevel,
+    ) -> Result<ReadResult, EtcdError> {
         let node = self.node(i)?;
         let seen = self.inner.session.clone();
         self.read_at(node, key.as_ref().to_vec(), level, seen).await
@@ -589,8 +621,10 @@ impl LocalReplicator {
         key: Vec<u8>,
         level: ConsistencyLevel,
         seen: Arc<AtomicI64>,
-    ) -> Result<Option<KeyValue>, EtcdError> {
+    ) -> Result<ReadResult, EtcdError> {
         let r = self.inner.r;
+        // Replica ids are 1..=n in replica order.
+        let replica = node.id() as usize - 1;
         self.run(async move {
             node.read_gate(level, r, seen.load(Ordering::Acquire))
                 .await?;
@@ -600,10 +634,15 @@ impl LocalReplicator {
                     ..Default::default()
                 })
             })?;
+            let revision = resp.header.as_ref().map_or(0, |h| h.revision);
             if level != ConsistencyLevel::Eventual {
-                Self::observe(&seen, resp.header.as_ref().map_or(0, |h| h.revision));
+                Self::observe(&seen, revision);
             }
-            Ok(resp.kvs.into_iter().next())
+            Ok(ReadResult {
+                kv: resp.kvs.into_iter().next(),
+                revision,
+                replica,
+            })
         })
         .await
     }
@@ -785,17 +824,17 @@ impl Session {
         key: impl AsRef<[u8]>,
         level: ConsistencyLevel,
     ) -> Result<Option<KeyValue>, EtcdError> {
-        self.rep.read_in(key, level, self.seen.clone()).await
+        Ok(self.rep.read_in(key, level, self.seen.clone()).await?.kv)
     }
 
     /// Reads `key` at `level` from replica `i` (0-based) in this session: at `Sequential` the
     /// replica first catches up with what the session has seen, however far behind it was.
-    pub async fn get_from(
+    pub async fn read_result_from(
         &self,
         i: usize,
         key: impl AsRef<[u8]>,
         level: ConsistencyLevel,
-    ) -> Result<Option<KeyValue>, EtcdError> {
+    ) -> Result<ReadResult, EtcdError> {
         let node = self.rep.node(i)?;
         self.rep
             .read_at(node, key.as_ref().to_vec(), level, self.seen.clone())

@@ -263,3 +263,25 @@ async fn replicas_on_disk_survive_a_restart_of_one() {
         Some(&b"durable"[..])
     );
 }
+
+/// A read result names the replica that served it and the store revision it saw: an isolated
+/// follower's Eventual read shows its own older revision, a Strong read the leader's newer one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_results_say_which_replica_served_them_at_what_revision() {
+    let rep = LocalReplicator::new(3, 2, 2);
+    let first = rep.replicate("k", "old", Quorum).await.unwrap();
+    let leader = wait_leader(&rep, None).await;
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    let r = rep.read_result_from(follower, "k", Strong).await.unwrap();
+    assert_eq!((r.replica, r.revision), (follower, first.revision.unwrap()));
+    rep.isolate(follower);
+    let second = rep.replicate("k", "new", Quorum).await.unwrap();
+    let stale = rep.read_result_from(follower, "k", Eventual).await.unwrap();
+    assert_eq!(stale.replica, follower);
+    assert_eq!(stale.revision, first.revision.unwrap());
+    assert_eq!(stale.kv.unwrap().value, b"old");
+    let fresh = rep.read_result("k", Strong).await.unwrap();
+    assert_eq!(fresh.revision, second.revision.unwrap());
+    assert_ne!(fresh.replica, follower);
+    rep.heal(follower);
+}
