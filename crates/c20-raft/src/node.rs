@@ -180,6 +180,8 @@ pub struct RaftNode {
     was_member: std::sync::atomic::AtomicBool,
     /// Set when the leader said this member was removed.
     told_removed: std::sync::atomic::AtomicBool,
+    /// Set as [`RaftNode::crash`] begins.
+    crashed: std::sync::atomic::AtomicBool,
     pub(crate) removed_notify: tokio::sync::Notify,
     pub(crate) lessor: Lessor,
     peers: Mutex<HashMap<NodeId, PeerClient<Channel>>>,
@@ -285,6 +287,7 @@ impl RaftNode {
             cluster_id: cfg.cluster_id,
             was_member: std::sync::atomic::AtomicBool::new(false),
             told_removed: std::sync::atomic::AtomicBool::new(false),
+            crashed: std::sync::atomic::AtomicBool::new(false),
             incoming_snapshot: Mutex::new(None),
             read_round: (!cfg.read_coalescing).then(|| tokio::sync::Mutex::new(())),
             read_rounds: Arc::default(),
@@ -926,9 +929,20 @@ impl RaftNode {
             .map_err(|_| EtcdError::Timeout)
     }
 
+    /// Whether [`RaftNode::crash`] was called. An embedding that resets the storage after a
+    /// crash (to model what a real crash loses) checks it after reading local state: a read that
+    /// raced with the crash must fail, as a request to a killed process does, rather than return
+    /// the reset state.
+    pub fn crashed(&self) -> bool {
+        self.crashed.load(Ordering::SeqCst)
+    }
+
     /// Stops abruptly, as a killed process would: no checkpoint (what the log has is what
     /// survives).
     pub async fn crash(&self) {
+        // First of all: whatever happens to the storage from here on must not reach a caller
+        // (a killed process answers nothing more).
+        self.crashed.store(true, Ordering::SeqCst);
         if let Transport::Local(router) = &self.transport {
             router.unregister(self.id);
         }

@@ -511,3 +511,20 @@ async fn without_read_coalescing_each_read_waits_for_a_round_of_its_own() {
     assert_eq!(nodes[&leader].read_rounds_in_flight_max(), 1);
     shutdown(nodes).await;
 }
+
+/// `crashed()` is what an embedding that resets storage after a crash checks before answering
+/// from local state: set by `crash`, on that node only, and never by a clean shutdown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_node_says_so_and_only_that_one() {
+    let (_router, mut nodes) = cluster(3).await;
+    let leader = leader_among(&nodes, None).await;
+    assert!(nodes.values().all(|n| !n.crashed()));
+    let victim = nodes.remove(&leader).unwrap();
+    victim.crash().await;
+    assert!(victim.crashed());
+    assert!(nodes.values().all(|n| !n.crashed()));
+    for n in nodes.values() {
+        n.shutdown().await;
+        assert!(!n.crashed());
+    }
+}

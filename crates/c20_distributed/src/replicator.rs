@@ -634,6 +634,12 @@ impl LocalReplicator {
                     ..Default::default()
                 })
             })?;
+            // A crash of this replica may have reset its store to the last checkpoint while
+            // the read was under way (see `LocalReplicator::crash`); then the read died with
+            // the replica and must not report that state.
+            if node.crashed() {
+                return Err(EtcdError::Stopped);
+            }
             let revision = resp.header.as_ref().map_or(0, |h| h.revision);
             if level != ConsistencyLevel::Eventual {
                 Self::observe(&seen, revision);
