@@ -190,7 +190,8 @@ pub struct RaftNode {
     incoming_snapshot: Mutex<Option<Incoming>>,
     /// Held across a leader's read round when reads are not coalesced.
     read_round: Option<tokio::sync::Mutex<()>>,
-    /// Leader read rounds in progress (the most at once shows whether rounds were shared).
+    /// Leader read rounds in progress when reads are not coalesced (the most at once must stay
+    /// 1).
     read_rounds: Arc<InFlight>,
 }
 
@@ -865,11 +866,12 @@ impl RaftNode {
     /// linearizable read must wait for. openraft queues concurrent requests and answers them
     /// together with one heartbeat round.
     pub(crate) async fn read_index_as_leader(&self) -> Result<u64, EtcdError> {
+        // Without coalescing, rounds run one at a time, counted to show it. The coalesced
+        // default (the hot read path) neither locks nor counts.
         let _own_round = match &self.read_round {
-            Some(m) => Some(m.lock().await),
+            Some(m) => Some((m.lock().await, self.read_rounds.enter())),
             None => None,
         };
-        let _counted = self.read_rounds.enter();
         let res = tokio::time::timeout(
             self.request_timeout,
             self.raft.get_read_linearizer(ReadPolicy::ReadIndex),
@@ -891,8 +893,8 @@ impl RaftNode {
         self.batcher.counts()
     }
 
-    /// The most ReadIndex rounds this node ran at once as leader (1 when reads are not
-    /// coalesced).
+    /// With read coalescing off, the most ReadIndex rounds this node ran at once as leader (1,
+    /// unless rounds overlap); 0 with coalescing on, where rounds are not counted.
     pub fn read_rounds_in_flight_max(&self) -> usize {
         self.read_rounds.most()
     }

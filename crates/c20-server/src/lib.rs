@@ -164,7 +164,7 @@ impl Server {
         rcfg.peer_compression = c20_raft::network::PeerCompression {
             min_bytes: cfg.peer_compression_min_bytes,
         };
-        rcfg.batch.ops_max = cfg.batch_max_ops.max(1);
+        rcfg.batch.ops_max = cfg.batch_max_ops;
         rcfg.batch.window = cfg.proposal_window;
         rcfg.read_coalescing = cfg.read_coalescing;
         rcfg.cluster_id = cluster_id;

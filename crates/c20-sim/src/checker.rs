@@ -215,11 +215,18 @@ fn check_revisions(history: &[Op]) -> Result<(), Violation> {
 /// Returns how many reads had such a write to respect.
 fn check_sessions(history: &[Op]) -> Result<usize, Violation> {
     let mut constrained = 0;
+    // Each key's acknowledged writes in revision order, and its first delete's call.
     let mut writes: HashMap<&[u8], Vec<(i64, &Op)>> = HashMap::new();
+    let mut first_delete: HashMap<&[u8], u64> = HashMap::new();
     let mut by_client: BTreeMap<usize, Vec<&Op>> = BTreeMap::new();
     for op in history {
-        if let (Kind::Put(_), Some(_), Some(r)) = (&op.kind, op.ret, op.revision) {
-            writes.entry(&op.key).or_default().push((r, op));
+        match (&op.kind, op.ret, op.revision) {
+            (Kind::Put(_), Some(_), Some(r)) => writes.entry(&op.key).or_default().push((r, op)),
+            (Kind::Delete, _, _) => {
+                let call = first_delete.entry(&op.key).or_insert(op.call);
+                *call = (*call).min(op.call);
+            }
+            _ => {}
         }
         by_client.entry(op.client).or_default().push(op);
     }
@@ -233,28 +240,17 @@ fn check_sessions(history: &[Op]) -> Result<usize, Violation> {
         for &op in ops.iter() {
             let Some(ret) = op.ret else { continue };
             if let (Kind::SequentialGet(value), Some((at, shown))) = (&op.kind, seen) {
-                let floor = writes
-                    .get(op.key.as_slice())
-                    .and_then(|w| w.iter().rev().find(|(r, _)| *r <= at));
-                if let Some(&(written, write)) = floor {
+                // The newest acknowledged write of the key at or below what the session saw.
+                let floor = writes.get(op.key.as_slice()).and_then(|w| {
+                    let upto = w.partition_point(|(r, _)| *r <= at);
+                    upto.checked_sub(1).map(|i| w[i])
+                });
+                if let Some((written, write)) = floor {
                     constrained += 1;
-                    let broken = match (value, op.revision) {
-                        (Some(_), Some(got)) if got < written => Some(format!(
-                            "a Sequential read returned the value of revision {got}, though its \
-                             session had seen revision {at} and the key was written at {written}"
-                        )),
-                        (None, _) => (!history
-                            .iter()
-                            .any(|d| d.key == op.key && d.kind == Kind::Delete && d.call < ret))
-                        .then(|| {
-                            format!(
-                                "a Sequential read found the key absent, though its session had \
-                                 seen revision {at}, the key was written at {written}, and no \
-                                 delete of it ran"
-                            )
-                        }),
-                        _ => None,
-                    };
+                    let deleted_before = first_delete
+                        .get(op.key.as_slice())
+                        .is_some_and(|&call| call < ret);
+                    let broken = session_breach(value, op.revision, at, written, deleted_before);
                     if let Some(reason) = broken {
                         let mut shown_ops = vec![write.clone(), shown.clone(), op.clone()];
                         shown_ops.sort_by_key(|o| o.call);
@@ -281,6 +277,29 @@ fn check_sessions(history: &[Op]) -> Result<usize, Violation> {
         }
     }
     Ok(constrained)
+}
+
+/// Why a `Sequential` read that returned `value` (written at `got`) breaks its session, which
+/// had seen revision `at`, where the key's newest write was at `written`; `deleted_before`:
+/// some delete of the key was called before the read returned.
+fn session_breach(
+    value: &Value,
+    got: Option<i64>,
+    at: i64,
+    written: i64,
+    deleted_before: bool,
+) -> Option<String> {
+    match (value, got) {
+        (Some(_), Some(got)) if got < written => Some(format!(
+            "a Sequential read returned the value of revision {got}, though its session had \
+             seen revision {at} and the key was written at {written}"
+        )),
+        (None, _) if !deleted_before => Some(format!(
+            "a Sequential read found the key absent, though its session had seen revision \
+             {at}, the key was written at {written}, and no delete of it ran"
+        )),
+        _ => None,
+    }
 }
 
 /// Drops operations one at a time while the rest still has no linearization. Only reads and

@@ -2,14 +2,15 @@
 //!
 //! Clients put, delete, write two keys in one txn and read a small key space, through the
 //! leader or through a replica of their choosing (linearizable reads, and `Sequential` reads in
-//! the client's session), while a fault task isolates replicas (the
-//! leader among them), heals, crashes and restarts them, cuts single links one way, loses and
-//! delays Raft messages at random, and crashes every replica at once (a power failure) when the
-//! first client is half done, and now and then besides. A crash loses what the replica's store had not checkpointed. The seed fixes the
-//! client choices and the fault schedule; thread scheduling is not under its control, so a seed
-//! reproduces the same workload and faults but not always the same interleaving.
+//! the client's session), while a fault task isolates replicas (the leader among them), heals,
+//! crashes and restarts them, cuts single links one way, loses and delays Raft messages at
+//! random, and crashes every replica at once (a power failure) when the first client is half
+//! done, and now and then besides. A crash loses what the replica's store had not checkpointed.
+//! The seed fixes the client choices and the fault schedule; thread scheduling is not under its
+//! control, so a seed reproduces the same workload and faults but not always the same
+//! interleaving.
 
-use crate::checker::{check, Checked, Kind, Op, Violation};
+use crate::checker::{check, Checked, Kind, Op, Value, Violation};
 use c20_distributed::api::etcdserverpb::{request_op, PutRequest, RequestOp, TxnRequest};
 use c20_distributed::{ConsistencyLevel, EtcdError, LocalReplicator};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -232,41 +233,34 @@ async fn client(
             for k in [key, other] {
                 ops.push((k, Kind::Put(value.clone()), ret, revision));
             }
-        } else if choice >= 20 {
-            // A Sequential read in the session, from a replica the client picked: it may be
-            // stale, but never older than what the session has seen.
-            let res = within(session.read_result_from(
-                rng.below(cfg.replicas),
-                &key,
-                ConsistencyLevel::Sequential,
-            ))
-            .await;
-            match res {
-                Ok(r) => {
-                    served = Some((r.replica, r.revision));
-                    let ret = Some(tick());
-                    let revision = r.kv.as_ref().map(|kv| kv.mod_revision);
-                    let kind = Kind::SequentialGet(r.kv.map(|kv| kv.value));
-                    ops.push((key, kind, ret, revision));
-                }
-                Err(_) => ops.push((key, Kind::SequentialGet(None), None, None)),
-            }
         } else {
-            // Half the linearizable reads go through a replica the client picked, as a client
-            // connected to one endpoint does; the rest are routed to the leader.
-            let res = if rng.below(2) == 0 {
-                within(rep.read_result_from(rng.below(cfg.replicas), &key, cfg.read_level)).await
+            // A read: at `Sequential` in the session from a replica the client picked (it may
+            // be stale, but never older than what the session has seen); or linearizable, half
+            // of them through a replica the client picked, as a client connected to one
+            // endpoint does, the rest routed to the leader.
+            let (res, kind): (_, fn(Value) -> Kind) = if choice >= 20 {
+                let i = rng.below(cfg.replicas);
+                let res = session.read_result_from(i, &key, ConsistencyLevel::Sequential);
+                (within(res).await, Kind::SequentialGet)
+            } else if rng.below(2) == 0 {
+                let i = rng.below(cfg.replicas);
+                (
+                    within(rep.read_result_from(i, &key, cfg.read_level)).await,
+                    Kind::Get,
+                )
             } else {
-                within(rep.read_result(&key, cfg.read_level)).await
+                (
+                    within(rep.read_result(&key, cfg.read_level)).await,
+                    Kind::Get,
+                )
             };
             match res {
                 Ok(r) => {
                     served = Some((r.replica, r.revision));
-                    let ret = Some(tick());
                     let revision = r.kv.as_ref().map(|kv| kv.mod_revision);
-                    ops.push((key, Kind::Get(r.kv.map(|kv| kv.value)), ret, revision));
+                    ops.push((key, kind(r.kv.map(|kv| kv.value)), Some(tick()), revision));
                 }
-                Err(_) => ops.push((key, Kind::Get(None), None, None)),
+                Err(_) => ops.push((key, kind(None), None, None)),
             }
         }
         let failed = ops.iter().any(|(_, _, ret, _)| ret.is_none());

@@ -562,14 +562,15 @@ impl MvccStore {
             .collect();
         self.current_rev = image.current_rev;
         self.compact_rev = image.compact_rev;
-        self.applied = applied;
         self.rebuild_derived();
         // An import is durable on disk (the transaction above), so it must be for a store that
         // models a disk too: otherwise a crash after installing a snapshot would go back to the
-        // checkpoint before it, while the log below the snapshot is already purged.
+        // checkpoint before it, while the log below the snapshot is already purged. The image
+        // itself is that durable copy (no export needed).
         if self.db.is_none() && self.models_disk {
-            self.durable = Some(Box::new((self.export(), self.applied.clone())));
+            self.durable = Some(Box::new((image, applied.clone())));
         }
+        self.applied = applied;
         Ok(())
     }
 
