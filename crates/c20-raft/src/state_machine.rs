@@ -54,18 +54,21 @@ struct SnapshotPayload {
 }
 
 impl SnapshotPayload {
-    /// A full snapshot of the store content `refs` (taken under the store's lock) as of
-    /// `applied`; encoding it later needs no lock.
-    fn full(refs: ExportRefs, applied: Applied) -> SnapshotPayload {
-        SnapshotPayload {
-            meta: SnapshotMeta {
-                last_log_id: applied.last_applied,
-                last_membership: applied.membership,
-            },
-            members: applied.members,
-            base: 0,
-            image: refs.into_image(),
-        }
+    /// The container of a full snapshot of the store content `refs` (taken under the store's
+    /// lock) as of `applied`, and its meta; encoding needs no lock. The payload is written
+    /// field by field and event by event into a compressing writer, so it decodes as a
+    /// [`SnapshotPayload`] while neither the image nor its encoding is ever held whole: only
+    /// the compressed container is.
+    fn encode_full(refs: &ExportRefs, applied: Applied) -> io::Result<(Vec<u8>, SnapshotMeta)> {
+        let meta = SnapshotMeta {
+            last_log_id: applied.last_applied,
+            last_membership: applied.membership,
+        };
+        let mut w = container::ContainerWriter::new(Kind::Full);
+        let base = 0i64;
+        postcard::to_io(&(&meta, &applied.members, base), &mut w).map_err(io_err)?;
+        refs.write_image(&mut w)?;
+        Ok((w.finish().map_err(io_err)?, meta))
     }
 
     fn encode(&self) -> io::Result<Vec<u8>> {
@@ -295,7 +298,7 @@ impl SmShared {
             let applied = self.applied.read().expect("applied lock").clone();
             (store.export_refs(), applied, store.current_revision())
         };
-        Ok((SnapshotPayload::full(refs, applied).encode()?, rev))
+        Ok((SnapshotPayload::encode_full(&refs, applied)?.0, rev))
     }
 
     /// Size in bytes of the store's file (for Status.dbSize).
@@ -480,11 +483,11 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 (store.export_refs(), applied)
             };
             // Encoding happens without the lock: applying goes on meanwhile.
-            let payload = SnapshotPayload::full(refs, applied);
-            let raw = payload.encode()?;
-            shared.save_snapshot(&raw, &payload.meta).map_err(io_err)?;
+            let (raw, meta) = SnapshotPayload::encode_full(&refs, applied)?;
+            drop(refs);
+            shared.save_snapshot(&raw, &meta).map_err(io_err)?;
             Ok(Snapshot {
-                meta: payload.meta,
+                meta,
                 snapshot: raw,
             })
         })
@@ -561,7 +564,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             // The snapshot kept here is always a full one: rebuilt from the store (outside its
             // lock) when only the increment arrived.
             let full = match refs {
-                Some(refs) => SnapshotPayload::full(refs, applied).encode()?,
+                Some(refs) => SnapshotPayload::encode_full(&refs, applied)?.0,
                 None => snapshot,
             };
             shared.save_snapshot(&full, &meta).map_err(io_err)?;

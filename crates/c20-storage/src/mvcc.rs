@@ -102,26 +102,11 @@ impl ExportRefs {
     pub fn into_image(self) -> MvccImage {
         let events = self
             .events
-            .into_iter()
+            .iter()
             .map(|(main, sub, e)| {
                 let mut row = Vec::new();
-                match e {
-                    EventRef::Put(kv) => {
-                        row.push(FLAG_PUT);
-                        kv.encode(&mut row)
-                    }
-                    EventRef::Tombstone(key) => {
-                        row.push(FLAG_TOMBSTONE);
-                        KeyValue {
-                            key,
-                            mod_revision: main,
-                            ..Default::default()
-                        }
-                        .encode(&mut row)
-                    }
-                }
-                .expect("encoding into a Vec cannot fail");
-                (main as u64, sub as u64, serde_bytes::ByteBuf::from(row))
+                e.encode_row(*main, &mut row);
+                (*main as u64, *sub as u64, serde_bytes::ByteBuf::from(row))
             })
             .collect();
         MvccImage {
@@ -130,6 +115,56 @@ impl ExportRefs {
             events,
             leases: self.leases,
         }
+    }
+
+    /// Writes the postcard encoding of [`ExportRefs::into_image`]'s image to `w`, event by
+    /// event, without building the image: a snapshot of a large store then needs memory for
+    /// one row at a time rather than a second copy of the store. postcard encodes a struct as
+    /// its fields in order, a sequence as its length then its elements, integers as varints
+    /// (signed ones zigzagged) and bytes as their length then the bytes.
+    pub fn write_image(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        fn put<T: serde::Serialize + ?Sized>(
+            w: &mut impl std::io::Write,
+            v: &T,
+        ) -> std::io::Result<()> {
+            postcard::to_io(v, &mut *w)
+                .map(|_| ())
+                .map_err(std::io::Error::other)
+        }
+        put(w, &(self.current_rev, self.compact_rev))?;
+        put(w, &(self.events.len() as u64))?;
+        let mut row = Vec::new();
+        for (main, sub, e) in &self.events {
+            row.clear();
+            e.encode_row(*main, &mut row);
+            put(
+                w,
+                &(*main as u64, *sub as u64, serde_bytes::Bytes::new(&row)),
+            )?;
+        }
+        put(w, &self.leases)
+    }
+}
+
+impl EventRef {
+    /// The event as a row of the events table.
+    fn encode_row(&self, main: i64, row: &mut Vec<u8>) {
+        match self {
+            EventRef::Put(kv) => {
+                row.push(FLAG_PUT);
+                kv.encode(row)
+            }
+            EventRef::Tombstone(key) => {
+                row.push(FLAG_TOMBSTONE);
+                KeyValue {
+                    key: key.clone(),
+                    mod_revision: main,
+                    ..Default::default()
+                }
+                .encode(row)
+            }
+        }
+        .expect("encoding into a Vec cannot fail");
     }
 }
 

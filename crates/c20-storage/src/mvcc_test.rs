@@ -418,6 +418,41 @@ fn state_survives_checkpoint_and_reopen() {
 }
 
 #[test]
+fn an_image_written_event_by_event_is_the_postcard_encoding_of_the_image() {
+    let (_d, mut s) = store();
+    apply(
+        &mut s,
+        WriteOp::LeaseGrant(LeaseGrantRequest { ttl: 60, id: 9 }),
+    )
+    .unwrap();
+    for i in 0..300 {
+        put(&mut s, &format!("k{}", i % 40), &"v".repeat(i));
+    }
+    apply(
+        &mut s,
+        WriteOp::DeleteRange(DeleteRangeRequest {
+            key: "k1".into(),
+            range_end: "k2".into(),
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    apply(
+        &mut s,
+        WriteOp::Compact(CompactionRequest {
+            revision: 100,
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    let mut streamed = Vec::new();
+    s.export_refs().write_image(&mut streamed).unwrap();
+    assert_eq!(streamed, postcard::to_allocvec(&s.export()).unwrap());
+    let image: MvccImage = postcard::from_bytes(&streamed).unwrap();
+    assert!(image.events.len() > 40 && image.compact_rev == 100 && image.leases.len() == 1);
+}
+
+#[test]
 fn export_then_import_reproduces_the_store() {
     let (_d, mut s) = store();
     put(&mut s, "a", "1");

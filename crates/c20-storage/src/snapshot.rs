@@ -73,13 +73,6 @@ pub fn encode(kind: Kind, payload: &[u8]) -> Result<Vec<u8>, StorageError> {
 
 /// Wraps `payload` with the given codec.
 pub fn encode_with(kind: Kind, codec: Codec, payload: &[u8]) -> Result<Vec<u8>, StorageError> {
-    let mut out = Vec::with_capacity(HEADER_LEN + payload.len() / 2 + TRAILER_LEN);
-    out.extend_from_slice(MAGIC);
-    out.push(VERSION);
-    out.push(codec as u8);
-    out.push(kind as u8);
-    out.push(0);
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
     let compressed;
     let body = match codec {
         Codec::Stored => payload,
@@ -89,11 +82,100 @@ pub fn encode_with(kind: Kind, codec: Codec, payload: &[u8]) -> Result<Vec<u8>, 
             &compressed[..]
         }
     };
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len() + TRAILER_LEN);
+    out.extend_from_slice(&header(
+        kind,
+        codec,
+        payload.len() as u64,
+        body.len() as u64,
+    ));
     out.extend_from_slice(body);
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
     Ok(out)
+}
+
+/// Builds a container from a payload written piece by piece, so a large payload is never held
+/// whole: the first [`COMPRESS_MIN_BYTES`] are buffered, and a payload that grows past them
+/// goes through a zstd stream from then on. A payload that stays smaller is stored as is, as
+/// [`encode`] would store it.
+pub struct ContainerWriter {
+    kind: Kind,
+    payload_len: u64,
+    state: WriterState,
+}
+
+enum WriterState {
+    Buffering(Vec<u8>),
+    Compressing(zstd::stream::write::Encoder<'static, Vec<u8>>),
+}
+
+impl ContainerWriter {
+    pub fn new(kind: Kind) -> ContainerWriter {
+        ContainerWriter {
+            kind,
+            payload_len: 0,
+            state: WriterState::Buffering(Vec::new()),
+        }
+    }
+
+    /// The finished container.
+    pub fn finish(self) -> Result<Vec<u8>, StorageError> {
+        let mut out = match self.state {
+            WriterState::Buffering(payload) => return encode(self.kind, &payload),
+            WriterState::Compressing(enc) => enc
+                .finish()
+                .map_err(|e| StorageError::Io(format!("snapshot compression: {e}")))?,
+        };
+        let body_len = (out.len() - HEADER_LEN) as u64;
+        out[..HEADER_LEN].copy_from_slice(&header(
+            self.kind,
+            Codec::Zstd,
+            self.payload_len,
+            body_len,
+        ));
+        let crc = crc32c::crc32c(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+        Ok(out)
+    }
+}
+
+impl std::io::Write for ContainerWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.payload_len += buf.len() as u64;
+        if let WriterState::Buffering(head) = &mut self.state {
+            head.extend_from_slice(buf);
+            if head.len() < COMPRESS_MIN_BYTES {
+                return Ok(buf.len());
+            }
+            // The header is written at the end, once the lengths are known.
+            let head = std::mem::take(head);
+            let mut enc = zstd::stream::write::Encoder::new(vec![0; HEADER_LEN], ZSTD_LEVEL)?;
+            enc.write_all(&head)?;
+            self.state = WriterState::Compressing(enc);
+            return Ok(buf.len());
+        }
+        let WriterState::Compressing(enc) = &mut self.state else {
+            unreachable!("buffering returned above")
+        };
+        enc.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn header(kind: Kind, codec: Codec, payload_len: u64, body_len: u64) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..4].copy_from_slice(MAGIC);
+    h[4] = VERSION;
+    h[5] = codec as u8;
+    h[6] = kind as u8;
+    h[8..16].copy_from_slice(&payload_len.to_le_bytes());
+    h[16..24].copy_from_slice(&body_len.to_le_bytes());
+    h
 }
 
 /// Checks the container's framing and checksum without decompressing it.
@@ -236,6 +318,32 @@ mod tests {
                 let d = decode(&raw).unwrap();
                 assert_eq!((d.kind, d.codec), (kind, codec));
                 assert_eq!(d.payload, payload);
+            }
+        }
+    }
+
+    #[test]
+    fn a_payload_written_in_pieces_decodes_to_the_same_bytes() {
+        use std::io::Write;
+        for n in [0, 10, COMPRESS_MIN_BYTES - 1, COMPRESS_MIN_BYTES, 300_000] {
+            for kind in [Kind::Full, Kind::Incremental] {
+                let payload = sample(n);
+                let mut w = ContainerWriter::new(kind);
+                for piece in payload.chunks(777) {
+                    w.write_all(piece).unwrap();
+                }
+                let raw = w.finish().unwrap();
+                let d = decode(&raw).unwrap();
+                let codec = if n < COMPRESS_MIN_BYTES {
+                    Codec::Stored
+                } else {
+                    Codec::Zstd
+                };
+                assert_eq!((d.kind, d.codec), (kind, codec), "{n} bytes");
+                assert_eq!(d.payload, payload, "{n} bytes");
+                if n < COMPRESS_MIN_BYTES {
+                    assert_eq!(raw, encode(kind, &payload).unwrap(), "{n} bytes");
+                }
             }
         }
     }
