@@ -42,12 +42,30 @@ const META_APPLIED: &str = "applied";
 const FLAG_TOMBSTONE: u8 = 0;
 const FLAG_PUT: u8 = 1;
 
-/// One change of one key: a put (with the stored value) or a delete (tombstone).
+/// One key's events in revision order. Most keys have one (written once, or compacted down to
+/// their latest version), which is kept inline rather than in an allocation of its own.
+type History = smallvec::SmallVec<[KeyEvent; 1]>;
+
+/// One change of one key: a put with the stored value, or a delete with its tombstone (key and
+/// revision only). The key index and the revision-ordered queue share it. Its main revision is
+/// the `mod_revision` of its `KeyValue` (a tombstone's too) rather than a field of its own, so
+/// an event takes 16 bytes besides the shared value.
 #[derive(Debug, Clone)]
-struct KeyEvent {
-    main: i64,
-    sub: i64,
-    kv: Option<Arc<KeyValue>>,
+pub(super) struct KeyEvent {
+    pub(super) kv: Arc<KeyValue>,
+    pub(super) sub: u32,
+    pub(super) is_put: bool,
+}
+
+impl KeyEvent {
+    pub(super) fn main(&self) -> i64 {
+        self.kv.mod_revision
+    }
+
+    /// What a read at or after this event sees: the value, or nothing after a delete.
+    pub(super) fn put(&self) -> Option<&Arc<KeyValue>> {
+        self.is_put.then_some(&self.kv)
+    }
 }
 
 /// Everything the store holds, as a snapshot carries it.
@@ -216,9 +234,9 @@ pub struct MvccStore {
     db: Option<Database>,
     /// The database file; `None` for a store held in memory.
     path: Option<std::path::PathBuf>,
-    index: BTreeMap<Vec<u8>, Vec<KeyEvent>>,
+    index: BTreeMap<Box<[u8]>, History>,
     /// Every event kept (not compacted away) in revision order, for watchers.
-    by_rev: VecDeque<events::RevEvent>,
+    by_rev: VecDeque<KeyEvent>,
     /// Live leases and the keys attached to each.
     leases: BTreeMap<i64, lease::Lease>,
     current_rev: i64,
@@ -330,7 +348,7 @@ impl MvccStore {
                 .index
                 .values()
                 .flatten()
-                .map(|e| e.kv.as_ref().map_or(16, |kv| 16 + kv.encoded_len() as u64))
+                .map(|e| e.put().map_or(16, |kv| 16 + kv.encoded_len() as u64))
                 .sum(),
         }
     }
@@ -470,8 +488,8 @@ impl MvccStore {
             .flat_map(move |upper| self.index.range::<[u8], _>((Bound::Included(key), upper)))
             .filter_map(move |(k, history)| {
                 latest_at(history, rev)
-                    .and_then(|e| e.kv.as_ref())
-                    .map(|kv| (k.as_slice(), kv))
+                    .and_then(KeyEvent::put)
+                    .map(|kv| (&k[..], kv))
             })
     }
 
@@ -479,7 +497,7 @@ impl MvccStore {
         self.index
             .get(key)
             .and_then(|h| latest_at(h, rev))
-            .and_then(|e| e.kv.as_ref())
+            .and_then(KeyEvent::put)
     }
 
     /// A hash of every stored event up to `rev` (0 = current), in key order; equal on replicas
@@ -495,8 +513,8 @@ impl MvccStore {
         type Row<'a> = (i64, i64, &'a [u8], Option<&'a Arc<KeyValue>>);
         let mut events: Vec<Row> = Vec::new();
         for (k, h) in &self.index {
-            for e in h.iter().filter(|e| e.main <= rev) {
-                events.push((e.main, e.sub, k, e.kv.as_ref()));
+            for e in h.iter().filter(|e| e.main() <= rev) {
+                events.push((e.main(), e.sub.into(), k, e.put()));
             }
         }
         let mut crc = 0u32;
@@ -527,11 +545,11 @@ impl MvccStore {
         let mut events = Vec::new();
         for (key, history) in &self.index {
             for e in history {
-                let kv = match &e.kv {
+                let kv = match e.put() {
                     Some(kv) => EventRef::Put(kv.clone()),
-                    None => EventRef::Tombstone(key.clone()),
+                    None => EventRef::Tombstone(key.to_vec()),
                 };
-                events.push((e.main, e.sub, kv));
+                events.push((e.main(), e.sub.into(), kv));
             }
         }
         ExportRefs {
@@ -554,7 +572,7 @@ impl MvccStore {
             index_row(&mut index, *main, *sub, row)?;
         }
         for history in index.values_mut() {
-            history.sort_by_key(|e: &KeyEvent| (e.main, e.sub));
+            history.sort_by_key(|e: &KeyEvent| (e.main(), e.sub));
         }
         if let Some(db) = &self.db {
             let res = (|| -> Result<(), StorageError> {
@@ -881,13 +899,9 @@ impl MvccStore {
         let sub = w.changes;
         w.changes += 1;
         // One walk of the key index for the read of the previous version and the append. A new
-        // key's history starts with room for one event: most keys are written once or rarely,
-        // and Vec's first growth would reserve four.
-        let history = self
-            .index
-            .entry(p.key.clone())
-            .or_insert_with(|| Vec::with_capacity(1));
-        let prev = latest_at(history, visible).and_then(|e| e.kv.clone());
+        // key's first event is kept inline (see `History`).
+        let history = self.index.entry(p.key.as_slice().into()).or_default();
+        let prev = latest_at(history, visible).and_then(KeyEvent::put).cloned();
         let (create_revision, version) = match &prev {
             Some(kv) => (kv.create_revision, kv.version + 1),
             None => (rev, 1),
@@ -908,22 +922,18 @@ impl MvccStore {
             value,
             lease,
         });
-        history.push(KeyEvent {
-            main: rev,
-            sub,
-            kv: Some(kv.clone()),
-        });
+        let event = KeyEvent {
+            kv: kv.clone(),
+            sub: sub as u32,
+            is_put: true,
+        };
+        history.push(event.clone());
         let old_lease = prev.as_ref().map_or(0, |kv| kv.lease);
         if old_lease != kv.lease {
             self.detach(old_lease, &kv.key);
             self.attach(kv.lease, &kv.key);
         }
-        self.by_rev.push_back(events::RevEvent {
-            main: rev,
-            sub,
-            kv: kv.clone(),
-            is_put: true,
-        });
+        self.by_rev.push_back(event);
         if self.db.is_some() {
             self.pending
                 .inserts
@@ -991,21 +1001,17 @@ impl MvccStore {
                 .inserts
                 .push(((main as u64, sub as u64), is_put, kv.clone()));
         }
-        self.by_rev.push_back(events::RevEvent {
-            main,
-            sub,
-            kv: kv.clone(),
-            is_put,
-        });
         let event = KeyEvent {
-            main,
-            sub,
-            kv: is_put.then(|| kv.clone()),
+            kv: kv.clone(),
+            sub: sub as u32,
+            is_put,
         };
+        self.by_rev.push_back(event.clone());
         match self.index.get_mut(kv.key.as_slice()) {
             Some(history) => history.push(event),
             None => {
-                self.index.insert(kv.key.clone(), vec![event]);
+                self.index
+                    .insert(kv.key.as_slice().into(), smallvec::smallvec![event]);
             }
         }
     }
@@ -1165,16 +1171,16 @@ impl MvccStore {
         for (key, history) in self.index.iter_mut() {
             // Keep the newest event at or below `rev` if it is a put, or a delete at `rev` itself
             // (a watch may start at the compaction revision); drop everything older.
-            let upto = history.partition_point(|e| e.main <= rev);
+            let upto = history.partition_point(|e| e.main() <= rev);
             if upto == 0 {
                 continue;
             }
             let newest = &history[upto - 1];
-            let keep_newest = newest.kv.is_some() || newest.main == rev;
+            let keep_newest = newest.is_put || newest.main() == rev;
             let drop_n = if keep_newest { upto - 1 } else { upto };
             for e in history.drain(..drop_n) {
                 if self.db.is_some() {
-                    self.pending.removes.push((e.main as u64, e.sub as u64));
+                    self.pending.removes.push((e.main() as u64, e.sub.into()));
                 }
             }
             if history.is_empty() {
@@ -1184,7 +1190,7 @@ impl MvccStore {
         for k in emptied {
             self.index.remove(&k);
         }
-        while self.by_rev.front().is_some_and(|e| e.main < rev) {
+        while self.by_rev.front().is_some_and(|e| e.main() < rev) {
             self.by_rev.pop_front();
         }
         self.compact_rev = rev;
@@ -1248,7 +1254,7 @@ fn check_image(image: &MvccImage) -> Result<(), StorageError> {
 
 /// Adds one stored row to the key index.
 fn index_row(
-    index: &mut BTreeMap<Vec<u8>, Vec<KeyEvent>>,
+    index: &mut BTreeMap<Box<[u8]>, History>,
     main: u64,
     sub: u64,
     raw: &[u8],
@@ -1256,28 +1262,33 @@ fn index_row(
     let (flag, body) = raw
         .split_first()
         .ok_or_else(|| StorageError::Corrupt(format!("empty event row at {main}.{sub}")))?;
-    let kv = KeyValue::decode(body)
-        .map_err(|e| StorageError::Corrupt(format!("event row {main}.{sub}: {e}")))?;
-    let key = kv.key.clone();
-    let kv = match *flag {
-        FLAG_PUT => Some(Arc::new(kv)),
-        FLAG_TOMBSTONE => None,
-        f => {
-            return Err(StorageError::Corrupt(format!(
-                "event row {main}.{sub}: flag {f}"
-            )))
-        }
+    let corrupt = |why: String| StorageError::Corrupt(format!("event row {main}.{sub}: {why}"));
+    let mut kv = KeyValue::decode(body).map_err(|e| corrupt(e.to_string()))?;
+    let is_put = match *flag {
+        FLAG_PUT => true,
+        FLAG_TOMBSTONE => false,
+        f => return Err(corrupt(format!("flag {f}"))),
     };
-    index.entry(key).or_default().push(KeyEvent {
-        main: main as i64,
-        sub: sub as i64,
-        kv,
-    });
+    let sub = u32::try_from(sub).map_err(|_| corrupt("sub-revision out of range".into()))?;
+    if kv.mod_revision as u64 != main {
+        if is_put {
+            return Err(corrupt(format!("holds mod_revision {}", kv.mod_revision)));
+        }
+        kv.mod_revision = main as i64;
+    }
+    index
+        .entry(kv.key.as_slice().into())
+        .or_default()
+        .push(KeyEvent {
+            kv: Arc::new(kv),
+            sub,
+            is_put,
+        });
     Ok(())
 }
 
 fn latest_at(history: &[KeyEvent], rev: i64) -> Option<&KeyEvent> {
-    let n = history.partition_point(|e| e.main <= rev);
+    let n = history.partition_point(|e| e.main() <= rev);
     n.checked_sub(1).map(|i| &history[i])
 }
 

@@ -5,22 +5,12 @@
 //! watcher that falls behind costs no memory of its own: it catches up from the store, as etcd's
 //! unsynced watchers do. Compaction drops the events below the compaction revision.
 
-use super::{latest_at, MvccStore};
-use c20_api::mvccpb::{event::EventType, Event, KeyValue};
-use std::sync::Arc;
+use super::{latest_at, KeyEvent, MvccStore};
+use c20_api::mvccpb::{event::EventType, Event};
 
 /// Most events looked at in one call of [`MvccStore::watch_events`] (whole revisions are
 /// finished past it), so a watcher far behind reads in steps and holds the store briefly.
 const SCAN_EVENTS_MAX: usize = 16 * 1024;
-
-/// One change, in revision order. A delete carries its tombstone (key and revision only).
-#[derive(Debug, Clone)]
-pub(super) struct RevEvent {
-    pub(super) main: i64,
-    pub(super) sub: i64,
-    pub(super) kv: Arc<KeyValue>,
-    pub(super) is_put: bool,
-}
 
 /// Events of whole revisions for one watcher.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,14 +48,14 @@ impl MvccStore {
         if from < self.compact_rev {
             return Err(self.compact_rev);
         }
-        let start = self.by_rev.partition_point(|e| e.main < from);
+        let start = self.by_rev.partition_point(|e| e.main() < from);
         let mut events = Vec::new();
         let mut next_rev = (self.current_rev + 1).max(from);
         for i in start..self.by_rev.len() {
             let e = &self.by_rev[i];
-            let new_revision = i > start && self.by_rev[i - 1].main != e.main;
+            let new_revision = i > start && self.by_rev[i - 1].main() != e.main();
             if new_revision && (events.len() >= max_events || i - start >= SCAN_EVENTS_MAX) {
-                next_rev = e.main;
+                next_rev = e.main();
                 break;
             }
             if !in_range(key, range_end, &e.kv.key) {
@@ -73,9 +63,9 @@ impl MvccStore {
             }
             let prev_kv = if with_prev_kv {
                 self.index
-                    .get(&e.kv.key)
-                    .and_then(|h| latest_at(h, e.main - 1))
-                    .and_then(|p| p.kv.as_ref())
+                    .get(e.kv.key.as_slice())
+                    .and_then(|h| latest_at(h, e.main() - 1))
+                    .and_then(KeyEvent::put)
                     .map(|kv| kv.as_ref().clone())
             } else {
                 None
@@ -95,29 +85,11 @@ impl MvccStore {
 
     /// Rebuilds the revision-ordered events from the key index.
     pub(super) fn rebuild_by_rev(&mut self) {
-        let mut all: Vec<RevEvent> = Vec::new();
-        for (key, history) in &self.index {
-            for e in history {
-                let kv = match &e.kv {
-                    Some(kv) => kv.clone(),
-                    None => Arc::new(KeyValue {
-                        key: key.clone(),
-                        mod_revision: e.main,
-                        ..Default::default()
-                    }),
-                };
-                all.push(RevEvent {
-                    main: e.main,
-                    sub: e.sub,
-                    kv,
-                    is_put: e.kv.is_some(),
-                });
-            }
-        }
-        all.sort_unstable_by_key(|e| (e.main, e.sub));
+        let mut all: Vec<KeyEvent> = self.index.values().flatten().cloned().collect();
+        all.sort_unstable_by_key(|e| (e.main(), e.sub));
         // Events below the compaction revision are never served (the newest put of a key below
         // it stays in the key index for reads, not for watchers).
         let compact = self.compact_rev;
-        self.by_rev = all.into_iter().filter(|e| e.main >= compact).collect();
+        self.by_rev = all.into_iter().filter(|e| e.main() >= compact).collect();
     }
 }

@@ -108,11 +108,11 @@ impl MvccStore {
             l.keys.clear();
         }
         for (key, history) in &self.index {
-            let Some(kv) = history.last().and_then(|e| e.kv.as_ref()) else {
+            let Some(kv) = history.last().and_then(|e| e.put()) else {
                 continue;
             };
             if let Some(l) = self.leases.get_mut(&kv.lease) {
-                l.keys.insert(key.clone());
+                l.keys.insert(key.to_vec());
             }
         }
     }
