@@ -1,6 +1,8 @@
 //! openraft's log storage on c20's WAL.
 //!
-//! Entries live in the WAL (durable) and in memory (for reads by replication); the vote and the
+//! Entries live in the WAL (durable); the newest of them, up to [`CACHE_BYTES_MAX`], also in
+//! memory, where replication to followers that keep up and applying find them. Older entries
+//! (a follower far behind, a restart's replay) are read back from the WAL. The vote and the
 //! purge point live in small atomically replaced files beside it. An append is reported flushed
 //! to openraft only from the WAL's group-commit thread, after fdatasync.
 
@@ -31,11 +33,30 @@ struct Shared {
     state: Mutex<State>,
     /// Bytes of entries appended to the WAL since the start (a snapshot trigger watches it).
     appended_bytes: std::sync::atomic::AtomicU64,
+    /// Most bytes of entries (as the WAL stores them) kept in memory besides the WAL.
+    cache_bytes_max: std::sync::atomic::AtomicUsize,
+}
+
+/// Entries kept in memory, newest first to stay: 64 MiB holds seconds of writes at full speed,
+/// which is what followers in step and applying read, while a log that grows to its snapshot
+/// trigger (256 MiB or 100,000 entries by default) no longer grows memory with it.
+pub const CACHE_BYTES_MAX: usize = 64 << 20;
+
+/// An entry in memory and the size of its WAL record.
+struct Cached {
+    entry: Entry,
+    bytes: usize,
 }
 
 #[derive(Default)]
 struct State {
-    log: BTreeMap<u64, Entry>,
+    /// The newest entries: a suffix of the log, or all of it for a log in memory.
+    log: BTreeMap<u64, Cached>,
+    /// Sum of `bytes` over `log`.
+    cached_bytes: usize,
+    /// The newest entry that left `log` and is only in the WAL: the entries above the purge
+    /// point up to it are read from there.
+    evicted_last: Option<LogId>,
     last_purged: Option<LogId>,
     vote: Option<Vote>,
     /// Request ids whose proposer wants to know when they are durable in this log.
@@ -96,7 +117,8 @@ impl LogStore {
                     entry.log_id
                 )));
             }
-            log.insert(index, entry);
+            let bytes = raw.len();
+            log.insert(index, Cached { entry, bytes });
         }
         // The log must be gap-free above the purge point.
         let mut expect = floor.map(|f| f + 1);
@@ -111,19 +133,24 @@ impl LogStore {
             }
             expect = Some(index + 1);
         }
-        Ok(LogStore {
+        let cached_bytes = log.values().map(|c| c.bytes).sum();
+        let store = LogStore {
             shared: Arc::new(Shared {
                 wal: Some(Arc::new(wal)),
                 dir: dir.to_path_buf(),
                 state: Mutex::new(State {
                     log,
+                    cached_bytes,
                     last_purged,
                     vote,
                     ..State::default()
                 }),
                 appended_bytes: Default::default(),
+                cache_bytes_max: CACHE_BYTES_MAX.into(),
             }),
-        })
+        };
+        store.evict();
+        Ok(store)
     }
 
     /// A log held in memory only: appends complete at once and nothing survives the process.
@@ -135,8 +162,69 @@ impl LogStore {
                 dir: PathBuf::new(),
                 state: Mutex::new(State::default()),
                 appended_bytes: Default::default(),
+                cache_bytes_max: usize::MAX.into(),
             }),
         }
+    }
+
+    /// Sets how many bytes of entries a durable log keeps in memory (tests use 0 to read
+    /// every entry back from the WAL). A log in memory keeps everything.
+    pub fn set_cache_bytes_max(&self, bytes: usize) {
+        if self.shared.wal.is_some() {
+            self.shared
+                .cache_bytes_max
+                .store(bytes, std::sync::atomic::Ordering::Relaxed);
+            self.evict();
+        }
+    }
+
+    /// Entries in memory and their WAL bytes.
+    pub fn cached(&self) -> (usize, usize) {
+        let st = self.shared.state.lock().expect("log state lock");
+        (st.log.len(), st.cached_bytes)
+    }
+
+    /// Drops the oldest entries from memory while more than the cache's bytes are there. Only
+    /// for entries already queued to the WAL: a read queued after them finds them there.
+    fn evict(&self) {
+        let max = self
+            .shared
+            .cache_bytes_max
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let mut st = self.shared.state.lock().expect("log state lock");
+        while st.cached_bytes > max {
+            let Some((_, c)) = st.log.pop_first() else {
+                break;
+            };
+            st.cached_bytes -= c.bytes;
+            st.evicted_last = Some(c.entry.log_id);
+        }
+    }
+
+    /// The entries in `[from, to)` that the WAL holds, decoded.
+    async fn read_wal(&self, from: u64, to: u64) -> io::Result<Vec<Entry>> {
+        let wal = self
+            .shared
+            .wal
+            .clone()
+            .expect("entries leave memory only for a WAL");
+        let records = tokio::task::spawn_blocking(move || wal.read(from, to))
+            .await
+            .map_err(io_err)?
+            .map_err(io_err)?;
+        records
+            .into_iter()
+            .map(|(index, raw)| {
+                let entry: Entry = decode("log entry", &raw).map_err(io_err)?;
+                if entry.log_id.index != index {
+                    return Err(io_err(format!(
+                        "wal record {index} holds entry {}",
+                        entry.log_id
+                    )));
+                }
+                Ok(entry)
+            })
+            .collect()
     }
 
     /// The planted bug `ack-before-fsync`: the append from `first` on is acknowledged at once
@@ -236,8 +324,66 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
-        let st = self.shared.state.lock().expect("log state lock");
-        Ok(st.log.range(range).map(|(_, e)| e.clone()).collect())
+        use std::ops::Bound;
+        let mut next = match range.start_bound() {
+            Bound::Included(&i) => i,
+            Bound::Excluded(&i) => i + 1,
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&i) => i.saturating_add(1),
+            Bound::Excluded(&i) => i,
+            Bound::Unbounded => u64::MAX,
+        };
+        let mut out: Vec<Entry> = Vec::new();
+        while next < end {
+            // The part in memory ends the read; an older part comes from the WAL first.
+            let to = {
+                let st = self.shared.state.lock().expect("log state lock");
+                let floor = st.last_purged.map_or(0, |l| l.index + 1);
+                if next < floor {
+                    if !out.is_empty() {
+                        return Err(io_err(format!(
+                            "log entries from {next} were purged while being read"
+                        )));
+                    }
+                    next = floor;
+                }
+                if next >= end {
+                    return Ok(out);
+                }
+                let cache_first = st.log.first_key_value().map(|(&i, _)| i);
+                match st.evicted_last {
+                    Some(last) if next <= last.index && cache_first.is_none_or(|f| next < f) => {
+                        end.min(last.index + 1).min(cache_first.unwrap_or(u64::MAX))
+                    }
+                    _ => {
+                        if !out.is_empty() && cache_first.is_some_and(|f| f > next) {
+                            return Err(io_err(format!("hole in the log read at {next}")));
+                        }
+                        let cached = st.log.range(next..end).map(|(_, c)| c.entry.clone());
+                        out.extend(cached);
+                        return Ok(out);
+                    }
+                }
+            };
+            let read = self.read_wal(next, to).await?;
+            match (read.first(), read.last()) {
+                (Some(first), Some(last)) => {
+                    // A log may start above the purge point (the suite's logs start at 1), but
+                    // once a read has begun, the next entry must follow.
+                    if !out.is_empty() && first.log_id.index != next {
+                        return Err(io_err(format!("log entry {next} is missing from the WAL")));
+                    }
+                    next = last.log_id.index + 1;
+                }
+                // Nothing held here yet: purged meanwhile, or the log starts further on.
+                _ if out.is_empty() => next = to,
+                _ => return Err(io_err(format!("log entry {next} is missing from the WAL"))),
+            }
+            out.extend(read);
+        }
+        Ok(out)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -250,10 +396,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, io::Error> {
         let st = self.shared.state.lock().expect("log state lock");
-        let last = st.log.values().next_back().map(|e| e.log_id);
+        let last = st.log.values().next_back().map(|c| c.entry.log_id);
         Ok(LogState {
             last_purged_log_id: st.last_purged,
-            last_log_id: last.or(st.last_purged),
+            last_log_id: last.or(st.evicted_last).or(st.last_purged),
         })
     }
 
@@ -287,8 +433,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut st = self.shared.state.lock().expect("log state lock");
             for e in entries {
                 first.get_or_insert(e.log_id.index);
+                let mut bytes = 0;
                 if durable {
                     let raw = postcard::to_allocvec(&e).map_err(io_err)?;
+                    bytes = raw.len();
                     records.push((e.log_id.index, raw));
                 }
                 if !st.append_waiters.is_empty() {
@@ -298,7 +446,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                         }
                     }
                 }
-                st.log.insert(e.log_id.index, e);
+                st.cached_bytes += bytes;
+                if let Some(old) = st.log.insert(e.log_id.index, Cached { entry: e, bytes }) {
+                    st.cached_bytes -= old.bytes;
+                }
             }
         }
         let done = move |res: Result<(), StorageError>| {
@@ -312,7 +463,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .appended_bytes
             .fetch_add(bytes as u64, std::sync::atomic::Ordering::Relaxed);
         match &self.shared.wal {
-            Some(wal) => wal.append(records, Box::new(done)),
+            Some(wal) => {
+                wal.append(records, Box::new(done));
+                self.evict();
+            }
             None if planted::active(Bug::AckBeforeFsync) => {
                 self.flush_later(first);
                 done(Ok(()))
@@ -324,12 +478,16 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
         let from = last_log_id.map_or(0, |l| l.index + 1);
-        self.shared
-            .state
-            .lock()
-            .expect("log state lock")
-            .log
-            .split_off(&from);
+        {
+            let mut st = self.shared.state.lock().expect("log state lock");
+            let gone: usize = st.log.split_off(&from).values().map(|c| c.bytes).sum();
+            st.cached_bytes -= gone;
+            if st.evicted_last.is_some_and(|l| l.index >= from) {
+                // The new last entry is on disk only (or there is none above the purge point).
+                st.evicted_last =
+                    last_log_id.filter(|l| st.last_purged.is_none_or(|p| l.index > p.index));
+            }
+        }
         let Some(wal) = self.shared.wal.clone() else {
             return Ok(());
         };
@@ -345,7 +503,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         {
             let mut st = self.shared.state.lock().expect("log state lock");
             let keep = st.log.split_off(&(log_id.index + 1));
+            let gone: usize = st.log.values().map(|c| c.bytes).sum();
             st.log = keep;
+            st.cached_bytes -= gone;
+            if st.evicted_last.is_some_and(|l| l.index <= log_id.index) {
+                st.evicted_last = None;
+            }
             st.last_purged = Some(log_id);
         }
         let Some(wal) = self.shared.wal.clone() else {

@@ -64,6 +64,9 @@ pub struct RaftNodeConfig {
     pub snapshot_log_bytes: u64,
     /// Options of the Raft log's WAL (segment size; fault injection in tests).
     pub wal: WalOptions,
+    /// Bytes of the newest log entries kept in memory besides the WAL; older ones are read
+    /// back from it (see [`crate::log_store::CACHE_BYTES_MAX`], the default).
+    pub log_cache_bytes: usize,
     /// Keep the log and the store in memory only (embedded clusters, simulation).
     pub in_memory: bool,
     /// How this node reaches its peers.
@@ -99,6 +102,7 @@ impl RaftNodeConfig {
             snapshot_catchup_entries: 5000,
             snapshot_log_bytes: 256 << 20,
             wal: WalOptions::default(),
+            log_cache_bytes: crate::log_store::CACHE_BYTES_MAX,
             in_memory: false,
             transport: Transport::Grpc,
             batch: BatchConfig::default(),
@@ -201,10 +205,9 @@ impl RaftNode {
         let (log, sm) = if cfg.in_memory {
             (LogStore::in_memory(), StateMachine::in_memory()?)
         } else {
-            (
-                LogStore::open_with(&cfg.data_dir.join("raft"), cfg.wal.clone())?,
-                StateMachine::open(&cfg.data_dir.join("kv"))?,
-            )
+            let log = LogStore::open_with(&cfg.data_dir.join("raft"), cfg.wal.clone())?;
+            log.set_cache_bytes_max(cfg.log_cache_bytes);
+            (log, StateMachine::open(&cfg.data_dir.join("kv"))?)
         };
         Self::start_with(cfg, log, sm).await
     }
@@ -439,6 +442,11 @@ impl RaftNode {
 
     pub(crate) fn log(&self) -> &LogStore {
         &self.log
+    }
+
+    /// Log entries held in memory and their bytes (the rest of the log is in the WAL only).
+    pub fn log_entries_in_memory(&self) -> (usize, usize) {
+        self.log.cached()
     }
 
     pub(crate) fn transport(&self) -> &Transport {

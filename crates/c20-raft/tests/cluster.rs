@@ -4,6 +4,7 @@ mod common;
 
 use c20_api::etcdserverpb::PutRequest;
 use c20_api::EtcdError;
+use c20_raft::log_store::CACHE_BYTES_MAX as LOG_CACHE_BYTES_MAX;
 use c20_raft::network::PeerCompression;
 use c20_raft::{Command, MemberAttrs, NodeId, PeerNode, RaftNode, RaftNodeConfig, Reply};
 use c20_storage::{IoFaults, WriteOp};
@@ -30,6 +31,7 @@ struct TestCluster {
     members: BTreeMap<NodeId, Member>,
     faults: BTreeMap<NodeId, Arc<FailSyncs>>,
     compression: PeerCompression,
+    log_cache_bytes: usize,
 }
 
 /// Fails every WAL fsync of one member once armed.
@@ -52,9 +54,11 @@ async fn start_member(
     peers: &BTreeMap<NodeId, PeerNode>,
     faults: Option<Arc<dyn IoFaults>>,
     compression: PeerCompression,
+    log_cache_bytes: usize,
 ) -> Member {
     let mut cfg = RaftNodeConfig::new(id, dir.join(format!("n{id}")), peers.clone());
     cfg.wal.faults = faults;
+    cfg.log_cache_bytes = log_cache_bytes;
     cfg.peer_compression = compression;
     cfg.attrs = MemberAttrs {
         name: format!("n{id}"),
@@ -93,10 +97,14 @@ async fn start_member(
 
 impl TestCluster {
     async fn start(n: usize) -> TestCluster {
-        Self::start_with(n, PeerCompression::OFF).await
+        Self::start_with(n, PeerCompression::OFF, LOG_CACHE_BYTES_MAX).await
     }
 
-    async fn start_with(n: usize, compression: PeerCompression) -> TestCluster {
+    async fn start_with(
+        n: usize,
+        compression: PeerCompression,
+        log_cache_bytes: usize,
+    ) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let listeners: Vec<std::net::TcpListener> = (0..n)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
@@ -123,7 +131,16 @@ impl TestCluster {
             faults.insert(id, f.clone());
             members.insert(
                 id,
-                start_member(dir.path(), id, addr, &peers, Some(f), compression).await,
+                start_member(
+                    dir.path(),
+                    id,
+                    addr,
+                    &peers,
+                    Some(f),
+                    compression,
+                    log_cache_bytes,
+                )
+                .await,
             );
         }
         TestCluster {
@@ -133,6 +150,7 @@ impl TestCluster {
             members,
             faults,
             compression,
+            log_cache_bytes,
         }
     }
 
@@ -152,6 +170,7 @@ impl TestCluster {
             &self.peers,
             Some(f),
             self.compression,
+            self.log_cache_bytes,
         )
         .await;
         self.members.insert(id, m);
@@ -204,7 +223,8 @@ async fn writes_replicate_and_followers_forward() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressed_appends_replicate_the_same_values() {
-    let c = TestCluster::start_with(3, PeerCompression { min_bytes: 256 }).await;
+    let c =
+        TestCluster::start_with(3, PeerCompression { min_bytes: 256 }, LOG_CACHE_BYTES_MAX).await;
     let leader = c.leader().await;
     let value = |i: usize| format!("{i:04}-").repeat(800);
     for i in 0..30 {
@@ -251,6 +271,42 @@ async fn leader_loss_elects_a_new_leader_that_keeps_every_write() {
         local_get(c.node(old), "after").as_deref(),
         Some(&b"failover"[..])
     );
+    c.shutdown().await;
+}
+
+/// With no log entry kept in memory, every read of the log goes back to the WAL: a follower
+/// that missed writes catches up from entries the leader reads there, and a restarted cluster
+/// re-applies its log from there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_kept_only_in_the_wal_replicates_and_restarts() {
+    let mut c = TestCluster::start_with(3, PeerCompression::OFF, 0).await;
+    let leader = c.leader().await;
+    let behind = if leader == 1 { 2 } else { 1 };
+    c.stop(behind).await;
+    let mut last = 0;
+    for i in 0..200 {
+        last = put(c.node(leader), &format!("k{i}"), &format!("v{i}"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(c.node(leader).log_entries_in_memory(), (0, 0));
+    c.restart(behind).await;
+    c.node(behind).read_barrier().await.unwrap();
+    for i in [0, 99, 199] {
+        assert_eq!(
+            local_get(c.node(behind), &format!("k{i}")),
+            Some(format!("v{i}").into_bytes()),
+            "k{i} on the member that was behind"
+        );
+    }
+    for id in 1..=3 {
+        c.stop(id).await;
+    }
+    for id in 1..=3 {
+        c.restart(id).await;
+    }
+    let leader = c.leader().await;
+    assert_eq!(put(c.node(leader), "next", "v").await.unwrap(), last + 1);
     c.shutdown().await;
 }
 

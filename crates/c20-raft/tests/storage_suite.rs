@@ -27,6 +27,26 @@ async fn log_store_and_state_machine_pass_openraft_suite() {
         .expect("openraft storage suite");
 }
 
+/// The WAL log store with no entry kept in memory: every read goes back to the WAL.
+struct UncachedBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachine, tempfile::TempDir> for UncachedBuilder {
+    async fn build(
+        &self,
+    ) -> Result<(tempfile::TempDir, LogStore, StateMachine), StorageError<TypeConfig>> {
+        let (dir, log, sm) = Builder.build().await?;
+        log.set_cache_bytes_max(0);
+        Ok((dir, log, sm))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_keeps_no_entry_in_memory_passes_openraft_suite() {
+    Suite::test_all(UncachedBuilder)
+        .await
+        .expect("openraft storage suite");
+}
+
 struct MemoryBuilder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, ()> for MemoryBuilder {

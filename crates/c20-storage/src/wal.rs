@@ -79,6 +79,9 @@ pub struct WalRecovery {
     pub torn_bytes: u64,
 }
 
+/// Records as `(index, payload)`, in index order.
+pub type Records = Vec<(u64, Vec<u8>)>;
+
 /// Called once the records of an append are durable (or failed to become so).
 pub type AppendDone = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
 
@@ -94,6 +97,11 @@ enum Op {
     Purge {
         upto: u64,
         done: mpsc::Sender<Result<(), StorageError>>,
+    },
+    Read {
+        from: u64,
+        to: u64,
+        done: mpsc::Sender<Result<Records, StorageError>>,
     },
 }
 
@@ -272,6 +280,19 @@ impl Wal {
             .map_err(|_| StorageError::Failed("log writer stopped".into()))?
     }
 
+    /// The records with index in `[from, to)` that the log holds, read back from the files, in
+    /// order and without gaps: from the first it holds in the range up to the first gap after
+    /// it. Runs on the writer
+    /// thread after everything queued before it has been written (not necessarily synced), so
+    /// an appended record is readable as soon as its append was queued.
+    pub fn read(&self, from: u64, to: u64) -> Result<Records, StorageError> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Op::Read { from, to, done: tx })
+            .map_err(|_| StorageError::Failed("log is closed".into()))?;
+        rx.recv()
+            .map_err(|_| StorageError::Failed("log writer stopped".into()))?
+    }
+
     /// The error that stopped the log, if one did.
     pub fn failure(&self) -> Option<String> {
         self.failed.lock().expect("wal failure lock").clone()
@@ -363,6 +384,11 @@ impl Writer {
                         None => self.purge(upto).map_err(|e| self.fail(&e)),
                     };
                     let _ = done.send(res);
+                }
+                Op::Read { from, to, done } => {
+                    // Appends queued before are written already: a read needs no sync. A read
+                    // error is the reader's, not the log's: it does not stop writes.
+                    let _ = done.send(self.read(from, to));
                 }
             }
         }
@@ -529,6 +555,56 @@ impl Writer {
             self.active = Some((f, len));
         }
         Ok(())
+    }
+
+    fn read(&self, from: u64, to: u64) -> Result<Records, StorageError> {
+        use std::os::unix::fs::FileExt;
+        let mut out = Vec::new();
+        let Some(&first) = self.offsets.range(from..to).next().map(|(i, _)| i) else {
+            return Ok(out);
+        };
+        let mut next = first;
+        // One read per segment: from the first wanted record to the end of the last one.
+        while next < to {
+            let Some(&(seg_first, start)) = self.offsets.get(&next) else {
+                break;
+            };
+            let seg_pos = self
+                .segments
+                .iter()
+                .position(|s| s.first == seg_first)
+                .expect("every offset points into a known segment");
+            let seg = &self.segments[seg_pos];
+            let next_seg_first = self.segments.get(seg_pos + 1).map(|s| s.first);
+            let last = (to - 1).min(next_seg_first.map_or(u64::MAX, |f| f - 1));
+            let end = match self.offsets.range(last + 1..).next() {
+                Some((_, &(f, off))) if f == seg_first => off,
+                _ => match (&self.active, next_seg_first) {
+                    (Some((_, len)), None) => *len,
+                    _ => fs::metadata(&seg.path)?.len(),
+                },
+            };
+            let mut buf = vec![0u8; (end - start) as usize];
+            File::open(&seg.path)?.read_exact_at(&mut buf, start)?;
+            let mut at = 0;
+            while at < buf.len() && next < to {
+                let (index, payload, used) = decode_record(&buf[at..]).map_err(|e| {
+                    StorageError::Corrupt(format!("wal record {next} read back: {e}"))
+                })?;
+                if index != next {
+                    return Err(StorageError::Corrupt(format!(
+                        "wal record {next} read back as {index}"
+                    )));
+                }
+                out.push((index, payload.to_vec()));
+                at += used;
+                next += 1;
+            }
+            if !self.offsets.contains_key(&next) {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     fn purge(&mut self, upto: u64) -> Result<(), StorageError> {

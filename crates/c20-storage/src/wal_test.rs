@@ -212,3 +212,55 @@ fn a_failed_fsync_fails_the_append_and_every_later_one() {
     ));
     assert!(matches!(wal.truncate(1), Err(StorageError::Failed(_))));
 }
+
+#[test]
+fn records_read_back_match_what_was_appended_across_segments_truncation_and_purge() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path(), 100);
+    append_sync(&wal, (1..=30).map(rec).collect()).unwrap();
+    let read = |from, to| wal.read(from, to).unwrap();
+    assert_eq!(read(1, 31), (1..=30).map(rec).collect::<Vec<_>>());
+    assert_eq!(read(7, 9), vec![rec(7), rec(8)]);
+    assert_eq!(read(29, 100), vec![rec(29), rec(30)], "stops at the end");
+    assert!(read(31, 40).is_empty());
+    assert_eq!(
+        read(0, 3),
+        vec![rec(1), rec(2)],
+        "starts at the first record held"
+    );
+    wal.truncate(20).unwrap();
+    append_sync(&wal, vec![(20, b"new-20".to_vec())]).unwrap();
+    assert_eq!(
+        read(18, 25),
+        vec![rec(18), rec(19), (20, b"new-20".to_vec())]
+    );
+    wal.purge(10).unwrap();
+    assert!(read(1, 3).is_empty(), "purged records are not read");
+    let mut above: Vec<_> = (11..20).map(rec).collect();
+    above.push((20, b"new-20".to_vec()));
+    assert_eq!(
+        read(11, 25),
+        above,
+        "records above the purge point are readable"
+    );
+    // After a snapshot install the log restarts further on: a read stops at the gap.
+    append_sync(&wal, vec![rec(100), rec(101)]).unwrap();
+    assert_eq!(read(19, 200).last().map(|r| r.0), Some(20));
+    assert_eq!(read(100, 200), vec![rec(100), rec(101)]);
+}
+
+#[test]
+fn an_append_is_readable_as_soon_as_it_is_queued() {
+    let dir = tempfile::tempdir().unwrap();
+    let (wal, _) = open(dir.path(), 1 << 20);
+    let (tx, rx) = mpsc::channel();
+    wal.append(
+        (1..=5).map(rec).collect(),
+        Box::new(move |r| tx.send(r).unwrap()),
+    );
+    assert_eq!(
+        wal.read(1, 6).unwrap(),
+        (1..=5).map(rec).collect::<Vec<_>>()
+    );
+    rx.recv().unwrap().unwrap();
+}
