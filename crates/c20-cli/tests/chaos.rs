@@ -1,7 +1,8 @@
 //! Chaos on real processes: a 3-member cluster whose peer traffic goes through user-space
 //! proxies runs writers and readers while, in turn, the leader is killed with SIGKILL and
-//! restarted, and a member is cut off from its peers (its proxy drops every connection) and
-//! healed. Then:
+//! restarted, a member is cut off from its peers (its proxy drops every connection) and
+//! healed, and every peer link turns slow and lossy (each relayed chunk delayed up to tens of
+//! milliseconds, some breaking their connection) and clean again. Then:
 //! - every acknowledged write is on every member;
 //! - each writer's acknowledged writes got increasing revisions, and no linearizable read saw a
 //!   revision below one already acknowledged when the read began (revisions never go back);
@@ -151,7 +152,7 @@ fn env_u64(name: &str) -> Option<u64> {
 }
 
 #[test]
-fn no_acknowledged_write_is_lost_under_leader_kills_and_partitions() {
+fn no_acknowledged_write_is_lost_under_leader_kills_partitions_and_lossy_links() {
     let secs = env_u64("C20_CHAOS_SECS").unwrap_or(30);
     let seed = env_u64("C20_CHAOS_SEED").unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -188,13 +189,13 @@ fn no_acknowledged_write_is_lost_under_leader_kills_and_partitions() {
     tasks.push(rt.spawn(reader(endpoints.clone(), s.clone())));
     // (the reader's clock starts here too, so its times line up with the fault log)
 
-    let (mut kills, mut partitions) = (0, 0);
+    let (mut kills, mut partitions, mut degraded) = (0, 0, 0);
     let started = Instant::now();
     let end = Instant::now() + Duration::from_secs(secs);
     let mut step = 0u64;
     while Instant::now() < end {
         std::thread::sleep(Duration::from_millis(1500 + rng.below(1500)));
-        if step.is_multiple_of(2) {
+        if step % 3 == 0 {
             let leader = c.wait_leader(HEALTHY);
             eprintln!(
                 "chaos: {:?} kill -9 {}",
@@ -205,6 +206,22 @@ fn no_acknowledged_write_is_lost_under_leader_kills_and_partitions() {
             kills += 1;
             std::thread::sleep(Duration::from_millis(500 + rng.below(1500)));
             c.restart(leader);
+        } else if step % 3 == 2 {
+            let delay_ms = 5 + rng.below(46);
+            let loss = (1 + rng.below(20)) as f64 / 1000.0;
+            eprintln!(
+                "chaos: {:?} every peer link delays up to {delay_ms} ms and loses {:.1}%",
+                started.elapsed(),
+                loss * 100.0
+            );
+            for p in &proxies {
+                p.degrade(delay_ms, loss, rng.below(u64::MAX));
+            }
+            degraded += 1;
+            std::thread::sleep(Duration::from_millis(2000 + rng.below(2000)));
+            for p in &proxies {
+                p.restore();
+            }
         } else {
             let victim = rng.below(3) as usize;
             eprintln!(
@@ -235,13 +252,15 @@ fn no_acknowledged_write_is_lost_under_leader_kills_and_partitions() {
 
     let acked = s.acked.lock().unwrap().clone();
     eprintln!(
-        "chaos: {kills} leader kills, {partitions} partitions; {} writes acknowledged, {} \
+        "chaos: {kills} leader kills, {partitions} partitions, {degraded} slow and lossy \
+         periods ({} peer connections broken by a lost chunk); {} writes acknowledged, {} \
          unknown, {} linearizable reads",
+        proxies.iter().map(PeerProxy::lost_chunks).sum::<u64>(),
         acked.len(),
         s.maybe.load(Ordering::Relaxed),
         s.reads.load(Ordering::Relaxed)
     );
-    assert!(kills >= 1 && partitions >= 1);
+    assert!(kills >= 1 && partitions >= 1 && degraded >= 1);
 
     // Every member, once at the same revision, holds every acknowledged write.
     let rev = rt.block_on(async {
