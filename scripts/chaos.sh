@@ -2,8 +2,8 @@
 # Real-process chaos for longer than the test suite runs it: a 3-member c20 cluster (peer
 # traffic through user-space proxies) under writes and linearizable reads while the leader is
 # killed with SIGKILL and restarted, members are cut off from their peers, and every peer link
-# turns slow and lossy, in turn; then no
-# acknowledged write may be missing, revisions may never go back, and HashKV must agree.
+# turns slow and lossy, in turn; then no acknowledged write may be missing, revisions may never
+# go back, and HashKV must agree.
 #
 #   scripts/chaos.sh [--minutes M] [--seed S] [--etcd]
 #

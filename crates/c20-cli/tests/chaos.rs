@@ -195,7 +195,7 @@ fn no_acknowledged_write_is_lost_under_leader_kills_partitions_and_lossy_links()
     let mut step = 0u64;
     while Instant::now() < end {
         std::thread::sleep(Duration::from_millis(1500 + rng.below(1500)));
-        if step % 3 == 0 {
+        if step.is_multiple_of(3) {
             let leader = c.wait_leader(HEALTHY);
             eprintln!(
                 "chaos: {:?} kill -9 {}",

@@ -90,7 +90,7 @@ impl PeerProxy {
         let (b, c, deg) = (blocked.clone(), cut.clone(), degrade.clone());
         let task = tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     return;
                 };
                 if b.load(Ordering::SeqCst) {
