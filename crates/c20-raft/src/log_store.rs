@@ -59,6 +59,12 @@ struct State {
     /// The newest entry that left `log` and is only in the WAL: the entries above the purge
     /// point up to it are read from there.
     evicted_last: Option<LogId>,
+    /// Entries up to this index have been handed to the WAL (a read queued after that finds
+    /// them there); only those may leave `log`.
+    queued_upto: Option<u64>,
+    /// Bumped by every truncation: a read that spans the WAL and memory starts over when it
+    /// changed meanwhile, so it never splices two versions of the log.
+    truncations: u64,
     last_purged: Option<LogId>,
     vote: Option<Vote>,
     /// Request ids whose proposer wants to know when they are durable in this log.
@@ -136,6 +142,7 @@ impl LogStore {
             expect = Some(index + 1);
         }
         let cached_bytes = log.values().map(|c| c.bytes).sum();
+        let queued_upto = log.keys().next_back().copied();
         let store = LogStore {
             shared: Arc::new(Shared {
                 wal: Some(Arc::new(wal)),
@@ -143,6 +150,7 @@ impl LogStore {
                 state: Mutex::new(State {
                     log,
                     cached_bytes,
+                    queued_upto,
                     last_purged,
                     vote,
                     ..State::default()
@@ -195,9 +203,14 @@ impl LogStore {
             .load(std::sync::atomic::Ordering::Relaxed);
         let mut st = self.shared.state.lock().expect("log state lock");
         while st.cached_bytes > max {
-            let Some((_, c)) = st.log.pop_first() else {
+            let queued = st.queued_upto;
+            let Some(entry) = st.log.first_entry() else {
                 break;
             };
+            if queued.is_none_or(|q| *entry.key() > q) {
+                break;
+            }
+            let c = entry.remove();
             st.cached_bytes -= c.bytes;
             st.evicted_last = Some(c.entry.log_id);
         }
@@ -327,7 +340,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         range: RB,
     ) -> Result<Vec<Entry>, io::Error> {
         use std::ops::Bound;
-        let mut next = match range.start_bound() {
+        let start = match range.start_bound() {
             Bound::Included(&i) => i,
             Bound::Excluded(&i) => i + 1,
             Bound::Unbounded => 0,
@@ -337,55 +350,67 @@ impl RaftLogReader<TypeConfig> for LogStore {
             Bound::Excluded(&i) => i,
             Bound::Unbounded => u64::MAX,
         };
-        let mut out: Vec<Entry> = Vec::new();
-        while next < end {
-            // The part in memory ends the read; an older part comes from the WAL first.
-            let to = {
-                let st = self.shared.state.lock().expect("log state lock");
-                let floor = st.last_purged.map_or(0, |l| l.index + 1);
-                if next < floor {
-                    if !out.is_empty() {
-                        return Err(io_err(format!(
-                            "log entries from {next} were purged while being read"
-                        )));
+        'read: loop {
+            let mut out: Vec<Entry> = Vec::new();
+            let mut next = start;
+            let mut truncations = None;
+            while next < end {
+                // The part in memory ends the read; an older part comes from the WAL first.
+                let to = {
+                    let st = self.shared.state.lock().expect("log state lock");
+                    if *truncations.get_or_insert(st.truncations) != st.truncations {
+                        // The log changed under a read that had let go of the lock.
+                        continue 'read;
                     }
-                    next = floor;
-                }
-                if next >= end {
-                    return Ok(out);
-                }
-                let cache_first = st.log.first_key_value().map(|(&i, _)| i);
-                match st.evicted_last {
-                    Some(last) if next <= last.index && cache_first.is_none_or(|f| next < f) => {
-                        end.min(last.index + 1).min(cache_first.unwrap_or(u64::MAX))
-                    }
-                    _ => {
-                        if !out.is_empty() && cache_first.is_some_and(|f| f > next) {
-                            return Err(io_err(format!("hole in the log read at {next}")));
+                    let floor = st.last_purged.map_or(0, |l| l.index + 1);
+                    if next < floor {
+                        if !out.is_empty() {
+                            return Err(io_err(format!(
+                                "log entries from {next} were purged while being read"
+                            )));
                         }
-                        let cached = st.log.range(next..end).map(|(_, c)| c.entry.clone());
-                        out.extend(cached);
+                        next = floor;
+                    }
+                    if next >= end {
                         return Ok(out);
                     }
-                }
-            };
-            let read = self.read_wal(next, to).await?;
-            match (read.first(), read.last()) {
-                (Some(first), Some(last)) => {
-                    // A log may start above the purge point (the suite's logs start at 1), but
-                    // once a read has begun, the next entry must follow.
-                    if !out.is_empty() && first.log_id.index != next {
-                        return Err(io_err(format!("log entry {next} is missing from the WAL")));
+                    let cache_first = st.log.first_key_value().map(|(&i, _)| i);
+                    match st.evicted_last {
+                        Some(last)
+                            if next <= last.index && cache_first.is_none_or(|f| next < f) =>
+                        {
+                            end.min(last.index + 1).min(cache_first.unwrap_or(u64::MAX))
+                        }
+                        _ => {
+                            if !out.is_empty() && cache_first.is_some_and(|f| f > next) {
+                                return Err(io_err(format!("hole in the log read at {next}")));
+                            }
+                            let cached = st.log.range(next..end).map(|(_, c)| c.entry.clone());
+                            out.extend(cached);
+                            return Ok(out);
+                        }
                     }
-                    next = last.log_id.index + 1;
+                };
+                let read = self.read_wal(next, to).await?;
+                match (read.first(), read.last()) {
+                    (Some(first), Some(last)) => {
+                        // A log may start above the purge point (the suite's logs start at
+                        // 1), but once a read has begun, the next entry must follow.
+                        if !out.is_empty() && first.log_id.index != next {
+                            return Err(io_err(format!(
+                                "log entry {next} is missing from the WAL"
+                            )));
+                        }
+                        next = last.log_id.index + 1;
+                    }
+                    // Nothing held here yet: purged meanwhile, or the log starts further on.
+                    _ if out.is_empty() => next = to,
+                    _ => return Err(io_err(format!("log entry {next} is missing from the WAL"))),
                 }
-                // Nothing held here yet: purged meanwhile, or the log starts further on.
-                _ if out.is_empty() => next = to,
-                _ => return Err(io_err(format!("log entry {next} is missing from the WAL"))),
+                out.extend(read);
             }
-            out.extend(read);
+            return Ok(out);
         }
-        Ok(out)
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
@@ -431,10 +456,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut records = Vec::new();
         let mut waiting: Vec<(AppendWaiter, u64)> = Vec::new();
         let mut first = None;
+        let mut last = None;
         {
             let mut st = self.shared.state.lock().expect("log state lock");
             for e in entries {
+                // openraft truncates before it replaces entries, so an append never lands on
+                // an entry that is only in the WAL.
+                debug_assert!(
+                    first.is_some() || st.evicted_last.is_none_or(|l| e.log_id.index > l.index),
+                    "append at {} over entries only in the WAL (up to {:?})",
+                    e.log_id.index,
+                    st.evicted_last
+                );
                 first.get_or_insert(e.log_id.index);
+                last = Some(e.log_id.index);
                 let mut bytes = 0;
                 if durable {
                     let raw = postcard::to_allocvec(&e).map_err(io_err)?;
@@ -467,6 +502,13 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         match &self.shared.wal {
             Some(wal) => {
                 wal.append(records, Box::new(done));
+                if last.is_some() {
+                    self.shared
+                        .state
+                        .lock()
+                        .expect("log state lock")
+                        .queued_upto = last;
+                }
                 self.evict();
             }
             None if planted::active(Bug::AckBeforeFsync) => {
@@ -484,6 +526,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let mut st = self.shared.state.lock().expect("log state lock");
             let gone: usize = st.log.split_off(&from).values().map(|c| c.bytes).sum();
             st.cached_bytes -= gone;
+            st.truncations += 1;
+            if st.queued_upto.is_some_and(|q| q >= from) {
+                st.queued_upto = from.checked_sub(1);
+            }
             if st.evicted_last.is_some_and(|l| l.index >= from) {
                 // The new last entry is on disk only (or there is none above the purge point).
                 st.evicted_last =

@@ -386,9 +386,14 @@ impl Writer {
                     let _ = done.send(res);
                 }
                 Op::Read { from, to, done } => {
-                    // Appends queued before are written already: a read needs no sync. A read
+                    // Appends queued before are written already: a read needs no sync. After a
+                    // failed write the offsets may point past what reached the file. A read
                     // error is the reader's, not the log's: it does not stop writes.
-                    let _ = done.send(self.read(from, to));
+                    let res = match self.is_failed() {
+                        Some(e) => Err(e),
+                        None => self.read(from, to),
+                    };
+                    let _ = done.send(res);
                 }
             }
         }
@@ -584,6 +589,11 @@ impl Writer {
                     _ => fs::metadata(&seg.path)?.len(),
                 },
             };
+            if end < start {
+                return Err(StorageError::Corrupt(format!(
+                    "wal record {next} at offset {start} is past the segment's end {end}"
+                )));
+            }
             let mut buf = vec![0u8; (end - start) as usize];
             File::open(&seg.path)?.read_exact_at(&mut buf, start)?;
             let mut at = 0;

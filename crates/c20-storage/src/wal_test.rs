@@ -211,6 +211,8 @@ fn a_failed_fsync_fails_the_append_and_every_later_one() {
         Err(StorageError::Failed(_))
     ));
     assert!(matches!(wal.truncate(1), Err(StorageError::Failed(_))));
+    // Nor does it serve reads: what reached the file is unknown.
+    assert!(matches!(wal.read(1, 3), Err(StorageError::Failed(_))));
 }
 
 #[test]
