@@ -27,8 +27,7 @@ start_work_dir() {
 }
 
 cleanup() {
-    for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    stop_cluster
     rm -rf "$WORK"
 }
 

@@ -197,11 +197,15 @@ impl LogStore {
     /// Drops the oldest entries from memory while more than the cache's bytes are there. Only
     /// for entries already queued to the WAL: a read queued after them finds them there.
     fn evict(&self) {
+        let mut st = self.shared.state.lock().expect("log state lock");
+        self.evict_locked(&mut st);
+    }
+
+    fn evict_locked(&self, st: &mut State) {
         let max = self
             .shared
             .cache_bytes_max
             .load(std::sync::atomic::Ordering::Relaxed);
-        let mut st = self.shared.state.lock().expect("log state lock");
         while st.cached_bytes > max {
             let queued = st.queued_upto;
             let Some(entry) = st.log.first_entry() else {
@@ -502,14 +506,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         match &self.shared.wal {
             Some(wal) => {
                 wal.append(records, Box::new(done));
+                let mut st = self.shared.state.lock().expect("log state lock");
                 if last.is_some() {
-                    self.shared
-                        .state
-                        .lock()
-                        .expect("log state lock")
-                        .queued_upto = last;
+                    st.queued_upto = last;
                 }
-                self.evict();
+                self.evict_locked(&mut st);
             }
             None if planted::active(Bug::AckBeforeFsync) => {
                 self.flush_later(first);

@@ -7,7 +7,7 @@
 //!   coalescing concurrent readers into one round; a follower asks the leader for that index and
 //!   waits until it applied it).
 
-use crate::batcher::{BatchConfig, Batcher, InFlight, ProposalCounts};
+use crate::batcher::{BatchConfig, Batcher, ProposalCounts};
 use crate::lease::Lessor;
 use crate::log_store::LogStore;
 use crate::membership::{ask_peer, AskFailed, PeerAnswer, PeerAsk};
@@ -192,11 +192,9 @@ pub struct RaftNode {
     forwarders: Mutex<HashMap<NodeId, ForwardQueue>>,
     /// The snapshot transfer being received, if any (a newer one replaces it).
     incoming_snapshot: Mutex<Option<Incoming>>,
-    /// Held across a leader's read round when reads are not coalesced.
-    read_round: Option<tokio::sync::Mutex<()>>,
-    /// Leader read rounds in progress when reads are not coalesced (the most at once must stay
-    /// 1).
-    read_rounds: Arc<InFlight>,
+    /// Held across a leader's read round when reads are not coalesced, with the number of
+    /// rounds run so far (one per read).
+    read_round: Option<(tokio::sync::Mutex<()>, AtomicU64)>,
 }
 
 impl RaftNode {
@@ -293,8 +291,8 @@ impl RaftNode {
             told_removed: std::sync::atomic::AtomicBool::new(false),
             crashed: std::sync::atomic::AtomicBool::new(false),
             incoming_snapshot: Mutex::new(None),
-            read_round: (!cfg.read_coalescing).then(|| tokio::sync::Mutex::new(())),
-            read_rounds: Arc::default(),
+            read_round: (!cfg.read_coalescing)
+                .then(|| (tokio::sync::Mutex::new(()), AtomicU64::new(0))),
             removed_notify: tokio::sync::Notify::new(),
             lessor: Lessor::default(),
             peers: Mutex::new(HashMap::new()),
@@ -874,10 +872,14 @@ impl RaftNode {
     /// linearizable read must wait for. openraft queues concurrent requests and answers them
     /// together with one heartbeat round.
     pub(crate) async fn read_index_as_leader(&self) -> Result<u64, EtcdError> {
-        // Without coalescing, rounds run one at a time, counted to show it. The coalesced
-        // default (the hot read path) neither locks nor counts.
+        // Without coalescing, each read runs a round of its own, one at a time, counted to show
+        // it. The coalesced default (the hot read path) neither locks nor counts.
         let _own_round = match &self.read_round {
-            Some(m) => Some((m.lock().await, self.read_rounds.enter())),
+            Some((m, rounds)) => {
+                let held = m.lock().await;
+                rounds.fetch_add(1, Ordering::Relaxed);
+                Some(held)
+            }
             None => None,
         };
         let res = tokio::time::timeout(
@@ -901,10 +903,12 @@ impl RaftNode {
         self.batcher.counts()
     }
 
-    /// With read coalescing off, the most ReadIndex rounds this node ran at once as leader (1,
-    /// unless rounds overlap); 0 with coalescing on, where rounds are not counted.
-    pub fn read_rounds_in_flight_max(&self) -> usize {
-        self.read_rounds.most()
+    /// With read coalescing off, the ReadIndex rounds this node ran as leader, one after the
+    /// other (one per read); 0 with coalescing on, where rounds are not counted.
+    pub fn uncoalesced_read_rounds(&self) -> u64 {
+        self.read_round
+            .as_ref()
+            .map_or(0, |(_, rounds)| rounds.load(Ordering::Relaxed))
     }
 
     /// Returns once the local state machine reflects every write acknowledged before the call.

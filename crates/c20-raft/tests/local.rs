@@ -508,7 +508,8 @@ async fn without_read_coalescing_each_read_waits_for_a_round_of_its_own() {
         assert_eq!(value.as_deref(), Some(&b"v"[..]));
     }
     assert_eq!(written, 2);
-    assert_eq!(nodes[&leader].read_rounds_in_flight_max(), 1);
+    // Every read, through a follower or not, ran a leader round of its own (rounds are serial).
+    assert!(nodes[&leader].uncoalesced_read_rounds() >= 60);
     shutdown(nodes).await;
 }
 

@@ -66,6 +66,24 @@ impl KeyEvent {
     pub(super) fn put(&self) -> Option<&Arc<KeyValue>> {
         self.is_put.then_some(&self.kv)
     }
+
+    /// Its key in the events table.
+    fn row_key(&self) -> (u64, u64) {
+        (self.main() as u64, self.sub.into())
+    }
+
+    /// Its row in the events table: the flag, then the `KeyValue` (a tombstone's holds only
+    /// the key and the revision).
+    fn encode_row(&self, row: &mut Vec<u8>) {
+        row.push(if self.is_put {
+            FLAG_PUT
+        } else {
+            FLAG_TOMBSTONE
+        });
+        self.kv
+            .encode(row)
+            .expect("encoding into a Vec cannot fail");
+    }
 }
 
 /// Everything the store holds, as a snapshot carries it.
@@ -106,13 +124,8 @@ impl MvccImage {
 pub struct ExportRefs {
     current_rev: i64,
     compact_rev: i64,
-    events: Vec<(i64, i64, EventRef)>,
+    events: Vec<KeyEvent>,
     leases: Vec<(i64, i64)>,
-}
-
-enum EventRef {
-    Put(Arc<KeyValue>),
-    Tombstone(Vec<u8>),
 }
 
 impl ExportRefs {
@@ -121,10 +134,11 @@ impl ExportRefs {
         let events = self
             .events
             .iter()
-            .map(|(main, sub, e)| {
+            .map(|e| {
                 let mut row = Vec::new();
-                e.encode_row(*main, &mut row);
-                (*main as u64, *sub as u64, serde_bytes::ByteBuf::from(row))
+                e.encode_row(&mut row);
+                let (main, sub) = e.row_key();
+                (main, sub, serde_bytes::ByteBuf::from(row))
             })
             .collect();
         MvccImage {
@@ -152,37 +166,13 @@ impl ExportRefs {
         put(w, &(self.current_rev, self.compact_rev))?;
         put(w, &(self.events.len() as u64))?;
         let mut row = Vec::new();
-        for (main, sub, e) in &self.events {
+        for e in &self.events {
             row.clear();
-            e.encode_row(*main, &mut row);
-            put(
-                w,
-                &(*main as u64, *sub as u64, serde_bytes::Bytes::new(&row)),
-            )?;
+            e.encode_row(&mut row);
+            let (main, sub) = e.row_key();
+            put(w, &(main, sub, serde_bytes::Bytes::new(&row)))?;
         }
         put(w, &self.leases)
-    }
-}
-
-impl EventRef {
-    /// The event as a row of the events table.
-    fn encode_row(&self, main: i64, row: &mut Vec<u8>) {
-        match self {
-            EventRef::Put(kv) => {
-                row.push(FLAG_PUT);
-                kv.encode(row)
-            }
-            EventRef::Tombstone(key) => {
-                row.push(FLAG_TOMBSTONE);
-                KeyValue {
-                    key: key.clone(),
-                    mod_revision: main,
-                    ..Default::default()
-                }
-                .encode(row)
-            }
-        }
-        .expect("encoding into a Vec cannot fail");
     }
 }
 
@@ -216,7 +206,7 @@ pub enum WriteResult {
 /// tombstone, the tombstone's key and revision in its `KeyValue`), then events compacted away.
 #[derive(Default)]
 struct PendingRows {
-    inserts: Vec<((u64, u64), bool, Arc<KeyValue>)>,
+    inserts: Vec<KeyEvent>,
     removes: Vec<(u64, u64)>,
     /// Lease id → its TTL once granted, `None` once revoked (the last change wins).
     leases: BTreeMap<i64, Option<i64>>,
@@ -544,16 +534,7 @@ impl MvccStore {
     /// snapshot holds the store's lock only for this; [`ExportRefs::into_image`] does the
     /// encoding afterwards.
     pub fn export_refs(&self) -> ExportRefs {
-        let mut events = Vec::new();
-        for (key, history) in &self.index {
-            for e in history {
-                let kv = match e.put() {
-                    Some(kv) => EventRef::Put(kv.clone()),
-                    None => EventRef::Tombstone(key.to_vec()),
-                };
-                events.push((e.main(), e.sub.into(), kv));
-            }
-        }
+        let events = self.index.values().flatten().cloned().collect();
         ExportRefs {
             current_rev: self.current_rev,
             compact_rev: self.compact_rev,
@@ -794,13 +775,11 @@ impl MvccStore {
             let mut row = Vec::new();
             // Inserts before removes: an event added and compacted away within one checkpoint
             // interval must not survive.
-            for (k, is_put, kv) in &pending.inserts {
+            for e in &pending.inserts {
                 row.clear();
-                row.push(if *is_put { FLAG_PUT } else { FLAG_TOMBSTONE });
-                kv.encode(&mut row)
-                    .expect("encoding into a Vec cannot fail");
+                e.encode_row(&mut row);
                 events
-                    .insert(*k, row.as_slice())
+                    .insert(e.row_key(), row.as_slice())
                     .map_err(redb::Error::from)?;
             }
             for k in &pending.removes {
@@ -935,12 +914,7 @@ impl MvccStore {
             self.detach(old_lease, &kv.key);
             self.attach(kv.lease, &kv.key);
         }
-        self.by_rev.push_back(event);
-        if self.db.is_some() {
-            self.pending
-                .inserts
-                .push(((rev as u64, sub as u64), true, kv));
-        }
+        self.queue_event(event);
         PutResponse {
             header: Some(header(rev)),
             prev_kv: if p.prev_kv {
@@ -997,25 +971,34 @@ impl MvccStore {
         let main = w.rev();
         let sub = w.changes;
         w.changes += 1;
-        let kv = Arc::new(kv);
-        if self.db.is_some() {
-            self.pending
-                .inserts
-                .push(((main as u64, sub as u64), is_put, kv.clone()));
-        }
+        debug_assert_eq!(
+            kv.mod_revision, main,
+            "an event's revision is its KeyValue's"
+        );
         let event = KeyEvent {
-            kv: kv.clone(),
+            kv: Arc::new(kv),
             sub: sub as u32,
             is_put,
         };
-        self.by_rev.push_back(event.clone());
-        match self.index.get_mut(kv.key.as_slice()) {
-            Some(history) => history.push(event),
+        match self.index.get_mut(event.kv.key.as_slice()) {
+            Some(history) => history.push(event.clone()),
             None => {
-                self.index
-                    .insert(kv.key.as_slice().into(), smallvec::smallvec![event]);
+                self.index.insert(
+                    event.kv.key.as_slice().into(),
+                    smallvec::smallvec![event.clone()],
+                );
             }
         }
+        self.queue_event(event);
+    }
+
+    /// Queues an event just added to the key index for watchers and, on disk, for the next
+    /// checkpoint.
+    fn queue_event(&mut self, event: KeyEvent) {
+        if self.db.is_some() {
+            self.pending.inserts.push(event.clone());
+        }
+        self.by_rev.push_back(event);
     }
 
     /// Evaluates the compares of `t` and of the nested txns on the branches taken, against the
@@ -1272,11 +1255,15 @@ fn index_row(
         f => return Err(corrupt(format!("flag {f}"))),
     };
     let sub = u32::try_from(sub).map_err(|_| corrupt("sub-revision out of range".into()))?;
-    if kv.mod_revision as u64 != main {
-        if is_put {
-            return Err(corrupt(format!("holds mod_revision {}", kv.mod_revision)));
-        }
-        kv.mod_revision = main as i64;
+    if !is_put {
+        // A tombstone is its key and revision (as `record` makes it), whatever else a row held.
+        kv = KeyValue {
+            key: std::mem::take(&mut kv.key),
+            mod_revision: main as i64,
+            ..Default::default()
+        };
+    } else if kv.mod_revision as u64 != main {
+        return Err(corrupt(format!("holds mod_revision {}", kv.mod_revision)));
     }
     index
         .entry(kv.key.as_slice().into())

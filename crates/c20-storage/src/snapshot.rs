@@ -143,22 +143,20 @@ impl ContainerWriter {
 impl std::io::Write for ContainerWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         self.payload_len += buf.len() as u64;
-        if let WriterState::Buffering(head) = &mut self.state {
-            head.extend_from_slice(buf);
-            if head.len() < COMPRESS_MIN_BYTES {
-                return Ok(buf.len());
+        match &mut self.state {
+            WriterState::Compressing(enc) => enc.write_all(buf)?,
+            WriterState::Buffering(head) => {
+                head.extend_from_slice(buf);
+                if head.len() >= COMPRESS_MIN_BYTES {
+                    // The header is written at the end, once the lengths are known.
+                    let head = std::mem::take(head);
+                    let mut enc =
+                        zstd::stream::write::Encoder::new(vec![0; HEADER_LEN], ZSTD_LEVEL)?;
+                    enc.write_all(&head)?;
+                    self.state = WriterState::Compressing(enc);
+                }
             }
-            // The header is written at the end, once the lengths are known.
-            let head = std::mem::take(head);
-            let mut enc = zstd::stream::write::Encoder::new(vec![0; HEADER_LEN], ZSTD_LEVEL)?;
-            enc.write_all(&head)?;
-            self.state = WriterState::Compressing(enc);
-            return Ok(buf.len());
         }
-        let WriterState::Compressing(enc) = &mut self.state else {
-            unreachable!("buffering returned above")
-        };
-        enc.write_all(buf)?;
         Ok(buf.len())
     }
 

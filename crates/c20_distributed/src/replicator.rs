@@ -610,9 +610,20 @@ impl LocalReplicator {
         key: impl AsRef<[u8]>,
         level: ConsistencyLevel,
     ) -> Result<ReadResult, EtcdError> {
+        self.read_on(i, key.as_ref(), level, self.inner.session.clone())
+            .await
+    }
+
+    /// A read at `level` from replica `i`, on behalf of a session that has seen `seen`.
+    async fn read_on(
+        &self,
+        i: usize,
+        key: &[u8],
+        level: ConsistencyLevel,
+        seen: Arc<AtomicI64>,
+    ) -> Result<ReadResult, EtcdError> {
         let node = self.node(i)?;
-        let seen = self.inner.session.clone();
-        self.read_at(node, key.as_ref().to_vec(), level, seen).await
+        self.read_at(node, key.to_vec(), level, seen).await
     }
 
     async fn read_at(
@@ -841,9 +852,8 @@ impl Session {
         key: impl AsRef<[u8]>,
         level: ConsistencyLevel,
     ) -> Result<ReadResult, EtcdError> {
-        let node = self.rep.node(i)?;
         self.rep
-            .read_at(node, key.as_ref().to_vec(), level, self.seen.clone())
+            .read_on(i, key.as_ref(), level, self.seen.clone())
             .await
     }
 
