@@ -113,6 +113,8 @@ pub struct Checked {
     /// `Sequential` reads whose session had seen a write of their key, so that the session
     /// promises constrained what they could return.
     pub session_reads: usize,
+    /// What the watch checks covered (see [`crate::watch_check`]).
+    pub watch: crate::watch_check::WatchChecked,
 }
 
 /// Checks revisions, then sessions, then every key; returns the first problem found (keys in
@@ -532,6 +534,7 @@ mod tests {
                 keys: 1,
                 undecided: 0,
                 session_reads: 0,
+                ..Checked::default()
             }
         );
     }

@@ -90,6 +90,7 @@ async fn main() {
     let budget = a.minutes.map(|m| Duration::from_secs_f64(m * 60.0));
     let (mut seeds, mut total_ops, mut violations, mut undecided) = (0u64, 0usize, 0u64, 0usize);
     let mut session_reads = 0usize;
+    let mut watch = c20_sim::watch_check::WatchChecked::default();
     let mut seed = a.first;
     loop {
         let more = match budget {
@@ -112,6 +113,10 @@ async fn main() {
         if let Ok(c) = &result {
             undecided += c.undecided;
             session_reads += c.session_reads;
+            watch.events += c.watch.events;
+            watch.revisions += c.watch.revisions;
+            watch.resumes += c.watch.resumes;
+            watch.unknown_writes_applied += c.watch.unknown_writes_applied;
         }
         if let Err(v) = result {
             violations += 1;
@@ -141,6 +146,11 @@ async fn main() {
         println!("{undecided} key histories were too large to decide (search budget spent)");
     }
     println!("{session_reads} Sequential reads were held to what their session had seen");
+    println!(
+        "{} watch events over {} revisions agreed with the calls ({} watch resumptions; {} writes \
+         whose outcome the client never learned were shown applied)",
+        watch.events, watch.revisions, watch.resumes, watch.unknown_writes_applied
+    );
     println!(
         "seeds: {seeds}, ops: {total_ops}, minutes: {:.1}, violations: {violations}, replay-mismatches: not checked (seeded, not yet deterministic)",
         started.elapsed().as_secs_f64() / 60.0

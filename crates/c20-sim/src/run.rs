@@ -11,9 +11,11 @@
 //! interleaving.
 
 use crate::checker::{check, Checked, Kind, Op, Value, Violation};
+use crate::watch_check::{check_watches, Delivery, Seen, WatchLog};
 use c20_distributed::api::etcdserverpb::{request_op, PutRequest, RequestOp, TxnRequest};
+use c20_distributed::api::mvccpb::event::EventType;
 use c20_distributed::{ConsistencyLevel, EtcdError, LocalReplicator};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,6 +26,8 @@ pub struct RunConfig {
     pub clients: usize,
     pub ops_per_client: usize,
     pub keys: usize,
+    /// Watchers of every key from revision 1, checked against each other and the calls.
+    pub watchers: usize,
     pub write_level: ConsistencyLevel,
     pub read_level: ConsistencyLevel,
     /// Whether the fault task runs.
@@ -41,6 +45,7 @@ impl Default for RunConfig {
             clients: 4,
             ops_per_client: 60,
             keys: 3,
+            watchers: 2,
             write_level: ConsistencyLevel::Quorum,
             read_level: ConsistencyLevel::Strong,
             faults: true,
@@ -289,6 +294,81 @@ async fn client(
     }
 }
 
+/// The workload's keys are `key0`, `key1`, ...: this range holds them all.
+const WATCHED: (&[u8], &[u8]) = (b"key", b"kez");
+
+/// How long watchers may take, once the last reads are done, to deliver what those reads saw.
+const CATCH_UP: Duration = Duration::from_secs(10);
+
+/// One watcher: follows every key from revision 1 on a replica it picks, resumes on another
+/// when that one crashes (and, now and then, moves anyway), until it has delivered `target`
+/// (set once the final reads are done) or `give_up` is set.
+async fn watcher(
+    rep: LocalReplicator,
+    seed: u64,
+    w: usize,
+    clock: Arc<AtomicU64>,
+    target: Arc<AtomicI64>,
+    give_up: Arc<AtomicBool>,
+) -> WatchLog {
+    let mut rng = Rng::new(seed ^ (0x3a7c_0000 + w as u64));
+    let mut log = WatchLog {
+        watcher: w,
+        reached: 1,
+        ..WatchLog::default()
+    };
+    let done = |reached: i64| {
+        let t = target.load(Ordering::Acquire);
+        (t > 0 && reached > t) || give_up.load(Ordering::Acquire)
+    };
+    while !done(log.reached) {
+        let i = rng.below(rep.replicas());
+        let Ok(mut watch) = rep.watch_from(i, WATCHED.0, WATCHED.1, log.reached) else {
+            // That replica is down: try another shortly.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        };
+        log.starts += 1;
+        loop {
+            match tokio::time::timeout(Duration::from_millis(100), watch.next()).await {
+                Ok(Ok(events)) => {
+                    let at = clock.fetch_add(1, Ordering::SeqCst);
+                    let events = events
+                        .into_iter()
+                        .filter_map(|e| {
+                            let put = e.r#type == EventType::Put as i32;
+                            e.kv.map(|kv| Seen {
+                                revision: kv.mod_revision,
+                                key: kv.key,
+                                value: put.then_some(kv.value),
+                            })
+                        })
+                        .collect();
+                    log.deliveries.push(Delivery {
+                        replica: i,
+                        at,
+                        events,
+                    });
+                    log.reached = watch.next_revision();
+                    // A client reconnecting elsewhere: resume on another replica.
+                    if rng.below(8) == 0 {
+                        break;
+                    }
+                }
+                // The replica crashed: resume elsewhere from where this one stopped.
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    log.reached = watch.next_revision();
+                    if done(log.reached) {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    log
+}
+
 /// What a run recorded.
 #[derive(Debug, Clone)]
 pub struct Recorded {
@@ -296,6 +376,10 @@ pub struct Recorded {
     pub ops: Vec<Op>,
     /// Panics of replica threads during the run (an assertion inside openraft or c20 failed).
     pub replica_panics: Vec<String>,
+    /// What each watcher received.
+    pub watches: Vec<WatchLog>,
+    /// The highest store revision the final reads saw, which every watcher must reach.
+    pub final_revision: i64,
 }
 
 impl Recorded {
@@ -312,7 +396,9 @@ impl Recorded {
                 of: 0,
             });
         }
-        check(&self.ops)
+        let mut checked = check(&self.ops)?;
+        checked.watch = check_watches(&self.ops, &self.watches, self.final_revision)?;
+        Ok(checked)
     }
 }
 
@@ -362,6 +448,20 @@ pub async fn run(cfg: &RunConfig) -> Recorded {
             halfway.clone(),
         ))
     });
+    let target = Arc::new(AtomicI64::new(0));
+    let give_up = Arc::new(AtomicBool::new(false));
+    let watchers: Vec<_> = (0..cfg.watchers)
+        .map(|w| {
+            tokio::spawn(watcher(
+                rep.clone(),
+                cfg.seed,
+                w,
+                clock.clone(),
+                target.clone(),
+                give_up.clone(),
+            ))
+        })
+        .collect();
     let clients: Vec<_> = (0..cfg.clients)
         .map(|c| {
             tokio::spawn(client(
@@ -384,11 +484,13 @@ pub async fn run(cfg: &RunConfig) -> Recorded {
     }
     // Once the faults are over, a last reader reads every key, so a write lost near the end
     // of the run shows too.
+    let mut final_revision = 0;
     for k in 0..cfg.keys {
         let key = format!("key{k}").into_bytes();
         for _ in 0..5 {
             let call = clock.fetch_add(1, Ordering::SeqCst);
             if let Ok(r) = within(rep.read_result(&key, ConsistencyLevel::Strong)).await {
+                final_revision = final_revision.max(r.revision);
                 history.lock().expect("history lock").push(Op {
                     client: cfg.clients,
                     key,
@@ -403,6 +505,22 @@ pub async fn run(cfg: &RunConfig) -> Recorded {
             }
         }
     }
+    // Every watcher must now deliver what the final reads saw; one that cannot within
+    // `CATCH_UP` is stopped, and the check reports how far it got.
+    target.store(final_revision.max(1), Ordering::Release);
+    let mut watches = Vec::new();
+    let deadline = tokio::time::Instant::now() + CATCH_UP;
+    for w in watchers {
+        let mut w = w;
+        let log = match tokio::time::timeout_at(deadline, &mut w).await {
+            Ok(log) => log,
+            Err(_) => {
+                give_up.store(true, Ordering::Release);
+                w.await
+            }
+        };
+        watches.push(log.expect("watcher task"));
+    }
     let ops = history.lock().expect("history lock").clone();
     let replica_panics = REPLICA_PANICS
         .lock()
@@ -410,5 +528,7 @@ pub async fn run(cfg: &RunConfig) -> Recorded {
     Recorded {
         ops,
         replica_panics,
+        watches,
+        final_revision,
     }
 }

@@ -24,11 +24,24 @@ async fn first_failing_seed(limit: u64) -> Option<(u64, String, String)> {
 /// The kinds of violation a bug can show as: any other would be a false alarm, not a find.
 fn expected(bug: Bug) -> &'static [&'static str] {
     match bug {
-        // Lost acknowledged writes, or openraft's assertion on a follower's log going back.
-        Bug::AckBeforeFsync => &["no linearization", "replica panicked"],
-        Bug::StrongReadWithoutReadIndex => &["no linearization"],
-        Bug::TxnAtTwoRevisions => &["was read at revision"],
+        // Lost acknowledged writes, or openraft's assertion on a follower's log going back;
+        // the watchers see a lost write missing, or its revision taken by another.
+        Bug::AckBeforeFsync => &[
+            "no linearization",
+            "replica panicked",
+            "no watcher delivered it",
+            "the watchers saw this write at revision",
+            "disagree on revision",
+        ],
+        // A stale read, or one behind a revision a watcher had already delivered.
+        Bug::StrongReadWithoutReadIndex => &["no linearization", "a watcher had delivered"],
+        Bug::TxnAtTwoRevisions => &[
+            "was read at revision",
+            "one txn's writes were delivered at revisions",
+            "the watchers saw this write at revision",
+        ],
         Bug::SequentialReadIgnoresSession => &["a Sequential read"],
+        Bug::WatchResumeSkipsARevision => &["skipped from revision"],
     }
 }
 

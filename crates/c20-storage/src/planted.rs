@@ -24,14 +24,18 @@ pub enum Bug {
     /// A `Sequential` read is served from whatever the replica has applied, without waiting
     /// until it reached what the session has seen (no read-your-writes, no monotonic reads).
     SequentialReadIgnoresSession,
+    /// A watch resumed from revision `r` (after a broken stream) starts at `r + 1`: the
+    /// off-by-one that loses the first event after a reconnect.
+    WatchResumeSkipsARevision,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 4] = [
+    pub const ALL: [Bug; 5] = [
         Bug::AckBeforeFsync,
         Bug::StrongReadWithoutReadIndex,
         Bug::TxnAtTwoRevisions,
         Bug::SequentialReadIgnoresSession,
+        Bug::WatchResumeSkipsARevision,
     ];
 
     pub fn name(self) -> &'static str {
@@ -40,6 +44,7 @@ impl Bug {
             Bug::StrongReadWithoutReadIndex => "strong-read-without-read-index",
             Bug::TxnAtTwoRevisions => "txn-at-two-revisions",
             Bug::SequentialReadIgnoresSession => "sequential-read-ignores-session",
+            Bug::WatchResumeSkipsARevision => "watch-resume-skips-a-revision",
         }
     }
 
@@ -50,6 +55,7 @@ impl Bug {
             Bug::StrongReadWithoutReadIndex => 2,
             Bug::TxnAtTwoRevisions => 3,
             Bug::SequentialReadIgnoresSession => 4,
+            Bug::WatchResumeSkipsARevision => 5,
         }
     }
 }

@@ -18,6 +18,7 @@
 
 mod replicator;
 mod tuning;
+mod watch;
 
 pub use c20_api as api;
 pub use c20_api::{ConsistencyLevel, EtcdError};
@@ -28,3 +29,4 @@ pub use replicator::{
     validate, Builder, ConfigError, EventualWrite, LocalReplicator, ReadResult, Session, WriteAck,
 };
 pub use tuning::{disable_transparent_huge_pages, transparent_huge_pages_disabled};
+pub use watch::Watcher;

@@ -380,7 +380,7 @@ impl LocalReplicator {
         leader_in(&self.slots()).map(|(i, _)| i)
     }
 
-    fn node(&self, i: usize) -> Result<Arc<RaftNode>, EtcdError> {
+    pub(crate) fn node(&self, i: usize) -> Result<Arc<RaftNode>, EtcdError> {
         self.slots()
             .get(i)
             .and_then(|r| r.node.clone())

@@ -285,3 +285,49 @@ async fn read_results_say_which_replica_served_them_at_what_revision() {
     assert_ne!(fresh.replica, follower);
     rep.heal(follower);
 }
+
+/// A watcher delivers a range's events in revision order from the revision asked for, ends
+/// with `Stopped` when its replica crashes, and resumes on another replica without a gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_delivers_in_order_and_resumes_on_another_replica_after_a_crash() {
+    let rep = LocalReplicator::new(3, 2, 2);
+    let leader = wait_leader(&rep, None).await;
+    let follower = (leader + 1) % 3;
+    let mut revs = Vec::new();
+    for i in 0..5 {
+        let ack = rep.replicate(format!("w/{i}"), "v", Quorum).await.unwrap();
+        revs.push(ack.revision.unwrap());
+    }
+    // Outside the range: never delivered.
+    rep.replicate("x", "v", Quorum).await.unwrap();
+
+    let mut watch = rep.watch_from(follower, "w/", "w0", revs[1]).unwrap();
+    assert_eq!(watch.replica(), follower);
+    let mut got = Vec::new();
+    while got.len() < 4 {
+        for e in watch.next().await.unwrap() {
+            let kv = e.kv.unwrap();
+            got.push((kv.key, kv.mod_revision));
+        }
+    }
+    let want: Vec<(Vec<u8>, i64)> = (1..5)
+        .map(|i| (format!("w/{i}").into_bytes(), revs[i]))
+        .collect();
+    assert_eq!(got, want);
+
+    rep.crash(follower).await;
+    assert!(matches!(watch.next().await, Err(EtcdError::Stopped)));
+    assert!(rep.watch_from(follower, "w/", "w0", 1).is_err());
+
+    let resume_at = watch.next_revision();
+    let ack = rep.replicate("w/5", "v", Quorum).await.unwrap();
+    let other = (follower + 1) % 3;
+    let mut resumed = rep.watch_from(other, "w/", "w0", resume_at).unwrap();
+    let events = resumed.next().await.unwrap();
+    let kv = events[0].kv.as_ref().unwrap();
+    assert_eq!(
+        (kv.key.as_slice(), kv.mod_revision),
+        (&b"w/5"[..], ack.revision.unwrap())
+    );
+    assert_eq!(events.len(), 1);
+}
