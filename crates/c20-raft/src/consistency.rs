@@ -9,8 +9,9 @@ use c20_api::{ConsistencyLevel, EtcdError};
 use c20_storage::planted::{self, Bug};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 /// How often the applied index of other voters is polled while a write waits for them.
 const VOTER_POLL_INTERVAL_MS: u64 = 2;
@@ -243,9 +244,14 @@ impl RaftNode {
                     best: now,
                 });
             }
-            // Every applied batch changes the metrics; wake on it, or re-check shortly.
-            let _ =
+            // Every applied batch changes the metrics; wake on it, or re-check shortly. Once Raft
+            // has stopped (the metrics sender is gone) nothing more will apply: no spinning
+            // until the deadline.
+            let waited =
                 tokio::time::timeout(left.min(Duration::from_millis(20)), metrics.changed()).await;
+            if let Ok(Err(_)) = waited {
+                return Err(EtcdError::Stopped);
+            }
         }
     }
 }

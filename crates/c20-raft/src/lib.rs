@@ -11,6 +11,7 @@ pub mod log_store;
 pub mod membership;
 pub mod network;
 pub mod node;
+pub mod rt;
 pub mod snapshot_transfer;
 pub mod state_machine;
 pub mod transport;

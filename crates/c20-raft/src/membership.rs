@@ -17,7 +17,8 @@ use openraft::errors::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, Membership};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 use tonic::transport::Channel;
 
 /// etcd admits one learner at a time.
@@ -154,6 +155,8 @@ impl RaftNode {
                 return;
             }
             tokio::select! {
+                // In argument order: a seeded, single-threaded run must choose the same way.
+                biased;
                 _ = told => {}
                 changed = rx.changed() => if changed.is_err() {
                     // Raft stopped: never removed while this node ran; wait forever.

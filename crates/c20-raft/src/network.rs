@@ -391,6 +391,8 @@ where
 {
     let send = snapshot_transfer::send(call, next_transfer_id(), vote, meta, choose, CHUNK_BYTES);
     let sent = tokio::select! {
+        // In argument order: a seeded, single-threaded run must choose the same way.
+        biased;
         r = send => r,
         closed = cancel => return Err(StreamingError::Closed(closed)),
     };

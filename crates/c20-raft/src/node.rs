@@ -31,8 +31,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -861,6 +862,8 @@ impl RaftNode {
                 return Err(EtcdError::Timeout);
             }
             tokio::select! {
+                // In argument order: a seeded, single-threaded run must choose the same way.
+                biased;
                 _ = &mut pause => return Ok(()),
                 r = rx.changed() => if r.is_err() { return Err(EtcdError::Stopped) },
                 _ = tokio::time::sleep(left) => return Err(EtcdError::Timeout),

@@ -25,7 +25,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// Most entries applied in one redb transaction.
 const APPLY_BATCH_ENTRIES_MAX: usize = 1024;
@@ -474,7 +475,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
 
     async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || -> io::Result<Snapshot> {
+        let in_memory = shared.snapshot_path.is_none();
+        off_thread(in_memory, move || -> io::Result<Snapshot> {
             // The store is durable up to the snapshot before the log below it may be purged.
             let (refs, applied) = {
                 let mut store = shared.store.write().expect("store lock");
@@ -492,8 +494,19 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
             })
         })
         .await
-        .map_err(io_err)?
     }
+}
+
+/// Runs `f` on Tokio's blocking pool, or inline for an in-memory state machine: there is no
+/// disk to wait for, and a simulated cluster on one thread must not hand work to another.
+async fn off_thread<T: Send + 'static>(
+    in_memory: bool,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    if in_memory {
+        return f();
+    }
+    tokio::task::spawn_blocking(f).await.map_err(io_err)?
 }
 
 impl RaftStateMachine<TypeConfig> for StateMachine {
@@ -536,7 +549,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     ) -> Result<(), io::Error> {
         let shared = self.shared.clone();
         let meta = meta.clone();
-        tokio::task::spawn_blocking(move || -> io::Result<()> {
+        let in_memory = shared.snapshot_path.is_none();
+        off_thread(in_memory, move || -> io::Result<()> {
             let received_bytes = snapshot.len();
             let started = Instant::now();
             let payload = SnapshotPayload::decode(&snapshot)?;
@@ -579,7 +593,6 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             Ok(())
         })
         .await
-        .map_err(io_err)?
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {

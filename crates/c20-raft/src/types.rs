@@ -27,6 +27,7 @@ openraft::declare_raft_types!(
         NodeId = u64,
         Node = PeerNode,
         LeaderId = openraft::impls::leader_id_std::LeaderId<Self::Term, Self::NodeId>,
+        AsyncRuntime = crate::rt::C20Runtime,
 );
 
 pub type NodeId = u64;

@@ -1,8 +1,14 @@
-//! `cargo run --release -p c20-sim -- --seeds N [--nodes 3|5] [--minutes M] [--first S] [--ops K]`
+//! `cargo run --release -p c20-sim -- --seeds N [--nodes 3|5] [--minutes M] [--first S] [--ops K]
+//! [--threads]`
 //!
 //! Runs seeds `S..S+N` (with `--minutes`, as many seeds from `S` as fit in M minutes) and checks
 //! each history; prints the shortest slice of a failing key's history found and the command
-//! that reruns the seed. Exit code 1 when any history breaks a promise.
+//! that replays the seed. Every seed runs twice and the two histories must be identical (a
+//! replay mismatch otherwise). Exit code 1 when any history breaks a promise or any replay
+//! differs.
+//!
+//! `--threads` runs on two threads in real time instead of one thread in simulated time: races
+//! the seed does not control, so nothing replays and replays are not compared.
 //!
 //! `--plant BUG` (built with `--features planted-bugs`) switches a known bug on and stops at
 //! the first seed that shows it; the exit code is then 1 when no seed did.
@@ -32,9 +38,13 @@ struct Args {
     ops: usize,
     minutes: Option<f64>,
     plant: Option<c20_distributed::planted::Bug>,
+    threads: bool,
 }
 
 fn parse(args: &[String]) -> Result<Args, String> {
+    let threads = args.iter().any(|a| a == "--threads");
+    let args: Vec<String> = args.iter().filter(|a| *a != "--threads").cloned().collect();
+    let args = &args[..];
     const KNOWN: [&str; 6] = [
         "--seeds",
         "--first",
@@ -46,7 +56,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
     for a in args.iter().step_by(2) {
         if !KNOWN.contains(&a.as_str()) {
             return Err(format!(
-                "unknown option {a:?}; options: {}",
+                "unknown option {a:?}; options: {} --threads",
                 KNOWN.join(" ")
             ));
         }
@@ -58,6 +68,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
         ops: arg(args, "--ops")?.unwrap_or(60),
         minutes: arg(args, "--minutes")?,
         plant: arg(args, "--plant")?,
+        threads,
     };
     if a.nodes != 3 && a.nodes != 5 {
         return Err("--nodes must be 3 or 5".into());
@@ -74,8 +85,7 @@ fn parse(args: &[String]) -> Result<Args, String> {
     Ok(a)
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a = match parse(&args) {
         Ok(a) => a,
@@ -89,6 +99,7 @@ async fn main() {
     let started = Instant::now();
     let budget = a.minutes.map(|m| Duration::from_secs_f64(m * 60.0));
     let (mut seeds, mut total_ops, mut violations, mut undecided) = (0u64, 0usize, 0u64, 0usize);
+    let mut mismatches = 0u64;
     let mut session_reads = 0usize;
     let mut watch = c20_sim::watch_check::WatchChecked::default();
     let mut seed = a.first;
@@ -104,9 +115,16 @@ async fn main() {
             seed,
             replicas: a.nodes,
             ops_per_client: a.ops,
+            threads: a.threads,
             ..RunConfig::default()
         };
-        let recorded = run(&cfg).await;
+        let recorded = run(&cfg);
+        if !a.threads {
+            if let Some(diff) = recorded.differs_from(&run(&cfg)) {
+                mismatches += 1;
+                println!("seed {seed}: the replay differs: {diff}");
+            }
+        }
         seeds += 1;
         total_ops += recorded.ops.len();
         let result = recorded.check();
@@ -125,9 +143,12 @@ async fn main() {
                 format!(" --features planted-bugs -- --plant {b}")
             });
             let sep = if plant.is_empty() { " --" } else { "" };
+            let threads = if a.threads { " --threads" } else { "" };
             println!(
-                "rerun: cargo run --release -p c20-sim{plant}{sep} --seeds 1 --first {seed} --nodes {} --ops {}",
-                a.nodes, a.ops
+                "{}: cargo run --release -p c20-sim{plant}{sep} --seeds 1 --first {seed} --nodes {} --ops {}{threads}",
+                if a.threads { "rerun (not an exact replay)" } else { "replay" },
+                a.nodes,
+                a.ops
             );
             if a.plant.is_some() {
                 break;
@@ -151,14 +172,20 @@ async fn main() {
          whose outcome the client never learned were shown applied)",
         watch.events, watch.revisions, watch.resumes, watch.unknown_writes_applied
     );
+    let replays = if a.threads {
+        "not checked (--threads)".to_string()
+    } else {
+        mismatches.to_string()
+    };
     println!(
-        "seeds: {seeds}, ops: {total_ops}, minutes: {:.1}, violations: {violations}, replay-mismatches: not checked (seeded, not yet deterministic)",
+        "seeds: {seeds}, ops: {total_ops}, minutes: {:.1}, violations: {violations}, replay-mismatches: {replays}",
         started.elapsed().as_secs_f64() / 60.0
     );
-    let failed = match a.plant {
-        Some(_) => violations == 0,
-        None => violations > 0,
-    };
+    let failed = mismatches > 0
+        || match a.plant {
+            Some(_) => violations == 0,
+            None => violations > 0,
+        };
     if failed {
         std::process::exit(1);
     }

@@ -6,9 +6,8 @@
 //! crashes and restarts them, cuts single links one way, loses and delays Raft messages at
 //! random, and crashes every replica at once (a power failure) when the first client is half
 //! done, and now and then besides. A crash loses what the replica's store had not checkpointed.
-//! The seed fixes the client choices and the fault schedule; thread scheduling is not under its
-//! control, so a seed reproduces the same workload and faults but not always the same
-//! interleaving.
+//! Watchers follow every key meanwhile. The whole run is one thread and a simulated clock
+//! seeded by the seed, so a seed replays exactly (see [`run`]).
 
 use crate::checker::{check, Checked, Kind, Op, Value, Violation};
 use crate::watch_check::{check_watches, Delivery, Seen, WatchLog};
@@ -35,6 +34,9 @@ pub struct RunConfig {
     /// Whether a crash loses the store changes since the replica's last checkpoint, as a real
     /// crash does (the log survives: it is fsynced before anything is acknowledged).
     pub lose_unsynced: bool,
+    /// Two worker threads and real time instead of one thread and a simulated clock: real
+    /// races the seed does not control, so a seed does not replay (see [`run`]).
+    pub threads: bool,
 }
 
 impl Default for RunConfig {
@@ -50,6 +52,7 @@ impl Default for RunConfig {
             read_level: ConsistencyLevel::Strong,
             faults: true,
             lose_unsynced: true,
+            threads: false,
         }
     }
 }
@@ -78,7 +81,7 @@ impl Rng {
 }
 
 /// How long a client waits for any call before it gives up (the outcome is then unknown).
-const CALL_TIMEOUT: Duration = Duration::from_secs(2);
+const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 
 async fn within<T>(
     call: impl std::future::Future<Output = Result<T, EtcdError>>,
@@ -113,6 +116,16 @@ async fn power_failure(rep: &LocalReplicator) {
     for i in 0..rep.replicas() {
         let _ = rep.restart(i).await;
     }
+}
+
+/// Every Raft message takes up to this long even on a calm network. On the simulated clock
+/// nothing else takes time (computing is free), so without it a whole workload would happen
+/// between two faults.
+const CALM_DELAY: Duration = Duration::from_millis(2);
+
+/// No loss, and each message delayed up to [`CALM_DELAY`].
+fn calm(rep: &LocalReplicator, rng: &mut Rng) {
+    rep.set_link_faults(0, CALM_DELAY, rng.next_u64());
 }
 
 /// The fault schedule: until `stop`, one seeded fault every 30..150 ms; and one power failure
@@ -153,10 +166,10 @@ async fn inject_faults(
             // delayed up to 20 ms.
             8..=9 => rep.set_link_faults(
                 rng.below(101) as u32,
-                Duration::from_millis(rng.below(21) as u64),
+                CALM_DELAY.max(Duration::from_millis(rng.below(21) as u64)),
                 rng.next_u64(),
             ),
-            10..=11 => rep.set_link_faults(0, Duration::ZERO, 0),
+            10..=11 => calm(&rep, &mut rng),
             // Never more than a minority down at once, but for a power failure.
             12..=14 if down.len() < (n - 1) / 2 => {
                 let i = rng.below(n);
@@ -178,7 +191,7 @@ async fn inject_faults(
         }
     }
     rep.heal_all();
-    rep.set_link_faults(0, Duration::ZERO, 0);
+    calm(&rep, &mut rng);
     for i in down {
         let _ = rep.restart(i).await;
     }
@@ -192,7 +205,7 @@ async fn client(
     clock: Arc<AtomicU64>,
     history: Arc<Mutex<Vec<Op>>>,
     halfway: Arc<AtomicBool>,
-    panics_before: usize,
+    run_name: String,
 ) {
     let mut rng = Rng::new(cfg.seed.wrapping_mul(1000).wrapping_add(c as u64));
     let tick = || clock.fetch_add(1, Ordering::SeqCst);
@@ -203,7 +216,7 @@ async fn client(
             halfway.store(true, Ordering::Relaxed);
         }
         // A replica panicked: the run has failed already; stop rather than wait out timeouts.
-        if replica_panics() > panics_before {
+        if !panics_of(&run_name).is_empty() {
             break;
         }
         let k = rng.below(cfg.keys);
@@ -370,7 +383,7 @@ async fn watcher(
 }
 
 /// What a run recorded.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recorded {
     /// Every call and its return.
     pub ops: Vec<Op>,
@@ -389,7 +402,7 @@ impl Recorded {
             return Err(Violation {
                 key: Vec::new(),
                 reason: format!(
-                    "a replica panicked ({} panics in the run): {p}",
+                    "a replica panicked or the run stalled ({} such failures in the run): {p}",
                     self.replica_panics.len()
                 ),
                 ops: Vec::new(),
@@ -400,20 +413,44 @@ impl Recorded {
         checked.watch = check_watches(&self.ops, &self.watches, self.final_revision)?;
         Ok(checked)
     }
+
+    /// Where this run and `other` (of the same seed) first differ, if they do: a replay must
+    /// not.
+    pub fn differs_from(&self, other: &Recorded) -> Option<String> {
+        let (a, b) = (&self.ops, &other.ops);
+        if let Some(i) = (0..a.len().max(b.len())).find(|&i| a.get(i) != b.get(i)) {
+            return Some(format!(
+                "operation {i}: {:?} against {:?}",
+                a.get(i),
+                b.get(i)
+            ));
+        }
+        if self.watches != other.watches {
+            return Some("the watchers received different events".into());
+        }
+        if self.replica_panics != other.replica_panics
+            || self.final_revision != other.final_revision
+        {
+            return Some("the panics or the final revision differ".into());
+        }
+        None
+    }
 }
 
-/// Panics seen on replica threads (named `c20-replica`) since the process started.
-static REPLICA_PANICS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Panics seen on the threads of simulator runs (each run's threads carry its own name) since
+/// the process started: (thread name, what panicked).
+static RUN_PANICS: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
 
-/// Records every panic on a replica thread, then reports it as before.
-fn watch_replica_panics() {
+/// Records every panic on a run's thread, then reports it as before.
+fn watch_run_panics() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            if std::thread::current().name() == Some("c20-replica") {
-                if let Ok(mut p) = REPLICA_PANICS.lock() {
-                    p.push(info.to_string());
+            let thread = std::thread::current();
+            if let Some(name) = thread.name().filter(|n| n.starts_with(RUN_THREAD)) {
+                if let Ok(mut p) = RUN_PANICS.lock() {
+                    p.push((name.to_string(), info.to_string()));
                 }
             }
             previous(info)
@@ -421,21 +458,100 @@ fn watch_replica_panics() {
     });
 }
 
-fn replica_panics() -> usize {
-    REPLICA_PANICS.lock().map_or(0, |p| p.len())
+/// The panics of the run whose threads are named `name`.
+fn panics_of(name: &str) -> Vec<String> {
+    RUN_PANICS.lock().map_or_else(
+        |_| Vec::new(),
+        |p| {
+            p.iter()
+                .filter(|(n, _)| n == name)
+                .map(|(_, what)| what.clone())
+                .collect()
+        },
+    )
 }
 
-/// Runs the workload and returns every recorded operation, and any replica panic (runs at the
-/// same time in one process see each other's panics).
-pub async fn run(cfg: &RunConfig) -> Recorded {
-    watch_replica_panics();
-    let panics_before = replica_panics();
+/// Run threads are named `c20-sim-<n>`; runs at the same time in one process (tests) keep
+/// their panics apart by it.
+const RUN_THREAD: &str = "c20-sim-";
+
+/// Runs the workload and returns every recorded operation, and any panic in the run.
+///
+/// By default ([`RunConfig::threads`] off) the whole run (every replica, client, watcher and
+/// the fault task) is one single-threaded Tokio runtime on a thread of its own, with a paused
+/// clock that jumps to the next timer whenever every task waits, Tokio's and openraft's random
+/// choices seeded from the seed: the same seed gives the same history, call for call. With
+/// `threads`, the run uses two worker threads and real time instead: thread interleavings the
+/// seed does not control, and no replay.
+pub fn run(cfg: &RunConfig) -> Recorded {
+    static RUNS: AtomicU64 = AtomicU64::new(0);
+    watch_run_panics();
+    let name = format!("{RUN_THREAD}{}", RUNS.fetch_add(1, Ordering::Relaxed));
+    let cfg = cfg.clone();
+    let thread_name = name.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let rt = runtime(&cfg, &thread_name).expect("a Tokio runtime for the run");
+            c20_distributed::seed_raft_rng((!cfg.threads).then_some(cfg.seed));
+            let recorded = rt.block_on(run_here(&cfg, &thread_name));
+            c20_distributed::seed_raft_rng(None);
+            let _ = tx.send(recorded);
+        })
+        .expect("a thread for the run");
+    match rx.recv_timeout(STUCK_AFTER) {
+        Ok(recorded) => recorded,
+        // The run's thread panicked outside a task.
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Recorded {
+            replica_panics: panics_of(&name),
+            ..Recorded::default()
+        },
+        // Left spinning: a thread cannot be stopped from outside; the process ends soon.
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => Recorded {
+            replica_panics: vec![format!(
+                "the run was still going after {} s of real time: some task keeps running \
+                 without ever waiting, so the simulated clock cannot move (a livelock)",
+                STUCK_AFTER.as_secs()
+            )],
+            ..Recorded::default()
+        },
+    }
+}
+
+/// A run takes well under a second of real time (several in a debug build under load); one
+/// still going after this is stuck.
+const STUCK_AFTER: Duration = Duration::from_secs(120);
+
+fn runtime(cfg: &RunConfig, name: &str) -> std::io::Result<tokio::runtime::Runtime> {
+    if cfg.threads {
+        return tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name(name)
+            .enable_all()
+            .build();
+    }
+    let mut b = tokio::runtime::Builder::new_current_thread();
+    b.enable_all().start_paused(true);
+    // Which of several ready branches a `select!` takes, and the order in which a watch
+    // channel wakes its receivers, come from the runtime's seed; without `tokio_unstable`
+    // (set in `.cargo/config.toml`) it cannot be fixed and replays may differ.
+    #[cfg(tokio_unstable)]
+    b.rng_seed(tokio::runtime::RngSeed::from_bytes(&cfg.seed.to_le_bytes()));
+    b.build()
+}
+
+async fn run_here(cfg: &RunConfig, name: &str) -> Recorded {
     let majority = cfg.replicas / 2 + 1;
     let mut builder = LocalReplicator::builder(cfg.replicas, majority, majority);
     if cfg.lose_unsynced {
         builder = builder.crash_loses_unsynced();
     }
-    let rep = builder.build().expect("valid replicator parameters");
+    let rep = builder
+        .build_here()
+        .await
+        .expect("valid replicator parameters");
+    calm(&rep, &mut Rng::new(cfg.seed ^ 0xca1));
     let clock = Arc::new(AtomicU64::new(0));
     let history = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -471,7 +587,7 @@ pub async fn run(cfg: &RunConfig) -> Recorded {
                 clock.clone(),
                 history.clone(),
                 halfway.clone(),
-                panics_before,
+                name.to_string(),
             ))
         })
         .collect();
@@ -522,9 +638,7 @@ pub async fn run(cfg: &RunConfig) -> Recorded {
         watches.push(log.expect("watcher task"));
     }
     let ops = history.lock().expect("history lock").clone();
-    let replica_panics = REPLICA_PANICS
-        .lock()
-        .map_or_else(|_| Vec::new(), |p| p[panics_before.min(p.len())..].to_vec());
+    let replica_panics = panics_of(name);
     Recorded {
         ops,
         replica_panics,

@@ -7,13 +7,12 @@ use c20_distributed::planted::{plant, Bug};
 use c20_sim::run::{run, RunConfig};
 
 /// The first seed (1-based count) whose history breaks a promise, with what it broke.
-async fn first_failing_seed(limit: u64) -> Option<(u64, String, String)> {
+fn first_failing_seed(limit: u64) -> Option<(u64, String, String)> {
     for seed in 1..=limit {
         let recorded = run(&RunConfig {
             seed,
             ..RunConfig::default()
-        })
-        .await;
+        });
         if let Err(v) = recorded.check() {
             return Some((seed, v.reason.clone(), v.to_string()));
         }
@@ -45,12 +44,12 @@ fn expected(bug: Bug) -> &'static [&'static str] {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_planted_bug_is_found_within_200_seeds() {
+#[test]
+fn every_planted_bug_is_found_within_200_seeds() {
     let mut found = Vec::new();
     for bug in Bug::ALL {
         plant(Some(bug));
-        let result = first_failing_seed(200).await;
+        let result = first_failing_seed(200);
         plant(None);
         match result {
             Some((seed, reason, violation)) => {

@@ -23,6 +23,7 @@ mod watch;
 pub use c20_api as api;
 pub use c20_api::{ConsistencyLevel, EtcdError};
 pub use c20_client as client;
+pub use c20_raft::rt::seed_thread_rng as seed_raft_rng;
 pub use c20_server as server;
 pub use c20_storage::planted;
 pub use replicator::{

@@ -3,7 +3,8 @@
 //! Each replica is a real [`RaftNode`] (the code `c20 serve` runs); they talk through an
 //! in-process router instead of gRPC and keep their log and store in memory unless a directory is
 //! given. The replicator owns a small Tokio runtime, so it can be created outside any runtime
-//! and used from any.
+//! and used from any; [`Builder::build_here`] puts the replicas on the caller's runtime instead
+//! (they then stop with it), which the simulator uses to run a whole cluster on one thread.
 
 use c20_api::etcdserverpb::{
     DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, TxnRequest,
@@ -181,6 +182,15 @@ impl Builder {
         validate(self.n, self.r, self.w)?;
         LocalReplicator::start(self)
     }
+
+    /// Builds the replicator on the caller's Tokio runtime instead of a runtime of its own:
+    /// every replica task is spawned there. On a single-threaded runtime with a paused clock
+    /// and fixed seeds (see `c20_raft::rt::seed_thread_rng`), a run is then a function of its
+    /// inputs, which is how the simulator replays a seed exactly.
+    pub async fn build_here(self) -> Result<LocalReplicator, ConfigError> {
+        validate(self.n, self.r, self.w)?;
+        LocalReplicator::start_here(self).await
+    }
 }
 
 /// The live replica that leads with the highest term, if any.
@@ -221,6 +231,63 @@ fn node_config(
     cfg
 }
 
+/// Replicas `1..=n`, as Raft knows them.
+fn peers_of(n: usize) -> BTreeMap<NodeId, PeerNode> {
+    (1..=n as NodeId)
+        .map(|id| {
+            (
+                id,
+                PeerNode {
+                    name: format!("r{id}"),
+                    peer_urls: vec![],
+                },
+            )
+        })
+        .collect()
+}
+
+/// Starts every replica, in id order, and sends them (or the first failure) to `tx`.
+async fn start_replicas(
+    peers: BTreeMap<NodeId, PeerNode>,
+    router: Arc<LocalRouter>,
+    dir: Option<PathBuf>,
+    crash_loses_unsynced: bool,
+    tx: std::sync::mpsc::Sender<Result<Vec<Replica>, ConfigError>>,
+) {
+    let mut replicas = Vec::new();
+    for &id in peers.keys() {
+        let cfg = node_config(&peers, id, &dir, &router);
+        let res = if cfg.in_memory {
+            let log = c20_raft::log_store::LogStore::in_memory();
+            match c20_raft::state_machine::StateMachine::in_memory() {
+                Ok(sm) => {
+                    if crash_loses_unsynced {
+                        sm.shared().model_disk();
+                    }
+                    RaftNode::start_with(cfg, log.clone(), sm.clone())
+                        .await
+                        .map(|node| (node, Some((log, sm))))
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            RaftNode::start(cfg).await.map(|node| (node, None))
+        };
+        match res {
+            Ok((node, disk)) => replicas.push(Replica {
+                id,
+                node: Some(node),
+                disk,
+            }),
+            Err(e) => {
+                let _ = tx.send(Err(ConfigError::Start(e.to_string())));
+                return;
+            }
+        }
+    }
+    let _ = tx.send(Ok(replicas));
+}
+
 impl LocalReplicator {
     /// Starts `n` replicas; reads at `Quorum` wait for `r`, writes for `w`.
     ///
@@ -256,64 +323,61 @@ impl LocalReplicator {
             .build()
             .map_err(|e| ConfigError::Start(e.to_string()))?;
         let router = LocalRouter::new();
-        let peers: BTreeMap<NodeId, PeerNode> = (1..=b.n as NodeId)
-            .map(|id| {
-                (
-                    id,
-                    PeerNode {
-                        name: format!("r{id}"),
-                        peer_urls: vec![],
-                    },
-                )
-            })
-            .collect();
+        let peers = peers_of(b.n);
         let (tx, rx) = std::sync::mpsc::channel();
-        {
-            let peers = peers.clone();
-            let router = router.clone();
-            let dir = b.dir.clone();
-            let crash_loses_unsynced = b.crash_loses_unsynced;
-            rt.spawn(async move {
-                let mut replicas = Vec::new();
-                for &id in peers.keys() {
-                    let cfg = node_config(&peers, id, &dir, &router);
-                    let res = if cfg.in_memory {
-                        let log = c20_raft::log_store::LogStore::in_memory();
-                        match c20_raft::state_machine::StateMachine::in_memory() {
-                            Ok(sm) => {
-                                if crash_loses_unsynced {
-                                    sm.shared().model_disk();
-                                }
-                                RaftNode::start_with(cfg, log.clone(), sm.clone())
-                                    .await
-                                    .map(|node| (node, Some((log, sm))))
-                            }
-                            Err(e) => Err(e),
-                        }
-                    } else {
-                        RaftNode::start(cfg).await.map(|node| (node, None))
-                    };
-                    match res {
-                        Ok((node, disk)) => replicas.push(Replica {
-                            id,
-                            node: Some(node),
-                            disk,
-                        }),
-                        Err(e) => {
-                            let _ = tx.send(Err(ConfigError::Start(e.to_string())));
-                            return;
-                        }
-                    }
-                }
-                let _ = tx.send(Ok(replicas));
-            });
-        }
+        rt.spawn(start_replicas(
+            peers.clone(),
+            router.clone(),
+            b.dir.clone(),
+            b.crash_loses_unsynced,
+            tx,
+        ));
         let replicas = rx
             .recv()
             .map_err(|_| ConfigError::Start("replica start-up task ended".into()))??;
-        let rep = LocalReplicator {
+        let rep = LocalReplicator::assemble(Some(rt), router, peers, replicas, b);
+        // Ready means a leader exists, so that the first call does not pay for the election.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while rep.leader().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(rep)
+    }
+
+    /// [`Builder::build_here`]: the replicas run on the caller's runtime.
+    async fn start_here(b: Builder) -> Result<LocalReplicator, ConfigError> {
+        let router = LocalRouter::new();
+        let peers = peers_of(b.n);
+        let (tx, rx) = std::sync::mpsc::channel();
+        start_replicas(
+            peers.clone(),
+            router.clone(),
+            b.dir.clone(),
+            b.crash_loses_unsynced,
+            tx,
+        )
+        .await;
+        let replicas = rx
+            .try_recv()
+            .map_err(|_| ConfigError::Start("replica start-up ended without a word".into()))??;
+        let rep = LocalReplicator::assemble(None, router, peers, replicas, b);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while rep.leader().is_none() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(rep)
+    }
+
+    fn assemble(
+        rt: Option<tokio::runtime::Runtime>,
+        router: Arc<LocalRouter>,
+        peers: BTreeMap<NodeId, PeerNode>,
+        replicas: Vec<Replica>,
+        b: Builder,
+    ) -> LocalReplicator {
+        LocalReplicator {
             inner: Arc::new(Inner {
-                rt: Some(rt),
+                rt,
                 router,
                 n: b.n,
                 r: b.r,
@@ -324,13 +388,7 @@ impl LocalReplicator {
                 session: Arc::new(AtomicI64::new(0)),
                 next: AtomicUsize::new(0),
             }),
-        };
-        // Ready means a leader exists, so that the first call does not pay for the election.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while rep.leader().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(5));
         }
-        Ok(rep)
     }
 
     /// Number of replicas.
@@ -340,7 +398,8 @@ impl LocalReplicator {
 
     /// Runs a request's future: inline when the caller is inside a Tokio runtime (which must
     /// have time enabled, as `#[tokio::main]` does), else on the replicator's own runtime. The
-    /// replicas themselves always run on the replicator's runtime; running the request side
+    /// replicas themselves run on the replicator's runtime (or the builder's, with
+    /// [`Builder::build_here`]); running the request side
     /// inline saves a task hand-off per call (measured: about twice the throughput in the
     /// stress example).
     async fn run<T: Send + 'static>(
@@ -353,19 +412,17 @@ impl LocalReplicator {
         self.run_owned(fut).await
     }
 
-    /// Runs `fut` on the replicator's runtime (for work that spawns replica tasks) and waits for
-    /// it from any runtime.
+    /// Runs `fut` on the replicator's runtime (for work that spawns replica tasks; the caller's,
+    /// when built with [`Builder::build_here`]) and waits for it from any runtime.
     async fn run_owned<T: Send + 'static>(
         &self,
         fut: impl Future<Output = Result<T, EtcdError>> + Send + 'static,
     ) -> Result<T, EtcdError> {
-        let rt = self
-            .inner
-            .rt
-            .as_ref()
-            .expect("runtime lives as long as the replicator");
-        rt.spawn(fut)
-            .await
+        let task = match &self.inner.rt {
+            Some(rt) => rt.spawn(fut),
+            None => tokio::spawn(fut),
+        };
+        task.await
             .unwrap_or_else(|e| Err(EtcdError::Internal(format!("replica task failed: {e}"))))
     }
 
@@ -491,7 +548,7 @@ impl LocalReplicator {
         via: Option<usize>,
         op: WriteOp,
     ) -> Result<EventualWrite, EtcdError> {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
             let node = match via {
                 Some(i) => self.node(i)?,
@@ -509,7 +566,7 @@ impl LocalReplicator {
                     })
                 }
                 // Nothing was proposed: try the leader as it is now.
-                Err(EtcdError::NotLeader) if Instant::now() < deadline => {
+                Err(EtcdError::NotLeader) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(10)).await
                 }
                 Err(e) => return Err(e),
