@@ -100,6 +100,7 @@ fn main() {
     let budget = a.minutes.map(|m| Duration::from_secs_f64(m * 60.0));
     let (mut seeds, mut total_ops, mut violations, mut undecided) = (0u64, 0usize, 0u64, 0usize);
     let mut mismatches = 0u64;
+    let mut simulated = std::time::Duration::ZERO;
     let mut session_reads = 0usize;
     let mut watch = c20_sim::watch_check::WatchChecked::default();
     let mut seed = a.first;
@@ -119,6 +120,7 @@ fn main() {
             ..RunConfig::default()
         };
         let recorded = run(&cfg);
+        simulated += recorded.took;
         if !a.threads {
             if let Some(diff) = recorded.differs_from(&run(&cfg)) {
                 mismatches += 1;
@@ -167,6 +169,11 @@ fn main() {
         println!("{undecided} key histories were too large to decide (search budget spent)");
     }
     println!("{session_reads} Sequential reads were held to what their session had seen");
+    println!(
+        "{:.1} minutes on the runs' clocks ({})",
+        simulated.as_secs_f64() / 60.0,
+        if a.threads { "real time" } else { "simulated" }
+    );
     println!(
         "{} watch events over {} revisions agreed with the calls ({} watch resumptions; {} writes \
          whose outcome the client never learned were shown applied)",

@@ -393,6 +393,8 @@ pub struct Recorded {
     pub watches: Vec<WatchLog>,
     /// The highest store revision the final reads saw, which every watcher must reach.
     pub final_revision: i64,
+    /// How long the run took on its clock (simulated time, unless [`RunConfig::threads`]).
+    pub took: Duration,
 }
 
 impl Recorded {
@@ -542,6 +544,7 @@ fn runtime(cfg: &RunConfig, name: &str) -> std::io::Result<tokio::runtime::Runti
 }
 
 async fn run_here(cfg: &RunConfig, name: &str) -> Recorded {
+    let began = tokio::time::Instant::now();
     let majority = cfg.replicas / 2 + 1;
     let mut builder = LocalReplicator::builder(cfg.replicas, majority, majority);
     if cfg.lose_unsynced {
@@ -644,5 +647,6 @@ async fn run_here(cfg: &RunConfig, name: &str) -> Recorded {
         replica_panics,
         watches,
         final_revision,
+        took: began.elapsed(),
     }
 }
