@@ -569,12 +569,15 @@ impl RaftNode {
             return Ok(c.clone());
         }
         let m = self.raft.metrics().borrow_watched().clone();
+        // A member restarted before it received the membership can hear from a leader (a vote,
+        // an append) before it knows the leader's address. Nothing is sent then: callers retry
+        // as after a leader change, by which time the membership has usually arrived.
         let node = m
             .membership_config
             .membership()
             .get_node(&id)
             .cloned()
-            .ok_or(EtcdError::MemberNotFound)?;
+            .ok_or(EtcdError::NotLeader)?;
         let url = node.peer_urls.first().cloned().unwrap_or_default();
         let client = peer_client(&url).map_err(EtcdError::Internal)?;
         self.peers
