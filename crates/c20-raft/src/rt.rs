@@ -31,8 +31,8 @@ pub fn seed_thread_rng(seed: Option<u64>) {
     SEEDED.set(seed);
 }
 
-/// One step of splitmix64: small, fast, and plenty for timeouts.
-fn splitmix(state: &mut u64) -> u64 {
+/// One step of splitmix64: small, fast, and plenty for timeouts and simulated faults.
+pub fn splitmix(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

@@ -497,13 +497,16 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     }
 }
 
-/// Runs `f` on Tokio's blocking pool, or inline for an in-memory state machine: there is no
-/// disk to wait for, and a simulated cluster on one thread must not hand work to another.
+/// Runs `f` on Tokio's blocking pool, or inline for an in-memory state machine on a
+/// single-threaded runtime: a simulated cluster on one thread must not hand work to another
+/// (on a multi-threaded runtime inline work would hold up a worker's other replicas).
 async fn off_thread<T: Send + 'static>(
     in_memory: bool,
     f: impl FnOnce() -> io::Result<T> + Send + 'static,
 ) -> io::Result<T> {
-    if in_memory {
+    let single_threaded = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+    if in_memory && single_threaded {
         return f();
     }
     tokio::task::spawn_blocking(f).await.map_err(io_err)?

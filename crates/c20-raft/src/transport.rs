@@ -119,13 +119,7 @@ impl LocalRouter {
             return (Duration::ZERO, false, false);
         }
         let mut f = self.faults.lock().expect("router lock");
-        let mut draw = || {
-            f.1 = f.1.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = f.1;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        };
+        let mut draw = || crate::rt::splitmix(&mut f.1);
         let (d, req, rep) = (draw(), draw(), draw());
         let faults = f.0;
         let max = faults.delay_max.as_micros() as u64;

@@ -395,6 +395,8 @@ pub struct Recorded {
     pub final_revision: i64,
     /// How long the run took on its clock (simulated time, unless [`RunConfig::threads`]).
     pub took: Duration,
+    /// The run never finished (see `STUCK_AFTER`); its thread still spins.
+    pub stalled: bool,
 }
 
 impl Recorded {
@@ -516,6 +518,7 @@ pub fn run(cfg: &RunConfig) -> Recorded {
                  without ever waiting, so the simulated clock cannot move (a livelock)",
                 STUCK_AFTER.as_secs()
             )],
+            stalled: true,
             ..Recorded::default()
         },
     }
@@ -648,5 +651,6 @@ async fn run_here(cfg: &RunConfig, name: &str) -> Recorded {
         watches,
         final_revision,
         took: began.elapsed(),
+        stalled: false,
     }
 }

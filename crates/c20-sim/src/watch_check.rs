@@ -14,9 +14,13 @@
 //!   revision it was acknowledged with, delivered after its call, and applied once; a delete
 //!   event follows a delete call of its key; a txn's two writes share one revision, or neither
 //!   happened;
-//! - **real time**: a write that completed (acknowledged, or delivered to a watcher) before
-//!   another write was called has the lower revision; a linearizable read called after a
+//! - **real time**: a put that completed (acknowledged, or delivered to a watcher) before
+//!   another put was called has the lower revision; a linearizable read called after a
 //!   watcher delivered revision r saw a store at revision r or later.
+//!
+//! The watchers read through `c20_distributed::Watcher`, the embedded cluster's watch, not the
+//! gRPC watch service of `c20 serve`; both read the store's events with
+//! `MvccStore::watch_events`, and the service has its own tests (`c20-server/tests/watch.rs`).
 
 use crate::checker::{Kind, Op, Violation};
 use std::collections::{BTreeMap, HashMap};
@@ -85,6 +89,9 @@ fn fail_with(reason: String, key: &[u8], ops: Vec<Op>) -> Violation {
 fn show(v: &[u8]) -> String {
     format!("{:?}", String::from_utf8_lossy(v))
 }
+
+/// The revision of an empty store.
+const FIRST_REVISION: i64 = 1;
 
 /// A write as the watchers placed it: its revision and the first time a watcher showed it.
 struct Placed {
@@ -160,9 +167,26 @@ pub fn check_watches(
                 log.watcher, log.reached
             )));
         }
+        // It went past every revision below `reached`, and each of those wrote a watched
+        // key: the last one it delivered must be just below.
+        let expected_last = log.reached - 1;
+        if expected_last > FIRST_REVISION && last != Some(expected_last) {
+            return Err(fail(format!(
+                "watcher {} moved on to revision {} but delivered only up to {last:?}",
+                log.watcher, log.reached
+            )));
+        }
     }
     checked.revisions = agreed.len();
     let first_revision = agreed.keys().next().copied();
+    // A store begins at revision 1 and its first write makes revision 2.
+    if let Some(first) = first_revision.filter(|&r| r != FIRST_REVISION + 1) {
+        return Err(fail(format!(
+            "the watchers' first revision is {first}, but every watcher began at revision 1 \
+             and the first write makes revision {}",
+            FIRST_REVISION + 1
+        )));
+    }
     for log in logs {
         let first = log
             .deliveries

@@ -220,3 +220,38 @@ fn a_delete_event_needs_a_delete_call() {
     });
     check_watches(&h, &[with_delete], 5).unwrap();
 }
+
+#[test]
+fn a_watcher_that_moves_on_without_delivering_the_last_revisions_is_caught() {
+    let mut short = good_log(0);
+    short.deliveries.pop();
+    // Still claims to have gone past revision 4.
+    fails(&history(), &[short], 4, "delivered only up to Some(3)");
+}
+
+#[test]
+fn watchers_that_all_skip_the_first_revision_are_caught() {
+    let mut late = good_log(0);
+    late.deliveries.remove(0);
+    fails(&history(), &[late], 4, "the first write makes revision 2");
+}
+
+#[test]
+fn a_watcher_that_begins_later_than_the_others_is_caught() {
+    let mut late = good_log(1);
+    late.deliveries.remove(0);
+    fails(
+        &history(),
+        &[good_log(0), late],
+        4,
+        "began at revision Some(3)",
+    );
+}
+
+#[test]
+fn a_write_delivered_before_it_was_called_is_caught() {
+    let mut h = history();
+    // The unknown write of `b = v2` called after a watcher had already delivered it.
+    h[3].call = 10;
+    fails(&h, &[good_log(0)], 4, "before its call");
+}

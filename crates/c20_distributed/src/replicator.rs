@@ -109,7 +109,10 @@ struct Replica {
 }
 
 struct Inner {
+    /// The runtime the replicator owns (`None` when built with [`Builder::build_here`]).
     rt: Option<tokio::runtime::Runtime>,
+    /// Where replica tasks are spawned.
+    handle: tokio::runtime::Handle,
     router: Arc<LocalRouter>,
     n: usize,
     r: usize,
@@ -246,14 +249,13 @@ fn peers_of(n: usize) -> BTreeMap<NodeId, PeerNode> {
         .collect()
 }
 
-/// Starts every replica, in id order, and sends them (or the first failure) to `tx`.
+/// Starts every replica, in id order.
 async fn start_replicas(
     peers: BTreeMap<NodeId, PeerNode>,
     router: Arc<LocalRouter>,
     dir: Option<PathBuf>,
     crash_loses_unsynced: bool,
-    tx: std::sync::mpsc::Sender<Result<Vec<Replica>, ConfigError>>,
-) {
+) -> Result<Vec<Replica>, ConfigError> {
     let mut replicas = Vec::new();
     for &id in peers.keys() {
         let cfg = node_config(&peers, id, &dir, &router);
@@ -279,13 +281,10 @@ async fn start_replicas(
                 node: Some(node),
                 disk,
             }),
-            Err(e) => {
-                let _ = tx.send(Err(ConfigError::Start(e.to_string())));
-                return;
-            }
+            Err(e) => return Err(ConfigError::Start(e.to_string())),
         }
     }
-    let _ = tx.send(Ok(replicas));
+    Ok(replicas)
 }
 
 impl LocalReplicator {
@@ -325,13 +324,15 @@ impl LocalReplicator {
         let router = LocalRouter::new();
         let peers = peers_of(b.n);
         let (tx, rx) = std::sync::mpsc::channel();
-        rt.spawn(start_replicas(
+        let started = start_replicas(
             peers.clone(),
             router.clone(),
             b.dir.clone(),
             b.crash_loses_unsynced,
-            tx,
-        ));
+        );
+        rt.spawn(async move {
+            let _ = tx.send(started.await);
+        });
         let replicas = rx
             .recv()
             .map_err(|_| ConfigError::Start("replica start-up task ended".into()))??;
@@ -348,18 +349,13 @@ impl LocalReplicator {
     async fn start_here(b: Builder) -> Result<LocalReplicator, ConfigError> {
         let router = LocalRouter::new();
         let peers = peers_of(b.n);
-        let (tx, rx) = std::sync::mpsc::channel();
-        start_replicas(
+        let replicas = start_replicas(
             peers.clone(),
             router.clone(),
             b.dir.clone(),
             b.crash_loses_unsynced,
-            tx,
         )
-        .await;
-        let replicas = rx
-            .try_recv()
-            .map_err(|_| ConfigError::Start("replica start-up ended without a word".into()))??;
+        .await?;
         let rep = LocalReplicator::assemble(None, router, peers, replicas, b);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while rep.leader().is_none() && tokio::time::Instant::now() < deadline {
@@ -375,9 +371,15 @@ impl LocalReplicator {
         replicas: Vec<Replica>,
         b: Builder,
     ) -> LocalReplicator {
+        // Replica tasks go where the replicas run: the replicator's runtime, or the one that
+        // built it with `build_here`.
+        let handle = rt
+            .as_ref()
+            .map_or_else(tokio::runtime::Handle::current, |rt| rt.handle().clone());
         LocalReplicator {
             inner: Arc::new(Inner {
                 rt,
+                handle,
                 router,
                 n: b.n,
                 r: b.r,
@@ -418,11 +420,10 @@ impl LocalReplicator {
         &self,
         fut: impl Future<Output = Result<T, EtcdError>> + Send + 'static,
     ) -> Result<T, EtcdError> {
-        let task = match &self.inner.rt {
-            Some(rt) => rt.spawn(fut),
-            None => tokio::spawn(fut),
-        };
-        task.await
+        self.inner
+            .handle
+            .spawn(fut)
+            .await
             .unwrap_or_else(|e| Err(EtcdError::Internal(format!("replica task failed: {e}"))))
     }
 

@@ -31,7 +31,8 @@ pub struct Watcher {
 impl LocalReplicator {
     /// Watches keys in `[key, range_end)` (etcd's conventions: an empty end is the key alone,
     /// `"\0"` every key from `key` on) on replica `i` (0-based), from revision `from` on.
-    /// The events are those the replica has applied: committed, in revision order.
+    /// The events are those the replica has applied: committed, in revision order. Unlike
+    /// etcd's watch, `from` 0 does not mean "from now": revisions start at 1 either way.
     pub fn watch_from(
         &self,
         i: usize,
