@@ -570,8 +570,9 @@ impl RaftNode {
         }
         let m = self.raft.metrics().borrow_watched().clone();
         // A member restarted before it received the membership can hear from a leader (a vote,
-        // an append) before it knows the leader's address. Nothing is sent then: callers retry
-        // as after a leader change, by which time the membership has usually arrived.
+        // an append) before it knows the leader's address. Nothing is sent then: reads and
+        // asks retry as after a leader change, by which time the membership has usually
+        // arrived; a forwarded write fails with "not leader", which etcd clients retry.
         let node = m
             .membership_config
             .membership()

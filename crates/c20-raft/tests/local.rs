@@ -508,7 +508,7 @@ async fn without_read_coalescing_each_read_waits_for_a_round_of_its_own() {
         assert_eq!(value.as_deref(), Some(&b"v"[..]));
     }
     assert_eq!(written, 2);
-    // Every read, through a follower or not, ran a leader round of its own (rounds are serial).
+    // Every read, through a follower or not, ran a leader round of its own.
     assert!(nodes[&leader].uncoalesced_read_rounds() >= 60);
     shutdown(nodes).await;
 }

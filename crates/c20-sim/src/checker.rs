@@ -83,6 +83,29 @@ pub struct Violation {
     pub of: usize,
 }
 
+impl Violation {
+    /// A violation of the run as a whole (a panic, a stall, a watcher that fell behind): no
+    /// key's operations show it.
+    pub fn of_run(reason: String) -> Violation {
+        Violation {
+            key: Vec::new(),
+            reason,
+            ops: Vec::new(),
+            of: 0,
+        }
+    }
+
+    /// A violation shown by `ops` of `key`, out of that key's operations in `history`.
+    pub fn of_key(history: &[Op], reason: String, key: &[u8], ops: Vec<Op>) -> Violation {
+        Violation {
+            key: key.to_vec(),
+            reason,
+            ops,
+            of: history.iter().filter(|o| o.key == key).count(),
+        }
+    }
+}
+
 impl std::fmt::Display for Violation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.ops.is_empty() {
@@ -192,15 +215,15 @@ fn check_revisions(history: &[Op]) -> Result<(), Violation> {
         };
         if let Some(w) = written.get(&(op.key.as_slice(), v.as_slice())) {
             if w.revision != Some(seen) {
-                return Err(Violation {
-                    key: op.key.clone(),
-                    reason: format!(
+                return Err(Violation::of_key(
+                    history,
+                    format!(
                         "a value acknowledged at revision {} was read at revision {seen}",
                         w.revision.unwrap_or_default()
                     ),
-                    ops: vec![(*w).clone(), op.clone()],
-                    of: history.iter().filter(|o| o.key == op.key).count(),
-                });
+                    &op.key,
+                    vec![(*w).clone(), op.clone()],
+                ));
             }
         }
     }
@@ -257,12 +280,7 @@ fn check_sessions(history: &[Op]) -> Result<usize, Violation> {
                         let mut shown_ops = vec![write.clone(), shown.clone(), op.clone()];
                         shown_ops.sort_by_key(|o| o.call);
                         shown_ops.dedup();
-                        return Err(Violation {
-                            key: op.key.clone(),
-                            reason,
-                            ops: shown_ops,
-                            of: history.iter().filter(|o| o.key == op.key).count(),
-                        });
+                        return Err(Violation::of_key(history, reason, &op.key, shown_ops));
                     }
                 }
             }

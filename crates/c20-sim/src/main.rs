@@ -141,10 +141,7 @@ fn main() {
         if let Ok(c) = &result {
             undecided += c.undecided;
             session_reads += c.session_reads;
-            watch.events += c.watch.events;
-            watch.revisions += c.watch.revisions;
-            watch.resumes += c.watch.resumes;
-            watch.unknown_writes_applied += c.watch.unknown_writes_applied;
+            watch += c.watch;
         }
         if let Err(v) = result {
             violations += 1;

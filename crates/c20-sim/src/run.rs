@@ -403,15 +403,10 @@ impl Recorded {
     /// A replica panic is a violation by itself; otherwise the history is checked.
     pub fn check(&self) -> Result<Checked, Violation> {
         if let Some(p) = self.replica_panics.first() {
-            return Err(Violation {
-                key: Vec::new(),
-                reason: format!(
-                    "a replica panicked or the run stalled ({} such failures in the run): {p}",
-                    self.replica_panics.len()
-                ),
-                ops: Vec::new(),
-                of: 0,
-            });
+            return Err(Violation::of_run(format!(
+                "a replica panicked or the run stalled ({} such failures in the run): {p}",
+                self.replica_panics.len()
+            )));
         }
         let mut checked = check(&self.ops)?;
         checked.watch = check_watches(&self.ops, &self.watches, self.final_revision)?;

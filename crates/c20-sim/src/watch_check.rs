@@ -24,6 +24,7 @@
 
 use crate::checker::{Kind, Op, Violation};
 use std::collections::{BTreeMap, HashMap};
+use std::ops::AddAssign;
 
 /// One event as a watcher received it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,21 +69,12 @@ pub struct WatchChecked {
     pub unknown_writes_applied: usize,
 }
 
-fn fail(reason: String) -> Violation {
-    Violation {
-        key: Vec::new(),
-        reason,
-        ops: Vec::new(),
-        of: 0,
-    }
-}
-
-fn fail_with(reason: String, key: &[u8], ops: Vec<Op>) -> Violation {
-    Violation {
-        key: key.to_vec(),
-        of: ops.len(),
-        reason,
-        ops,
+impl AddAssign for WatchChecked {
+    fn add_assign(&mut self, other: WatchChecked) {
+        self.events += other.events;
+        self.revisions += other.revisions;
+        self.resumes += other.resumes;
+        self.unknown_writes_applied += other.unknown_writes_applied;
     }
 }
 
@@ -126,14 +118,14 @@ pub fn check_watches(
                 let events = &d.events[i..end];
                 match last {
                     Some(l) if rev <= l => {
-                        return Err(fail(format!(
+                        return Err(Violation::of_run(format!(
                             "watcher {} delivered revision {rev} after revision {l} \
                              (replica {}, at {}): out of order, repeated, or split",
                             log.watcher, d.replica, d.at
                         )))
                     }
                     Some(l) if rev != l + 1 => {
-                        return Err(fail(format!(
+                        return Err(Violation::of_run(format!(
                             "watcher {} skipped from revision {l} to {rev} (replica {}, at {}): \
                              every revision writes a watched key",
                             log.watcher, d.replica, d.at
@@ -144,7 +136,7 @@ pub fn check_watches(
                 last = Some(rev);
                 match agreed.get(&rev) {
                     Some((other, w)) if *other != events => {
-                        return Err(fail(format!(
+                        return Err(Violation::of_run(format!(
                             "watchers {w} and {} disagree on revision {rev}: {other:?} against \
                              {events:?}",
                             log.watcher
@@ -161,7 +153,7 @@ pub fn check_watches(
             }
         }
         if log.reached <= final_revision {
-            return Err(fail(format!(
+            return Err(Violation::of_run(format!(
                 "watcher {} stopped before revision {} (the final reads saw revision \
                  {final_revision}): it never caught up",
                 log.watcher, log.reached
@@ -171,7 +163,7 @@ pub fn check_watches(
         // key: the last one it delivered must be just below.
         let expected_last = log.reached - 1;
         if expected_last > FIRST_REVISION && last != Some(expected_last) {
-            return Err(fail(format!(
+            return Err(Violation::of_run(format!(
                 "watcher {} moved on to revision {} but delivered only up to {last:?}",
                 log.watcher, log.reached
             )));
@@ -181,7 +173,7 @@ pub fn check_watches(
     let first_revision = agreed.keys().next().copied();
     // A store begins at revision 1 and its first write makes revision 2.
     if let Some(first) = first_revision.filter(|&r| r != FIRST_REVISION + 1) {
-        return Err(fail(format!(
+        return Err(Violation::of_run(format!(
             "the watchers' first revision is {first}, but every watcher began at revision 1 \
              and the first write makes revision {}",
             FIRST_REVISION + 1
@@ -195,7 +187,7 @@ pub fn check_watches(
             .map(|e| e.revision)
             .next();
         if first != first_revision {
-            return Err(fail(format!(
+            return Err(Violation::of_run(format!(
                 "watcher {} began at revision {first:?}, another at {first_revision:?}: both \
                  watched from revision 1",
                 log.watcher
@@ -217,21 +209,23 @@ pub fn check_watches(
             match &e.value {
                 Some(v) => {
                     let Some(op) = writes.get(&(e.key.as_slice(), v.as_slice())) else {
-                        return Err(fail(format!(
+                        return Err(Violation::of_run(format!(
                             "revision {rev} put {} = {} which no client wrote",
                             show(&e.key),
                             show(v)
                         )));
                     };
                     if op.revision.is_some_and(|r| r != rev) {
-                        return Err(fail_with(
+                        return Err(Violation::of_key(
+                            history,
                             format!("the watchers saw this write at revision {rev}"),
                             &e.key,
                             vec![(*op).clone()],
                         ));
                     }
                     if delivered <= op.call {
-                        return Err(fail_with(
+                        return Err(Violation::of_key(
+                            history,
                             format!(
                                 "a watcher delivered this write at {delivered}, before its call"
                             ),
@@ -247,7 +241,8 @@ pub fn check_watches(
                             delivered,
                         },
                     ) {
-                        return Err(fail_with(
+                        return Err(Violation::of_key(
+                            history,
                             format!("applied twice: at revisions {} and {rev}", p.revision),
                             &e.key,
                             vec![(*op).clone()],
@@ -262,7 +257,7 @@ pub fn check_watches(
                         .iter()
                         .any(|o| o.kind == Kind::Delete && o.key == e.key && o.call < delivered);
                     if !called {
-                        return Err(fail(format!(
+                        return Err(Violation::of_run(format!(
                             "revision {rev} deleted {} but no delete of it was called before \
                              the watchers delivered it",
                             show(&e.key)
@@ -278,7 +273,8 @@ pub fn check_watches(
         let at = placed.get(&(op.key.as_slice(), v.as_slice()));
         if let (Some(r), None) = (op.revision, at) {
             if op.ret.is_some() && r <= last_revision {
-                return Err(fail_with(
+                return Err(Violation::of_key(
+                    history,
                     format!(
                         "acknowledged at revision {r}, but no watcher delivered it (they \
                          delivered up to revision {last_revision})"
@@ -319,7 +315,8 @@ fn check_txns_atomic(
             })
             .collect();
         if revisions.windows(2).any(|w| w[0] != w[1]) {
-            return Err(fail_with(
+            return Err(Violation::of_key(
+                history,
                 format!("one txn's writes were delivered at revisions {revisions:?}"),
                 &ops[0].key,
                 ops.iter().map(|o| (*o).clone()).collect(),
@@ -361,7 +358,8 @@ fn check_real_time(
         }
         if let Some(a) = highest {
             if a.2 >= b.2 {
-                return Err(fail_with(
+                return Err(Violation::of_key(
+                    history,
                     format!(
                         "a write that completed at {} (revision {}) before another was called \
                          has the higher revision ({} against {})",
@@ -395,7 +393,8 @@ fn check_real_time(
         }
         let seen = deliveries[before - 1].1;
         if store_rev < seen {
-            return Err(fail_with(
+            return Err(Violation::of_key(
+                history,
                 format!(
                     "a linearizable read on replica {replica} saw the store at revision \
                      {store_rev}, but a watcher had delivered revision {seen} before the read \

@@ -943,12 +943,7 @@ impl MvccStore {
         });
         for kv in &victims {
             self.detach(kv.lease, &kv.key);
-            let tomb = KeyValue {
-                key: kv.key.clone(),
-                mod_revision: w.rev(),
-                ..Default::default()
-            };
-            self.record(w, tomb, false);
+            self.record_tombstone(w, kv.key.clone());
         }
         let now = if victims.is_empty() {
             w.visible_rev()
@@ -966,19 +961,22 @@ impl MvccStore {
         }
     }
 
-    /// Appends one event at the writer's revision to the index and the pending rows.
-    fn record(&mut self, w: &mut TxnWriter, kv: KeyValue, is_put: bool) {
-        let main = w.rev();
+    /// Appends the deletion of `key` at the writer's revision to the index and the pending rows
+    /// (a tombstone's `KeyValue` holds only the key and the revision).
+    fn record_tombstone(&mut self, w: &mut TxnWriter, key: Vec<u8>) {
+        // The revision before counting this change (under the planted bug
+        // `txn-at-two-revisions` it depends on the count).
+        let mod_revision = w.rev();
         let sub = w.changes;
         w.changes += 1;
-        debug_assert_eq!(
-            kv.mod_revision, main,
-            "an event's revision is its KeyValue's"
-        );
         let event = KeyEvent {
-            kv: Arc::new(kv),
+            kv: Arc::new(KeyValue {
+                key,
+                mod_revision,
+                ..Default::default()
+            }),
             sub: sub as u32,
-            is_put,
+            is_put: false,
         };
         match self.index.get_mut(event.kv.key.as_slice()) {
             Some(history) => history.push(event.clone()),

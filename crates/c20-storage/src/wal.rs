@@ -371,28 +371,23 @@ impl Writer {
                 Op::Truncate { from, done } => {
                     // Everything queued before must be settled before the files change.
                     self.sync_and_report(std::mem::take(&mut waiting));
-                    let res = match self.is_failed() {
-                        Some(e) => Err(e),
-                        None => self.truncate(from).map_err(|e| self.fail(&e)),
-                    };
+                    let res = self
+                        .is_failed()
+                        .map_or_else(|| self.truncate(from).map_err(|e| self.fail(&e)), Err);
                     let _ = done.send(res);
                 }
                 Op::Purge { upto, done } => {
                     self.sync_and_report(std::mem::take(&mut waiting));
-                    let res = match self.is_failed() {
-                        Some(e) => Err(e),
-                        None => self.purge(upto).map_err(|e| self.fail(&e)),
-                    };
+                    let res = self
+                        .is_failed()
+                        .map_or_else(|| self.purge(upto).map_err(|e| self.fail(&e)), Err);
                     let _ = done.send(res);
                 }
                 Op::Read { from, to, done } => {
                     // Appends queued before are written already: a read needs no sync. After a
                     // failed write the offsets may point past what reached the file. A read
                     // error is the reader's, not the log's: it does not stop writes.
-                    let res = match self.is_failed() {
-                        Some(e) => Err(e),
-                        None => self.read(from, to),
-                    };
+                    let res = self.is_failed().map_or_else(|| self.read(from, to), Err);
                     let _ = done.send(res);
                 }
             }
