@@ -4,15 +4,16 @@
 //! memory, where replication to followers that keep up and applying find them. Older entries
 //! (a follower far behind, a restart's replay) are read back from the WAL. The vote and the
 //! purge point live in small atomically replaced files beside it. An append is reported flushed
-//! to openraft only from the WAL's group-commit thread, after fdatasync.
+//! to openraft only from the WAL's group-commit thread, after fdatasync. An inline WAL (the
+//! simulator's, on its simulated disk) has no thread: an append is written at once and synced
+//! [`INLINE_SYNC_DELAY`] later on the runtime's clock, together with every append since.
 
 use crate::types::{Entry, LogId, TypeConfig, Vote};
-use c20_storage::planted::{self, Bug};
-use c20_storage::{meta_file, StorageError, Wal, WalOptions};
+use c20_storage::{meta_file, Disk, StorageError, Wal, WalOptions};
 use openraft::storage::{IOFlushed, LogState, RaftLogReader, RaftLogStorage};
 use openraft::EntryPayload;
 use openraft::OptionalSend;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
@@ -20,7 +21,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::oneshot;
-use tokio::time::Instant;
 
 #[derive(Clone)]
 pub struct LogStore {
@@ -30,6 +30,8 @@ pub struct LogStore {
 struct Shared {
     /// The durable log; `None` for a log held in memory only.
     wal: Option<Arc<Wal>>,
+    /// Where `dir` is: the WAL's disk.
+    disk: Arc<dyn Disk>,
     dir: PathBuf,
     state: Mutex<State>,
     /// Bytes of entries appended to the WAL since the start (a snapshot trigger watches it).
@@ -70,13 +72,11 @@ struct State {
     vote: Option<Vote>,
     /// Request ids whose proposer wants to know when they are durable in this log.
     append_waiters: HashMap<u64, AppendWaiter>,
-    /// Only under the planted bug `ack-before-fsync`: each append's first index and when it
-    /// was acknowledged.
-    unsynced: VecDeque<(u64, Instant)>,
 }
 
-/// Under the planted bug `ack-before-fsync`, how long an acknowledged append stays volatile.
-const UNSYNCED_WRITEBACK: Duration = Duration::from_millis(500);
+/// How long after an append an inline WAL syncs (a simulated fdatasync's latency). Appends in
+/// between share the sync; a crash in between finds them written and not synced.
+pub const INLINE_SYNC_DELAY: Duration = Duration::from_millis(2);
 
 /// Told the log index of an entry once it is durable in this log (or why it cannot be).
 pub type AppendWaiter = oneshot::Sender<Result<u64, String>>;
@@ -97,7 +97,8 @@ impl LogStore {
 
     /// [`LogStore::open`] with explicit WAL options.
     pub fn open_with(dir: &Path, opts: WalOptions) -> Result<LogStore, StorageError> {
-        std::fs::create_dir_all(dir)?;
+        let disk = opts.disk.clone();
+        disk.create_dir_all(dir)?;
         let (wal, recovery) = Wal::open(&dir.join("wal"), opts)?;
         if recovery.torn_bytes > 0 {
             tracing::warn!(
@@ -105,11 +106,11 @@ impl LogStore {
                 "cut a torn tail off the raft log"
             );
         }
-        let vote: Option<Vote> = match meta_file::read(&dir.join("vote"))? {
+        let vote: Option<Vote> = match meta_file::read(&*disk, &dir.join("vote"))? {
             Some(raw) => Some(decode("vote", &raw)?),
             None => None,
         };
-        let last_purged: Option<LogId> = match meta_file::read(&dir.join("purged"))? {
+        let last_purged: Option<LogId> = match meta_file::read(&*disk, &dir.join("purged"))? {
             Some(raw) => Some(decode("purge point", &raw)?),
             None => None,
         };
@@ -147,6 +148,7 @@ impl LogStore {
         let store = LogStore {
             shared: Arc::new(Shared {
                 wal: Some(Arc::new(wal)),
+                disk,
                 dir: dir.to_path_buf(),
                 state: Mutex::new(State {
                     log,
@@ -165,11 +167,12 @@ impl LogStore {
     }
 
     /// A log held in memory only: appends complete at once and nothing survives the process.
-    /// Embedded clusters and the simulator use it; a "restart" keeps this object, as a disk.
+    /// Embedded clusters use it; a "restart" keeps this object, as a disk.
     pub fn in_memory() -> LogStore {
         LogStore {
             shared: Arc::new(Shared {
                 wal: None,
+                disk: c20_storage::disk::os(),
                 dir: PathBuf::new(),
                 state: Mutex::new(State::default()),
                 appended_bytes: Default::default(),
@@ -228,10 +231,7 @@ impl LogStore {
             .wal
             .clone()
             .expect("entries leave memory only for a WAL");
-        let records = tokio::task::spawn_blocking(move || wal.read(from, to))
-            .await
-            .map_err(io_err)?
-            .map_err(io_err)?;
+        let records = self.blocking(move || wal.read(from, to)).await?;
         records
             .into_iter()
             .map(|(index, raw)| {
@@ -247,36 +247,19 @@ impl LogStore {
             .collect()
     }
 
-    /// The planted bug `ack-before-fsync`: the append from `first` on is acknowledged at once
-    /// but reaches the disk only after 500 ms, as if an unsynced page cache wrote it back then;
-    /// a crash ([`LogStore::lose_unsynced`]) loses every append younger than that.
-    fn flush_later(&self, first: Option<u64>) {
-        if let Some(first) = first {
-            let mut st = self.shared.state.lock().expect("log state lock");
-            while st
-                .unsynced
-                .front()
-                .is_some_and(|(_, at)| at.elapsed() >= UNSYNCED_WRITEBACK)
-            {
-                st.unsynced.pop_front();
-            }
-            st.unsynced.push_back((first, Instant::now()));
+    /// Runs `f` off the async threads, or at once for an inline WAL (on the simulator's
+    /// single thread, where a blocking pool would be a race the seed does not control).
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+    ) -> io::Result<T> {
+        if self.shared.wal.as_ref().is_some_and(|w| w.is_inline()) {
+            return f().map_err(io_err);
         }
-    }
-
-    /// What a crash does to a log in memory: every append is durable before it is
-    /// acknowledged, so nothing is lost, except under the planted bug `ack-before-fsync`.
-    pub fn lose_unsynced(&self) {
-        let mut st = self.shared.state.lock().expect("log state lock");
-        let unsynced = std::mem::take(&mut st.unsynced);
-        let lost = unsynced
-            .into_iter()
-            .filter(|(_, at)| at.elapsed() < UNSYNCED_WRITEBACK)
-            .map(|(first, _)| first)
-            .min();
-        if let Some(from) = lost {
-            st.log.split_off(&from);
-        }
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(io_err)?
+            .map_err(io_err)
     }
 
     /// Registers interest in the entry proposed with request id `id`: the receiver learns its
@@ -332,10 +315,9 @@ impl LogStore {
         }
         let raw = postcard::to_allocvec(value).map_err(io_err)?;
         let path = self.shared.dir.join(name);
-        tokio::task::spawn_blocking(move || meta_file::write(&path, &raw))
+        let disk = self.shared.disk.clone();
+        self.blocking(move || meta_file::write(&*disk, &path, &raw))
             .await
-            .map_err(io_err)?
-            .map_err(io_err)
     }
 }
 
@@ -460,7 +442,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let durable = self.shared.wal.is_some();
         let mut records = Vec::new();
         let mut waiting: Vec<(AppendWaiter, u64)> = Vec::new();
-        let mut first = None;
         let mut last = None;
         {
             let mut st = self.shared.state.lock().expect("log state lock");
@@ -468,12 +449,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 // openraft truncates before it replaces entries, so an append never lands on
                 // an entry that is only in the WAL.
                 debug_assert!(
-                    first.is_some() || st.evicted_last.is_none_or(|l| e.log_id.index > l.index),
+                    last.is_some() || st.evicted_last.is_none_or(|l| e.log_id.index > l.index),
                     "append at {} over entries only in the WAL (up to {:?})",
                     e.log_id.index,
                     st.evicted_last
                 );
-                first.get_or_insert(e.log_id.index);
                 last = Some(e.log_id.index);
                 let mut bytes = 0;
                 if durable {
@@ -507,15 +487,18 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         match &self.shared.wal {
             Some(wal) => {
                 wal.append(records, Box::new(done));
+                if wal.is_inline() {
+                    let wal = wal.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(INLINE_SYNC_DELAY).await;
+                        wal.sync();
+                    });
+                }
                 let mut st = self.shared.state.lock().expect("log state lock");
                 if last.is_some() {
                     st.queued_upto = last;
                 }
                 self.evict_locked(&mut st);
-            }
-            None if planted::active(Bug::AckBeforeFsync) => {
-                self.flush_later(first);
-                done(Ok(()))
             }
             None => done(Ok(())),
         }
@@ -541,10 +524,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let Some(wal) = self.shared.wal.clone() else {
             return Ok(());
         };
-        tokio::task::spawn_blocking(move || wal.truncate(from))
-            .await
-            .map_err(io_err)?
-            .map_err(io_err)
+        self.blocking(move || wal.truncate(from)).await
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
@@ -565,9 +545,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             return Ok(());
         };
         let upto = log_id.index;
-        tokio::task::spawn_blocking(move || wal.purge(upto))
-            .await
-            .map_err(io_err)?
-            .map_err(io_err)
+        self.blocking(move || wal.purge(upto)).await
     }
 }

@@ -31,14 +31,7 @@ pub fn seed_thread_rng(seed: Option<u64>) {
     SEEDED.set(seed);
 }
 
-/// One step of splitmix64: small, fast, and plenty for timeouts and simulated faults.
-pub fn splitmix(state: &mut u64) -> u64 {
-    *state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = *state;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
+pub use c20_storage::splitmix;
 
 /// The generator openraft gets from [`C20Runtime`]: seeded from this thread's sequence when
 /// there is one, else from the process's hash keys (random per process and per call).

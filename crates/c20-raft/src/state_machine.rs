@@ -284,7 +284,7 @@ impl SmShared {
     /// machine has a directory.
     fn save_snapshot(&self, raw: &[u8], meta: &SnapshotMeta) -> Result<(), StorageError> {
         match &self.snapshot_path {
-            Some(path) => meta_file::write(path, raw)?,
+            Some(path) => meta_file::write(&c20_storage::OsDisk, path, raw)?,
             None => *self.snapshot_mem.lock().expect("snapshot lock") = Some(raw.to_vec()),
         }
         *self.snapshot_meta.lock().expect("snapshot lock") = Some(meta.clone());
@@ -437,7 +437,7 @@ impl StateMachine {
 
     fn read_snapshot_file(&self) -> io::Result<Option<Snapshot>> {
         let raw = match &self.shared.snapshot_path {
-            Some(path) => meta_file::read(path).map_err(io_err)?,
+            Some(path) => meta_file::read(&c20_storage::OsDisk, path).map_err(io_err)?,
             None => self
                 .shared
                 .snapshot_mem

@@ -110,6 +110,7 @@ fn main() {
     let mut simulated = std::time::Duration::ZERO;
     let mut session_reads = 0usize;
     let mut watch = c20_sim::watch_check::WatchChecked::default();
+    let mut disk = c20_distributed::CrashDamage::default();
     let mut seed = a.first;
     loop {
         let more = match budget {
@@ -137,6 +138,7 @@ fn main() {
         }
         seeds += 1;
         total_ops += recorded.ops.len();
+        disk += recorded.disk;
         let result = recorded.check();
         if let Ok(c) = &result {
             undecided += c.undecided;
@@ -183,6 +185,11 @@ fn main() {
         "{} watch events over {} revisions agreed with the calls ({} watch resumptions; {} writes \
          whose outcome the client never learned were shown applied)",
         watch.events, watch.revisions, watch.resumes, watch.unknown_writes_applied
+    );
+    println!(
+        "{} crashes left the logs' simulated disks with {} unsynced writes lost, {} torn and {} \
+         name changes undone",
+        disk.crashes, disk.writes_lost, disk.writes_torn, disk.names_lost
     );
     let replays = if a.threads {
         "not checked (--threads)".to_string()

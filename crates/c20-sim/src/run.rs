@@ -5,7 +5,9 @@
 //! the client's session), while a fault task isolates replicas (the leader among them), heals,
 //! crashes and restarts them, cuts single links one way, loses and delays Raft messages at
 //! random, and crashes every replica at once (a power failure) when the first client is half
-//! done, and now and then besides. A crash loses what the replica's store had not checkpointed.
+//! done, and now and then besides. A crash loses what the replica's store had not checkpointed,
+//! and leaves its Raft log's simulated disk as a power failure would: unsynced writes lost or
+//! torn, so every restart recovers the real WAL from what is left.
 //! Watchers follow every key meanwhile. The whole run is one thread and a simulated clock
 //! seeded by the seed, so a seed replays exactly (see [`run`]).
 
@@ -13,7 +15,7 @@ use crate::checker::{check, Checked, Kind, Op, Value, Violation};
 use crate::watch_check::{check_watches, Delivery, Seen, WatchLog};
 use c20_distributed::api::etcdserverpb::{request_op, PutRequest, RequestOp, TxnRequest};
 use c20_distributed::api::mvccpb::event::EventType;
-use c20_distributed::{ConsistencyLevel, EtcdError, LocalReplicator};
+use c20_distributed::{ConsistencyLevel, CrashDamage, EtcdError, LocalReplicator};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -31,8 +33,9 @@ pub struct RunConfig {
     pub read_level: ConsistencyLevel,
     /// Whether the fault task runs.
     pub faults: bool,
-    /// Whether a crash loses the store changes since the replica's last checkpoint, as a real
-    /// crash does (the log survives: it is fsynced before anything is acknowledged).
+    /// Whether a crash loses what a real crash loses: the store changes since the replica's
+    /// last checkpoint, and what its log's simulated disk had not synced (the WAL syncs before
+    /// it acknowledges, so only unacknowledged appends may go, or be torn).
     pub lose_unsynced: bool,
     /// Two worker threads and real time instead of one thread and a simulated clock: real
     /// races the seed does not control, so a seed does not replay (see [`run`]).
@@ -108,13 +111,24 @@ fn put_both(keys: [&[u8]; 2], value: &[u8]) -> TxnRequest {
     }
 }
 
+/// Why replicas could not start again on what their crash left, as the run goes.
+type RestartFailures = Arc<Mutex<Vec<String>>>;
+
+/// Starts replica `i` again; a failure (its log did not recover) is recorded: a violation.
+async fn restart(rep: &LocalReplicator, i: usize, failures: &RestartFailures) {
+    if let Err(e) = rep.restart(i).await {
+        let why = format!("replica {i} could not restart after its crash: {e}");
+        failures.lock().expect("failures lock").push(why);
+    }
+}
+
 /// Crashes every replica at once, then starts them all.
-async fn power_failure(rep: &LocalReplicator) {
+async fn power_failure(rep: &LocalReplicator, failures: &RestartFailures) {
     for i in 0..rep.replicas() {
         rep.crash(i).await;
     }
     for i in 0..rep.replicas() {
-        let _ = rep.restart(i).await;
+        restart(rep, i, failures).await;
     }
 }
 
@@ -135,6 +149,7 @@ async fn inject_faults(
     seed: u64,
     stop: Arc<AtomicBool>,
     halfway: Arc<AtomicBool>,
+    failures: RestartFailures,
 ) {
     let mut rng = Rng::new(seed ^ 0xfa17);
     let n = rep.replicas();
@@ -144,7 +159,7 @@ async fn inject_faults(
         tokio::time::sleep(Duration::from_millis(30 + rng.below(120) as u64)).await;
         if !powered_off && halfway.load(Ordering::Relaxed) {
             powered_off = true;
-            power_failure(&rep).await;
+            power_failure(&rep, &failures).await;
             down.clear();
             continue;
         }
@@ -180,12 +195,12 @@ async fn inject_faults(
             }
             // A power failure: every replica stops at once, then all start again.
             15 => {
-                power_failure(&rep).await;
+                power_failure(&rep, &failures).await;
                 down.clear();
             }
             _ => {
                 if let Some(i) = down.pop() {
-                    let _ = rep.restart(i).await;
+                    restart(&rep, i, &failures).await;
                 }
             }
         }
@@ -193,7 +208,7 @@ async fn inject_faults(
     rep.heal_all();
     calm(&rep, &mut rng);
     for i in down {
-        let _ = rep.restart(i).await;
+        restart(&rep, i, &failures).await;
     }
 }
 
@@ -397,6 +412,10 @@ pub struct Recorded {
     pub took: Duration,
     /// The run never finished (see `STUCK_AFTER`); its thread still spins.
     pub stalled: bool,
+    /// Replicas that could not start again on what their crash left.
+    pub restart_failures: Vec<String>,
+    /// What the crashes did to the replicas' simulated disks.
+    pub disk: CrashDamage,
 }
 
 impl Recorded {
@@ -406,6 +425,12 @@ impl Recorded {
             return Err(Violation::of_run(format!(
                 "a replica panicked or the run stalled ({} such failures in the run): {p}",
                 self.replica_panics.len()
+            )));
+        }
+        if let Some(f) = self.restart_failures.first() {
+            return Err(Violation::of_run(format!(
+                "{f} ({} such failures in the run)",
+                self.restart_failures.len()
             )));
         }
         let mut checked = check(&self.ops)?;
@@ -429,8 +454,15 @@ impl Recorded {
         }
         if self.replica_panics != other.replica_panics
             || self.final_revision != other.final_revision
+            || self.restart_failures != other.restart_failures
         {
-            return Some("the panics or the final revision differ".into());
+            return Some("the panics, restarts or the final revision differ".into());
+        }
+        if self.disk != other.disk {
+            return Some(format!(
+                "the crashes did different damage: {:?} against {:?}",
+                self.disk, other.disk
+            ));
         }
         None
     }
@@ -546,7 +578,7 @@ async fn run_here(cfg: &RunConfig, name: &str) -> Recorded {
     let majority = cfg.replicas / 2 + 1;
     let mut builder = LocalReplicator::builder(cfg.replicas, majority, majority);
     if cfg.lose_unsynced {
-        builder = builder.crash_loses_unsynced();
+        builder = builder.crash_loses_unsynced().sim_disk(cfg.seed);
     }
     let rep = builder
         .build_here()
@@ -557,12 +589,14 @@ async fn run_here(cfg: &RunConfig, name: &str) -> Recorded {
     let history = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
     let halfway = Arc::new(AtomicBool::new(false));
+    let failures = RestartFailures::default();
     let faults = cfg.faults.then(|| {
         tokio::spawn(inject_faults(
             rep.clone(),
             cfg.seed,
             stop.clone(),
             halfway.clone(),
+            failures.clone(),
         ))
     });
     let target = Arc::new(AtomicI64::new(0));
@@ -640,6 +674,7 @@ async fn run_here(cfg: &RunConfig, name: &str) -> Recorded {
     }
     let ops = history.lock().expect("history lock").clone();
     let replica_panics = panics_of(name);
+    let restart_failures = failures.lock().expect("failures lock").clone();
     Recorded {
         ops,
         replica_panics,
@@ -647,5 +682,7 @@ async fn run_here(cfg: &RunConfig, name: &str) -> Recorded {
         final_revision,
         took: began.elapsed(),
         stalled: false,
+        restart_failures,
+        disk: rep.disk_damage(),
     }
 }

@@ -4,17 +4,16 @@
 //! Layout (little-endian): `"C20M"` magic, version `1`, 3 reserved zero bytes, payload length
 //! (u32), crc32c of the payload (u32), payload.
 
+use crate::disk::Disk;
 use crate::StorageError;
-use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::path::Path;
 
 const MAGIC: &[u8; 4] = b"C20M";
 const VERSION: u8 = 1;
 const HEADER_LEN: usize = 16;
 
-/// Durably replaces `path` with `payload`.
-pub fn write(path: &Path, payload: &[u8]) -> Result<(), StorageError> {
+/// Durably replaces `path` on `disk` with `payload`.
+pub fn write(disk: &dyn Disk, path: &Path, payload: &[u8]) -> Result<(), StorageError> {
     let dir = path
         .parent()
         .ok_or_else(|| StorageError::Io(format!("{} has no parent directory", path.display())))?;
@@ -26,22 +25,18 @@ pub fn write(path: &Path, payload: &[u8]) -> Result<(), StorageError> {
     buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     buf.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
     buf.extend_from_slice(payload);
-    let mut f = OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .open(&tmp)?;
-    f.write_all(&buf)?;
+    let mut f = disk.open(&tmp, true)?;
+    f.append(&buf)?;
     f.sync_all()?;
     drop(f);
-    fs::rename(&tmp, path)?;
-    sync_dir(dir)?;
+    disk.rename(&tmp, path)?;
+    disk.sync_dir(dir)?;
     Ok(())
 }
 
-/// Reads the record at `path`; `None` when it was never written.
-pub fn read(path: &Path) -> Result<Option<Vec<u8>>, StorageError> {
-    let raw = match fs::read(path) {
+/// Reads the record at `path` on `disk`; `None` when it was never written.
+pub fn read(disk: &dyn Disk, path: &Path) -> Result<Option<Vec<u8>>, StorageError> {
+    let raw = match disk.read(path) {
         Ok(raw) => raw,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
@@ -62,36 +57,35 @@ pub fn read(path: &Path) -> Result<Option<Vec<u8>>, StorageError> {
     Ok(Some(payload.to_vec()))
 }
 
-/// fsyncs a directory so that creates, renames and removals in it are durable.
-pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    File::open(dir)?.sync_all()?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::disk::OsDisk;
+    use std::fs;
 
     #[test]
     fn round_trips_and_replaces() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("vote");
-        assert_eq!(read(&p).unwrap(), None);
-        write(&p, b"first").unwrap();
-        assert_eq!(read(&p).unwrap().as_deref(), Some(&b"first"[..]));
-        write(&p, b"second, longer").unwrap();
-        assert_eq!(read(&p).unwrap().as_deref(), Some(&b"second, longer"[..]));
+        assert_eq!(read(&OsDisk, &p).unwrap(), None);
+        write(&OsDisk, &p, b"first").unwrap();
+        assert_eq!(read(&OsDisk, &p).unwrap().as_deref(), Some(&b"first"[..]));
+        write(&OsDisk, &p, b"second, longer").unwrap();
+        assert_eq!(
+            read(&OsDisk, &p).unwrap().as_deref(),
+            Some(&b"second, longer"[..])
+        );
     }
 
     #[test]
     fn detects_a_flipped_byte() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("vote");
-        write(&p, b"payload").unwrap();
+        write(&OsDisk, &p, b"payload").unwrap();
         let mut raw = fs::read(&p).unwrap();
         let last = raw.len() - 1;
         raw[last] ^= 0x40;
         fs::write(&p, raw).unwrap();
-        assert!(matches!(read(&p), Err(StorageError::Corrupt(_))));
+        assert!(matches!(read(&OsDisk, &p), Err(StorageError::Corrupt(_))));
     }
 }

@@ -13,8 +13,8 @@ use std::str::FromStr;
 /// A known-bad behaviour the simulator must catch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bug {
-    /// The in-memory log acknowledges an append before it is durable: a crash of every replica
-    /// loses the appends not yet flushed, acknowledged or not.
+    /// The WAL acknowledges appends before their fdatasync, which comes only with its next
+    /// operation: a crash (on the simulator's disk) loses or tears the newest acknowledged ones.
     AckBeforeFsync,
     /// A replica that believes it leads serves `Strong` reads from its own state, without
     /// confirming its leadership with a quorum (no ReadIndex).

@@ -15,12 +15,18 @@
 //! reports any of them done. A bad record at the tail of the last segment is a torn write and is
 //! cut off at open; a bad record anywhere else is corruption and open fails. After any write or
 //! sync error the log refuses all further operations.
+//!
+//! The files are reached through a [`Disk`]: the real file system, or the simulator's disk that
+//! a crash tears. With [`WalOptions::inline`] there is no writer thread: each operation runs on
+//! the caller's thread, and appends are written at once but synced and reported only at the
+//! next [`Wal::sync`] (or truncate, purge or close), which the owner calls when it likes: group
+//! commit on the caller's schedule. The simulator's single-threaded runs need that to be a
+//! function of their seed, and a crash between the write and the sync is what tears a write.
 
-use crate::meta_file::sync_dir;
+use crate::disk::{Disk, DiskFile};
+use crate::planted::{self, Bug};
 use crate::StorageError;
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -39,6 +45,11 @@ pub struct WalOptions {
     pub segment_bytes_max: u64,
     /// Test seam: consulted before each write and sync of the writer thread.
     pub faults: Option<Arc<dyn IoFaults>>,
+    /// Where the segment files live.
+    pub disk: Arc<dyn Disk>,
+    /// Run every operation on the caller's thread instead of a writer thread; appends wait
+    /// for [`Wal::sync`].
+    pub inline: bool,
 }
 
 impl Default for WalOptions {
@@ -46,6 +57,8 @@ impl Default for WalOptions {
         WalOptions {
             segment_bytes_max: 64 * 1024 * 1024,
             faults: None,
+            disk: crate::disk::os(),
+            inline: false,
         }
     }
 }
@@ -55,6 +68,7 @@ impl std::fmt::Debug for WalOptions {
         f.debug_struct("WalOptions")
             .field("segment_bytes_max", &self.segment_bytes_max)
             .field("faults", &self.faults.is_some())
+            .field("inline", &self.inline)
             .finish()
     }
 }
@@ -103,6 +117,8 @@ enum Op {
         to: u64,
         done: mpsc::Sender<Result<Records, StorageError>>,
     },
+    /// Sync and report every append written so far.
+    Sync,
 }
 
 /// Handle to the log; cheap to share behind an `Arc`.
@@ -110,6 +126,8 @@ pub struct Wal {
     tx: Mutex<Option<mpsc::Sender<Op>>>,
     failed: Arc<Mutex<Option<String>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The writer itself, when operations run on the caller's thread.
+    inline: Option<Mutex<Writer>>,
 }
 
 struct Segment {
@@ -122,28 +140,30 @@ struct Writer {
     opts: WalOptions,
     segments: Vec<Segment>,
     /// The open last segment and its length.
-    active: Option<(File, u64)>,
+    active: Option<(Box<dyn DiskFile>, u64)>,
     /// index → (segment first index, byte offset of the record).
     offsets: BTreeMap<u64, (u64, u64)>,
     failed: Arc<Mutex<Option<String>>>,
+    /// Under the planted bug `ack-before-fsync`: appends were acknowledged without their sync.
+    sync_owed: bool,
+    /// Inline: appends written and waiting for [`Wal::sync`].
+    unsynced: Vec<AppendDone>,
 }
 
 impl Wal {
     /// Opens the log in `dir` (created if missing), recovering what is there.
     pub fn open(dir: &Path, opts: WalOptions) -> Result<(Wal, WalRecovery), StorageError> {
-        fs::create_dir_all(dir)?;
+        let disk = opts.disk.clone();
+        disk.create_dir_all(dir)?;
         let mut segs: Vec<Segment> = Vec::new();
-        for entry in fs::read_dir(dir)? {
-            let entry = entry?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
+        for name in disk.list(dir)? {
             if let Some(stem) = name.strip_suffix(".wal") {
                 let first = stem.parse::<u64>().map_err(|_| {
                     StorageError::Corrupt(format!("unexpected wal file name {name}"))
                 })?;
                 segs.push(Segment {
                     first,
-                    path: entry.path(),
+                    path: dir.join(&name),
                 });
             }
         }
@@ -155,14 +175,13 @@ impl Wal {
         let mut kept = Vec::new();
         for (i, seg) in segs.into_iter().enumerate() {
             let is_last = i + 1 == n;
-            let mut raw = Vec::new();
-            File::open(&seg.path)?.read_to_end(&mut raw)?;
+            let raw = disk.read(&seg.path)?;
             if (raw.len() as u64) < SEGMENT_HEADER_LEN {
                 if is_last {
                     // Torn while being created: nothing in it was ever acknowledged.
                     recovery.torn_bytes += raw.len() as u64;
-                    fs::remove_file(&seg.path)?;
-                    sync_dir(dir)?;
+                    disk.remove(&seg.path)?;
+                    disk.sync_dir(dir)?;
                     continue;
                 }
                 return Err(StorageError::Corrupt(format!(
@@ -207,7 +226,7 @@ impl Wal {
                             "cutting torn tail off the log"
                         );
                         recovery.torn_bytes += (raw.len() - pos) as u64;
-                        let f = OpenOptions::new().write(true).open(&seg.path)?;
+                        let mut f = disk.open(&seg.path, false)?;
                         f.set_len(pos as u64)?;
                         f.sync_all()?;
                         break;
@@ -219,11 +238,7 @@ impl Wal {
         // Records must be consecutive inside a segment; across segments a gap is allowed only
         // where the log was purged (for example after a snapshot was installed).
         let active = match kept.last() {
-            Some(seg) => {
-                let mut f = OpenOptions::new().read(true).write(true).open(&seg.path)?;
-                let len = f.seek(SeekFrom::End(0))?;
-                Some((f, len))
-            }
+            Some(seg) => Some((disk.open(&seg.path, false)?, disk.len(&seg.path)?)),
             None => None,
         };
         let failed = Arc::new(Mutex::new(None));
@@ -234,7 +249,18 @@ impl Wal {
             active,
             offsets,
             failed: failed.clone(),
+            sync_owed: false,
+            unsynced: Vec::new(),
         };
+        if writer.opts.inline {
+            let wal = Wal {
+                tx: Mutex::new(None),
+                failed,
+                thread: Mutex::new(None),
+                inline: Some(Mutex::new(writer)),
+            };
+            return Ok((wal, recovery));
+        }
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("c20-wal".into())
@@ -244,6 +270,7 @@ impl Wal {
                 tx: Mutex::new(Some(tx)),
                 failed,
                 thread: Mutex::new(Some(thread)),
+                inline: None,
             },
             recovery,
         ))
@@ -293,12 +320,30 @@ impl Wal {
             .map_err(|_| StorageError::Failed("log writer stopped".into()))?
     }
 
+    /// Syncs every append written so far and reports them. Only an inline log needs it: the
+    /// writer thread syncs each batch it writes.
+    pub fn sync(&self) {
+        let _ = self.send(Op::Sync);
+    }
+
     /// The error that stopped the log, if one did.
     pub fn failure(&self) -> Option<String> {
         self.failed.lock().expect("wal failure lock").clone()
     }
 
+    /// Whether operations run on the caller's thread (see [`WalOptions::inline`]).
+    pub fn is_inline(&self) -> bool {
+        self.inline.is_some()
+    }
+
     fn send(&self, op: Op) -> Result<(), mpsc::SendError<Op>> {
+        if let Some(writer) = &self.inline {
+            writer
+                .lock()
+                .expect("wal writer lock")
+                .handle_batch(vec![op]);
+            return Ok(());
+        }
         match self.tx.lock().expect("wal sender lock").as_ref() {
             Some(tx) => tx.send(op),
             None => Err(mpsc::SendError(op)),
@@ -307,6 +352,9 @@ impl Wal {
 
     /// Stops the writer after it finished everything queued.
     pub fn close(&self) {
+        if let Some(writer) = &self.inline {
+            writer.lock().expect("wal writer lock").sync_at_close();
+        }
         self.tx.lock().expect("wal sender lock").take();
         if let Some(t) = self.thread.lock().expect("wal thread lock").take() {
             let _ = t.join();
@@ -329,9 +377,17 @@ impl Writer {
             }
             self.handle_batch(batch);
         }
-        if let Some((f, _)) = &self.active {
-            let _ = f.sync_data();
+        self.sync_at_close();
+    }
+
+    fn sync_at_close(&mut self) {
+        let waiting = std::mem::take(&mut self.unsynced);
+        if waiting.is_empty() {
+            if let Some((f, _)) = &mut self.active {
+                let _ = f.sync_data();
+            }
         }
+        self.sync_and_report(waiting);
     }
 
     fn fail(&self, e: &StorageError) -> StorageError {
@@ -352,7 +408,12 @@ impl Writer {
     }
 
     fn handle_batch(&mut self, batch: Vec<Op>) {
-        let mut waiting: Vec<AppendDone> = Vec::new();
+        if std::mem::take(&mut self.sync_owed) {
+            // Under the planted bug `ack-before-fsync`: the last batch's sync, late.
+            let _ = self.sync_active();
+        }
+        let mut waiting = std::mem::take(&mut self.unsynced);
+        let mut sync = !self.opts.inline;
         for op in batch {
             match op {
                 Op::Append { records, done } => {
@@ -390,9 +451,14 @@ impl Writer {
                     let res = self.is_failed().map_or_else(|| self.read(from, to), Err);
                     let _ = done.send(res);
                 }
+                Op::Sync => sync = true,
             }
         }
-        self.sync_and_report(waiting);
+        if sync {
+            self.sync_and_report(waiting);
+        } else {
+            self.unsynced = waiting;
+        }
     }
 
     /// One fsync for every append written since the last one.
@@ -400,19 +466,29 @@ impl Writer {
         if waiting.is_empty() {
             return;
         }
-        let res = match &self.active {
-            Some((f, _)) => self
-                .before_sync()
-                .and_then(|()| f.sync_data())
-                .map_err(StorageError::from),
-            None => Ok(()),
-        };
+        if planted::active(Bug::AckBeforeFsync) {
+            // Acknowledged now, synced when the next operation comes.
+            self.sync_owed = true;
+            for done in waiting {
+                done(Ok(()));
+            }
+            return;
+        }
+        let res = self.sync_active();
         let res = match res {
             Ok(()) => self.is_failed().map_or(Ok(()), Err),
             Err(e) => Err(self.fail(&e)),
         };
         for done in waiting {
             done(res.clone());
+        }
+    }
+
+    fn sync_active(&mut self) -> Result<(), StorageError> {
+        self.before_sync()?;
+        match &mut self.active {
+            Some((f, _)) => Ok(f.sync_data()?),
+            None => Ok(()),
         }
     }
 
@@ -472,7 +548,7 @@ impl Writer {
             .active
             .as_mut()
             .expect("records are only buffered for an active segment");
-        f.write_all(buf)?;
+        f.append(buf)?;
         *len += buf.len() as u64;
         buf.clear();
         Ok(())
@@ -480,24 +556,17 @@ impl Writer {
 
     /// Closes the active segment durably and starts a new one whose first record is `first`.
     fn rotate(&mut self, first: u64) -> Result<(), StorageError> {
-        if let Some((f, _)) = &self.active {
-            self.before_sync()?;
-            f.sync_data()?;
-        }
+        self.sync_active()?;
+        let disk = self.opts.disk.clone();
         let path = self.dir.join(format!("{first:020}.wal"));
-        let mut f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)?;
+        let mut f = disk.open(&path, true)?;
         let mut header = Vec::with_capacity(SEGMENT_HEADER_LEN as usize);
         header.extend_from_slice(SEGMENT_MAGIC);
         header.push(SEGMENT_VERSION);
         header.push(0);
-        f.write_all(&header)?;
+        f.append(&header)?;
         f.sync_all()?;
-        sync_dir(&self.dir)?;
+        disk.sync_dir(&self.dir)?;
         self.segments.push(Segment { first, path });
         self.active = Some((f, SEGMENT_HEADER_LEN));
         Ok(())
@@ -535,30 +604,28 @@ impl Writer {
         keep_until: Option<u64>,
     ) -> Result<(), StorageError> {
         self.active = None;
+        let disk = self.opts.disk.clone();
         let remove_from = if keep_until.is_some() { pos + 1 } else { pos };
         for seg in self.segments.drain(remove_from..) {
-            fs::remove_file(&seg.path)?;
+            disk.remove(&seg.path)?;
         }
         if let Some(len) = keep_until {
             let seg = &self.segments[pos];
-            let f = OpenOptions::new().read(true).write(true).open(&seg.path)?;
+            let mut f = disk.open(&seg.path, false)?;
             f.set_len(len)?;
             f.sync_all()?;
         }
-        sync_dir(&self.dir)?;
+        disk.sync_dir(&self.dir)?;
         if keep_until.is_none() && pos == 0 {
             self.offsets.clear();
         }
         if let Some(seg) = self.segments.last() {
-            let mut f = OpenOptions::new().read(true).write(true).open(&seg.path)?;
-            let len = f.seek(SeekFrom::End(0))?;
-            self.active = Some((f, len));
+            self.active = Some((disk.open(&seg.path, false)?, disk.len(&seg.path)?));
         }
         Ok(())
     }
 
     fn read(&self, from: u64, to: u64) -> Result<Records, StorageError> {
-        use std::os::unix::fs::FileExt;
         let mut out = Vec::new();
         let Some(&first) = self.offsets.range(from..to).next().map(|(i, _)| i) else {
             return Ok(out);
@@ -581,7 +648,7 @@ impl Writer {
                 Some((_, &(f, off))) if f == seg_first => off,
                 _ => match (&self.active, next_seg_first) {
                     (Some((_, len)), None) => *len,
-                    _ => fs::metadata(&seg.path)?.len(),
+                    _ => self.opts.disk.len(&seg.path)?,
                 },
             };
             if end < start {
@@ -589,8 +656,10 @@ impl Writer {
                     "wal record {next} at offset {start} is past the segment's end {end}"
                 )));
             }
-            let mut buf = vec![0u8; (end - start) as usize];
-            File::open(&seg.path)?.read_exact_at(&mut buf, start)?;
+            let buf = self
+                .opts
+                .disk
+                .read_at(&seg.path, start, (end - start) as usize)?;
             let mut at = 0;
             while at < buf.len() && next < to {
                 let (index, payload, used) = decode_record(&buf[at..]).map_err(|e| {
@@ -627,10 +696,11 @@ impl Writer {
             return Ok(());
         }
         let next_first = self.segments[removable].first;
+        let disk = self.opts.disk.clone();
         for seg in self.segments.drain(..removable) {
-            fs::remove_file(&seg.path)?;
+            disk.remove(&seg.path)?;
         }
-        sync_dir(&self.dir)?;
+        disk.sync_dir(&self.dir)?;
         let keep = self.offsets.split_off(&next_first);
         self.offsets = keep;
         Ok(())

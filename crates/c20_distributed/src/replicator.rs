@@ -13,8 +13,10 @@ use c20_api::etcdserverpb::{
 use c20_api::mvccpb::KeyValue;
 use c20_api::{ConsistencyLevel, EtcdError};
 use c20_raft::consistency::PendingWrite;
+use c20_raft::log_store::LogStore;
+use c20_raft::state_machine::StateMachine;
 use c20_raft::{Command, LocalRouter, NodeId, PeerNode, RaftNode, RaftNodeConfig, Transport};
-use c20_storage::{WriteOp, WriteResult};
+use c20_storage::{CrashDamage, SimDisk, StorageError, WalOptions, WriteOp, WriteResult};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
@@ -102,10 +104,9 @@ struct Replica {
     id: NodeId,
     node: Option<Arc<RaftNode>>,
     /// The in-memory "disk" kept across a crash, when there is no directory.
-    disk: Option<(
-        c20_raft::log_store::LogStore,
-        c20_raft::state_machine::StateMachine,
-    )>,
+    disk: Option<(LogStore, StateMachine)>,
+    /// The simulated disk under the log, with [`Builder::sim_disk`].
+    sim: Option<SimDisk>,
 }
 
 struct Inner {
@@ -162,14 +163,22 @@ pub struct Builder {
     n: usize,
     r: usize,
     w: usize,
+    storage: Storage,
+}
+
+/// Where the replicas keep their state, and what a crash does to it.
+#[derive(Clone, Default)]
+struct Storage {
     dir: Option<PathBuf>,
     crash_loses_unsynced: bool,
+    /// Seed of the simulated disks under the logs.
+    sim_disk: Option<u64>,
 }
 
 impl Builder {
     /// Keep each replica's log and store under `dir/r<i>` instead of in memory.
     pub fn dir(mut self, dir: impl Into<PathBuf>) -> Builder {
-        self.dir = Some(dir.into());
+        self.storage.dir = Some(dir.into());
         self
     }
 
@@ -177,7 +186,17 @@ impl Builder {
     /// change since the replica's last checkpoint (the log, fsynced before any acknowledgement,
     /// survives). By default an in-memory crash keeps the store whole.
     pub fn crash_loses_unsynced(mut self) -> Builder {
-        self.crash_loses_unsynced = true;
+        self.storage.crash_loses_unsynced = true;
+        self
+    }
+
+    /// In memory, keep each replica's Raft log in the real WAL on a simulated disk
+    /// ([`SimDisk`], seeded from `seed`) instead of a log that cannot fail: the WAL syncs each
+    /// append a moment after writing it, and [`LocalReplicator::crash`] leaves the disk as a
+    /// power failure would (unsynced writes lost or torn), so a restart goes through the WAL's
+    /// recovery. [`LocalReplicator::disk_damage`] tells what the crashes did.
+    pub fn sim_disk(mut self, seed: u64) -> Builder {
+        self.storage.sim_disk = Some(seed);
         self
     }
 
@@ -212,6 +231,25 @@ fn put_op(key: &[u8], value: &[u8]) -> WriteOp {
         value: value.to_vec(),
         ..Default::default()
     })
+}
+
+/// Most bytes of a segment of a log on a simulated disk: small, so that runs rotate segments.
+const SIM_SEGMENT_BYTES: u64 = 64 << 10;
+/// Most bytes of entries a log on a simulated disk keeps in memory: small, so that followers
+/// behind and restarts read entries back from the WAL.
+const SIM_CACHE_BYTES: usize = 16 << 10;
+
+/// Opens (recovering) the log on a simulated disk.
+fn sim_log(disk: &SimDisk) -> Result<LogStore, StorageError> {
+    let opts = WalOptions {
+        segment_bytes_max: SIM_SEGMENT_BYTES,
+        disk: disk.mount(),
+        inline: true,
+        ..WalOptions::default()
+    };
+    let log = LogStore::open_with(std::path::Path::new("/raft"), opts)?;
+    log.set_cache_bytes_max(SIM_CACHE_BYTES);
+    Ok(log)
 }
 
 fn node_config(
@@ -253,17 +291,22 @@ fn peers_of(n: usize) -> BTreeMap<NodeId, PeerNode> {
 async fn start_replicas(
     peers: BTreeMap<NodeId, PeerNode>,
     router: Arc<LocalRouter>,
-    dir: Option<PathBuf>,
-    crash_loses_unsynced: bool,
+    storage: Storage,
 ) -> Result<Vec<Replica>, ConfigError> {
     let mut replicas = Vec::new();
     for &id in peers.keys() {
-        let cfg = node_config(&peers, id, &dir, &router);
+        let cfg = node_config(&peers, id, &storage.dir, &router);
+        let sim = storage
+            .sim_disk
+            .map(|seed| SimDisk::new(seed ^ id.wrapping_mul(0x9e37_79b9)));
         let res = if cfg.in_memory {
-            let log = c20_raft::log_store::LogStore::in_memory();
-            match c20_raft::state_machine::StateMachine::in_memory() {
-                Ok(sm) => {
-                    if crash_loses_unsynced {
+            let log = match &sim {
+                Some(disk) => sim_log(disk),
+                None => Ok(LogStore::in_memory()),
+            };
+            match log.and_then(|log| Ok((log, StateMachine::in_memory()?))) {
+                Ok((log, sm)) => {
+                    if storage.crash_loses_unsynced {
                         sm.shared().model_disk();
                     }
                     RaftNode::start_with(cfg, log.clone(), sm.clone())
@@ -280,6 +323,7 @@ async fn start_replicas(
                 id,
                 node: Some(node),
                 disk,
+                sim,
             }),
             Err(e) => return Err(ConfigError::Start(e.to_string())),
         }
@@ -309,8 +353,7 @@ impl LocalReplicator {
             n,
             r,
             w,
-            dir: None,
-            crash_loses_unsynced: false,
+            storage: Storage::default(),
         }
     }
 
@@ -324,12 +367,7 @@ impl LocalReplicator {
         let router = LocalRouter::new();
         let peers = peers_of(b.n);
         let (tx, rx) = std::sync::mpsc::channel();
-        let started = start_replicas(
-            peers.clone(),
-            router.clone(),
-            b.dir.clone(),
-            b.crash_loses_unsynced,
-        );
+        let started = start_replicas(peers.clone(), router.clone(), b.storage.clone());
         rt.spawn(async move {
             let _ = tx.send(started.await);
         });
@@ -349,13 +387,7 @@ impl LocalReplicator {
     async fn start_here(b: Builder) -> Result<LocalReplicator, ConfigError> {
         let router = LocalRouter::new();
         let peers = peers_of(b.n);
-        let replicas = start_replicas(
-            peers.clone(),
-            router.clone(),
-            b.dir.clone(),
-            b.crash_loses_unsynced,
-        )
-        .await?;
+        let replicas = start_replicas(peers.clone(), router.clone(), b.storage.clone()).await?;
         let rep = LocalReplicator::assemble(None, router, peers, replicas, b);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while rep.leader().is_none() && tokio::time::Instant::now() < deadline {
@@ -385,7 +417,7 @@ impl LocalReplicator {
                 r: b.r,
                 w: b.w,
                 peers,
-                dir: b.dir,
+                dir: b.storage.dir,
                 replicas: RwLock::new(replicas),
                 session: Arc::new(AtomicI64::new(0)),
                 next: AtomicUsize::new(0),
@@ -827,26 +859,45 @@ impl LocalReplicator {
         );
     }
 
-    /// Stops replica `i` abruptly (its storage stays, as a disk would).
+    /// Stops replica `i` abruptly (its storage stays, as a disk would; a simulated disk as a
+    /// power failure leaves it).
     pub async fn crash(&self, i: usize) {
-        let node = self.inner.replicas.write().expect("replicas lock")[i]
-            .node
-            .take();
+        let (node, sim) = {
+            let mut reps = self.inner.replicas.write().expect("replicas lock");
+            (reps[i].node.take(), reps[i].sim.clone())
+        };
         if let Some(node) = node {
             let _ = self
                 .run_owned(async move {
+                    // The power goes first, in the same step as the node stops taking calls:
+                    // what its teardown still writes (a last sync at close) fails.
+                    if let Some(sim) = sim {
+                        sim.crash();
+                    }
                     node.crash().await;
                     Ok(())
                 })
                 .await;
-            if let Some((log, sm)) = &self.inner.replicas.read().expect("replicas lock")[i].disk {
-                log.lose_unsynced();
+            let reps = self.inner.replicas.read().expect("replicas lock");
+            if let Some((_, sm)) = &reps[i].disk {
                 // Restoring the store's own checkpoint image fails only on a bug.
                 sm.shared()
                     .lose_unsynced()
                     .expect("a crashed replica returns to its last checkpoint");
             }
         }
+    }
+
+    /// What crashes did to the replicas' simulated disks (all zero without
+    /// [`Builder::sim_disk`]).
+    pub fn disk_damage(&self) -> CrashDamage {
+        let mut sum = CrashDamage::default();
+        for r in self.slots().iter() {
+            if let Some(sim) = &r.sim {
+                sum += sim.damage();
+            }
+        }
+        sum
     }
 
     /// Starts replica `i` again on its storage.
@@ -856,7 +907,12 @@ impl LocalReplicator {
             if reps[i].node.is_some() {
                 return Ok(());
             }
-            (reps[i].id, reps[i].disk.clone())
+            let mut disk = reps[i].disk.clone();
+            if let (Some(sim), Some((log, _))) = (&reps[i].sim, &mut disk) {
+                // The log comes back from what the crash left on the disk.
+                *log = sim_log(sim).map_err(|e| EtcdError::StorageFailed(e.to_string()))?;
+            }
+            (reps[i].id, disk)
         };
         let cfg = node_config(&self.inner.peers, id, &self.inner.dir, &self.inner.router);
         let node = self

@@ -1,0 +1,506 @@
+//! The file system under the WAL and the meta files, as a seam.
+//!
+//! [`OsDisk`] is the real one. [`SimDisk`] keeps files in memory and remembers what was synced:
+//! [`SimDisk::crash`] leaves it as a power failure would, with everything synced, a seeded
+//! prefix of what was not, and possibly the first unsynced write torn (cut short, or its length
+//! reached but its bytes zeros or garbage). Names behave like an ordered metadata journal:
+//! creates, renames, removals and directory creations survive a crash in the order they were
+//! made, up to a seeded point after the last [`Disk::sync_dir`], which commits them all.
+//! The simulator runs each replica's Raft log on one, so its crashes exercise the WAL's own
+//! recovery (torn tails cut, segments found by name) instead of a log that cannot fail.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// The file operations c20's own files need.
+pub trait Disk: Send + Sync + 'static {
+    /// Creates `dir` and its missing parents.
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
+    /// Names of the files directly in `dir`.
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>>;
+    /// The whole file; an error of kind `NotFound` when there is none.
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>>;
+    /// `len` bytes from `offset`; an error when the file is shorter.
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>>;
+    /// The file's length.
+    fn len(&self, path: &Path) -> io::Result<u64>;
+    /// Opens `path` for writing at its end; with `create`, created or emptied first.
+    fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn DiskFile>>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Makes creates, renames and removals in `dir` durable.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+}
+
+/// A file open for appending.
+pub trait DiskFile: Send {
+    /// Writes `buf` at the end of the file.
+    fn append(&mut self, buf: &[u8]) -> io::Result<()>;
+    /// Cuts (or extends) the file to `len`; later appends go to the new end.
+    fn set_len(&mut self, len: u64) -> io::Result<()>;
+    /// Makes the file's content durable (fdatasync).
+    fn sync_data(&mut self) -> io::Result<()>;
+    /// Makes the file's content and metadata durable (fsync).
+    fn sync_all(&mut self) -> io::Result<()>;
+}
+
+/// The operating system's file system.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OsDisk;
+
+/// The default disk: the real one.
+pub fn os() -> Arc<dyn Disk> {
+    Arc::new(OsDisk)
+}
+
+struct OsFile(File);
+
+impl Disk for OsDisk {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        fs::create_dir_all(dir)
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(dir)? {
+            names.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        Ok(names)
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        fs::read(path)
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; len];
+        File::open(path)?.read_exact_at(&mut buf, offset)?;
+        Ok(buf)
+    }
+
+    fn len(&self, path: &Path) -> io::Result<u64> {
+        Ok(fs::metadata(path)?.len())
+    }
+
+    fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn DiskFile>> {
+        let mut f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(create)
+            .open(path)?;
+        f.seek(SeekFrom::End(0))?;
+        Ok(Box::new(OsFile(f)))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
+    }
+}
+
+impl DiskFile for OsFile {
+    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.0.write_all(buf)
+    }
+
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)?;
+        self.0.seek(SeekFrom::End(0))?;
+        Ok(())
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn sync_all(&mut self) -> io::Result<()> {
+        self.0.sync_all()
+    }
+}
+
+/// What crashes did to a [`SimDisk`], summed over its life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CrashDamage {
+    pub crashes: u64,
+    /// Unsynced file writes (and truncations) that a crash undid.
+    pub writes_lost: u64,
+    /// Writes a crash left torn: cut short, or zeros or garbage where their bytes should be.
+    pub writes_torn: u64,
+    /// Creates, renames and removals a crash undid.
+    pub names_lost: u64,
+}
+
+impl std::ops::AddAssign for CrashDamage {
+    fn add_assign(&mut self, o: CrashDamage) {
+        self.crashes += o.crashes;
+        self.writes_lost += o.writes_lost;
+        self.writes_torn += o.writes_torn;
+        self.names_lost += o.names_lost;
+    }
+}
+
+/// An in-memory disk that a crash leaves as a power failure would (see the module's doc).
+/// Clones share the disk.
+#[derive(Clone)]
+pub struct SimDisk {
+    state: Arc<Mutex<SimState>>,
+}
+
+enum FileOp {
+    Write(Vec<u8>),
+    SetLen(u64),
+}
+
+#[derive(Default)]
+struct SimFile {
+    /// The content as of the last sync.
+    synced: Vec<u8>,
+    /// The content now.
+    data: Vec<u8>,
+    /// What changed `synced` into `data`, in order.
+    pending: Vec<FileOp>,
+}
+
+#[derive(Clone)]
+enum NameOp {
+    Mkdir(PathBuf),
+    Link(PathBuf, u64),
+    Unlink(PathBuf),
+}
+
+#[derive(Default, Clone)]
+struct Names {
+    dirs: BTreeSet<PathBuf>,
+    files: BTreeMap<PathBuf, u64>,
+}
+
+impl Names {
+    fn apply(&mut self, op: &NameOp) {
+        match op {
+            NameOp::Mkdir(d) => {
+                self.dirs.insert(d.clone());
+            }
+            NameOp::Link(p, id) => {
+                self.files.insert(p.clone(), *id);
+            }
+            NameOp::Unlink(p) => {
+                self.files.remove(p);
+            }
+        }
+    }
+}
+
+#[derive(Default)]
+struct SimState {
+    /// Bumped by every crash: handles from before it fail.
+    generation: u64,
+    rng: u64,
+    files: BTreeMap<u64, SimFile>,
+    next_file: u64,
+    names: Names,
+    /// The names as of the last `sync_dir`.
+    synced_names: Names,
+    /// What changed `synced_names` into `names`, in order.
+    pending_names: Vec<NameOp>,
+    damage: CrashDamage,
+}
+
+impl SimState {
+    fn below(&mut self, n: usize) -> usize {
+        (crate::splitmix(&mut self.rng) % n as u64) as usize
+    }
+
+    fn name_op(&mut self, op: NameOp) {
+        self.names.apply(&op);
+        self.pending_names.push(op);
+    }
+
+    fn file_of(&self, path: &Path) -> io::Result<u64> {
+        self.names.files.get(path).copied().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{}: no such file", path.display()),
+            )
+        })
+    }
+
+    fn data(&self, path: &Path) -> io::Result<&Vec<u8>> {
+        let id = self.file_of(path)?;
+        Ok(&self.files[&id].data)
+    }
+}
+
+fn gone() -> io::Error {
+    io::Error::other("the simulated disk crashed under this handle")
+}
+
+impl SimDisk {
+    /// An empty disk whose crashes choose what survives from `seed`.
+    pub fn new(seed: u64) -> SimDisk {
+        let state = SimState {
+            rng: seed,
+            ..SimState::default()
+        };
+        SimDisk {
+            state: Arc::new(Mutex::new(state)),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, SimState> {
+        self.state.lock().expect("sim disk lock")
+    }
+
+    /// A handle to the disk as it is now. It fails every operation after the next crash, as the
+    /// process that held it would be gone.
+    pub fn mount(&self) -> Arc<dyn Disk> {
+        Arc::new(SimMount {
+            disk: self.clone(),
+            generation: self.lock().generation,
+        })
+    }
+
+    /// A power failure: every file keeps what was synced and a seeded prefix of its unsynced
+    /// writes, the first write past that prefix possibly torn; the names keep a seeded prefix of
+    /// the changes since the last directory sync. Handles from before fail from now on.
+    pub fn crash(&self) {
+        let mut st = self.lock();
+        st.generation += 1;
+        st.damage.crashes += 1;
+        let ids: Vec<u64> = st.files.keys().copied().collect();
+        for id in ids {
+            let pending = std::mem::take(&mut st.files.get_mut(&id).expect("listed").pending);
+            let kept = st.below(pending.len() + 1);
+            let tear = kept < pending.len() && st.below(2) == 0;
+            let mut data = st.files[&id].synced.clone();
+            for op in &pending[..kept] {
+                match op {
+                    FileOp::Write(buf) => data.extend_from_slice(buf),
+                    FileOp::SetLen(len) => data.resize(*len as usize, 0),
+                }
+            }
+            if tear {
+                if let FileOp::Write(buf) = &pending[kept] {
+                    let cut = st.below(buf.len().max(1));
+                    data.extend_from_slice(&buf[..cut]);
+                    // The length reached the disk, the bytes did not (all of them): zeros, or
+                    // whatever the sectors held before.
+                    match st.below(3) {
+                        0 => {}
+                        1 => data.resize(data.len() + buf.len() - cut, 0),
+                        _ => {
+                            for _ in cut..buf.len() {
+                                let b = crate::splitmix(&mut st.rng) as u8;
+                                data.push(b);
+                            }
+                        }
+                    }
+                    st.damage.writes_torn += 1;
+                }
+            }
+            st.damage.writes_lost += (pending.len() - kept) as u64;
+            let f = st.files.get_mut(&id).expect("listed");
+            f.synced = data.clone();
+            f.data = data;
+        }
+        let pending = std::mem::take(&mut st.pending_names);
+        let kept = st.below(pending.len() + 1);
+        let mut names = st.synced_names.clone();
+        for op in &pending[..kept] {
+            names.apply(op);
+        }
+        st.damage.names_lost += (pending.len() - kept) as u64;
+        let live: BTreeSet<u64> = names.files.values().copied().collect();
+        st.files.retain(|id, _| live.contains(id));
+        st.synced_names = names.clone();
+        st.names = names;
+    }
+
+    /// What crashes did to this disk so far.
+    pub fn damage(&self) -> CrashDamage {
+        self.lock().damage
+    }
+}
+
+struct SimMount {
+    disk: SimDisk,
+    generation: u64,
+}
+
+impl SimMount {
+    fn lock(&self) -> io::Result<std::sync::MutexGuard<'_, SimState>> {
+        let st = self.disk.lock();
+        if st.generation == self.generation {
+            Ok(st)
+        } else {
+            Err(gone())
+        }
+    }
+}
+
+struct SimHandle {
+    disk: SimDisk,
+    generation: u64,
+    id: u64,
+}
+
+impl SimHandle {
+    fn with<T>(&self, f: impl FnOnce(&mut SimFile) -> T) -> io::Result<T> {
+        let mut st = self.disk.lock();
+        if st.generation != self.generation {
+            return Err(gone());
+        }
+        match st.files.get_mut(&self.id) {
+            Some(file) => Ok(f(file)),
+            None => Err(gone()),
+        }
+    }
+}
+
+impl Disk for SimMount {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        let mut st = self.lock()?;
+        for d in dir.ancestors() {
+            if !d.as_os_str().is_empty() && !st.names.dirs.contains(d) {
+                st.name_op(NameOp::Mkdir(d.to_path_buf()));
+            }
+        }
+        Ok(())
+    }
+
+    fn list(&self, dir: &Path) -> io::Result<Vec<String>> {
+        let st = self.lock()?;
+        if !st.names.dirs.contains(dir) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{}: no such directory", dir.display()),
+            ));
+        }
+        Ok(st
+            .names
+            .files
+            .keys()
+            .filter(|p| p.parent() == Some(dir))
+            .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .collect())
+    }
+
+    fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
+        Ok(self.lock()?.data(path)?.clone())
+    }
+
+    fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let st = self.lock()?;
+        let data = st.data(path)?;
+        let from = offset as usize;
+        match data.get(from..from + len) {
+            Some(bytes) => Ok(bytes.to_vec()),
+            None => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("{}: read past the end", path.display()),
+            )),
+        }
+    }
+
+    fn len(&self, path: &Path) -> io::Result<u64> {
+        Ok(self.lock()?.data(path)?.len() as u64)
+    }
+
+    fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn DiskFile>> {
+        let mut st = self.lock()?;
+        let id = match (st.file_of(path), create) {
+            (Ok(id), false) => id,
+            (Ok(id), true) => {
+                let f = st.files.get_mut(&id).expect("named files exist");
+                f.data.clear();
+                f.pending.push(FileOp::SetLen(0));
+                id
+            }
+            (Err(e), false) => return Err(e),
+            (Err(_), true) => {
+                let parent = path.parent().unwrap_or(Path::new(""));
+                if !st.names.dirs.contains(parent) {
+                    return Err(io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!("{}: no such directory", parent.display()),
+                    ));
+                }
+                let id = st.next_file;
+                st.next_file += 1;
+                st.files.insert(id, SimFile::default());
+                st.name_op(NameOp::Link(path.to_path_buf(), id));
+                id
+            }
+        };
+        Ok(Box::new(SimHandle {
+            disk: self.disk.clone(),
+            generation: self.generation,
+            id,
+        }))
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        let mut st = self.lock()?;
+        let id = st.file_of(from)?;
+        st.name_op(NameOp::Link(to.to_path_buf(), id));
+        st.name_op(NameOp::Unlink(from.to_path_buf()));
+        Ok(())
+    }
+
+    fn remove(&self, path: &Path) -> io::Result<()> {
+        let mut st = self.lock()?;
+        st.file_of(path)?;
+        st.name_op(NameOp::Unlink(path.to_path_buf()));
+        Ok(())
+    }
+
+    fn sync_dir(&self, _dir: &Path) -> io::Result<()> {
+        // One journal for the whole disk: a commit makes every name change durable.
+        let mut st = self.lock()?;
+        st.pending_names.clear();
+        st.synced_names = st.names.clone();
+        Ok(())
+    }
+}
+
+impl DiskFile for SimHandle {
+    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+        self.with(|f| {
+            f.data.extend_from_slice(buf);
+            f.pending.push(FileOp::Write(buf.to_vec()));
+        })
+    }
+
+    fn set_len(&mut self, len: u64) -> io::Result<()> {
+        self.with(|f| {
+            f.data.resize(len as usize, 0);
+            f.pending.push(FileOp::SetLen(len));
+        })
+    }
+
+    fn sync_data(&mut self) -> io::Result<()> {
+        self.with(|f| {
+            f.synced = f.data.clone();
+            f.pending.clear();
+        })
+    }
+
+    fn sync_all(&mut self) -> io::Result<()> {
+        self.sync_data()
+    }
+}
+
+#[cfg(test)]
+#[path = "disk_test.rs"]
+mod disk_test;

@@ -1,0 +1,118 @@
+use super::*;
+
+/// A disk with `/d/f` holding `synced` (synced, name committed) and then `unsynced` appended
+/// in `writes` separate writes, not synced.
+fn disk_with(seed: u64, synced: &[u8], unsynced: &[&[u8]]) -> (SimDisk, Arc<dyn Disk>) {
+    let sim = SimDisk::new(seed);
+    let disk = sim.mount();
+    disk.create_dir_all(Path::new("/d")).unwrap();
+    let mut f = disk.open(Path::new("/d/f"), true).unwrap();
+    f.append(synced).unwrap();
+    f.sync_data().unwrap();
+    disk.sync_dir(Path::new("/d")).unwrap();
+    for w in unsynced {
+        f.append(w).unwrap();
+    }
+    (sim, disk)
+}
+
+#[test]
+fn synced_bytes_survive_and_unsynced_ones_are_lost_kept_or_torn() {
+    let (mut kept_all, mut lost_some, mut torn) = (0, 0, 0);
+    for seed in 0..300 {
+        let (sim, _) = disk_with(seed, b"durable|", &[b"one|", b"two|", b"three|"]);
+        sim.crash();
+        let raw = sim.mount().read(Path::new("/d/f")).unwrap();
+        assert!(raw.starts_with(b"durable|"), "seed {seed}: {raw:?}");
+        let tail = &raw[8..];
+        let whole = b"one|two|three|";
+        if tail == whole {
+            kept_all += 1;
+        } else if whole.starts_with(tail) && [0, 4, 8].contains(&tail.len()) {
+            lost_some += 1;
+        } else {
+            // A write cut short, or its length reached with zeros or garbage for bytes: the
+            // writes before it are whole.
+            torn += 1;
+            let d = sim.damage();
+            assert_eq!(d.writes_torn, 1, "seed {seed}: {tail:?}");
+        }
+    }
+    assert!(
+        kept_all > 0 && lost_some > 0 && torn > 0,
+        "{kept_all} {lost_some} {torn}"
+    );
+}
+
+#[test]
+fn a_sync_makes_everything_before_it_durable() {
+    for seed in 0..50 {
+        let (sim, disk) = disk_with(seed, b"a", &[b"b", b"c"]);
+        let mut f = disk.open(Path::new("/d/f"), false).unwrap();
+        f.sync_data().unwrap();
+        sim.crash();
+        assert_eq!(sim.mount().read(Path::new("/d/f")).unwrap(), b"abc");
+    }
+}
+
+#[test]
+fn names_survive_in_the_order_they_were_made_until_a_directory_sync() {
+    let mut outcomes = BTreeSet::new();
+    for seed in 0..200 {
+        let (sim, disk) = disk_with(seed, b"x", &[]);
+        for name in ["/d/1", "/d/2", "/d/3"] {
+            let mut f = disk.open(Path::new(name), true).unwrap();
+            f.sync_all().unwrap();
+        }
+        disk.rename(Path::new("/d/f"), Path::new("/d/g")).unwrap();
+        sim.crash();
+        let mut names = sim.mount().list(Path::new("/d")).unwrap();
+        names.sort();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        // A prefix of: create 1, create 2, create 3, link g, unlink f.
+        let expect: [&[&str]; 6] = [
+            &["f"],
+            &["1", "f"],
+            &["1", "2", "f"],
+            &["1", "2", "3", "f"],
+            &["1", "2", "3", "f", "g"],
+            &["1", "2", "3", "g"],
+        ];
+        assert!(expect.contains(&names.as_slice()), "seed {seed}: {names:?}");
+        outcomes.insert(names.join(","));
+    }
+    assert_eq!(outcomes.len(), 6, "{outcomes:?}");
+    // A directory sync commits every name change.
+    let (sim, disk) = disk_with(7, b"x", &[]);
+    disk.rename(Path::new("/d/f"), Path::new("/d/g")).unwrap();
+    disk.sync_dir(Path::new("/d")).unwrap();
+    sim.crash();
+    assert_eq!(sim.mount().list(Path::new("/d")).unwrap(), vec!["g"]);
+    assert_eq!(sim.mount().read(Path::new("/d/g")).unwrap(), b"x");
+}
+
+#[test]
+fn handles_from_before_a_crash_fail() {
+    let (sim, disk) = disk_with(1, b"x", &[]);
+    let mut f = disk.open(Path::new("/d/f"), false).unwrap();
+    sim.crash();
+    assert!(f.append(b"late").is_err());
+    assert!(f.sync_data().is_err());
+    assert!(disk.read(Path::new("/d/f")).is_err());
+    assert!(disk.remove(Path::new("/d/f")).is_err());
+    assert_eq!(sim.mount().read(Path::new("/d/f")).unwrap(), b"x");
+}
+
+#[test]
+fn missing_files_and_directories_are_not_found() {
+    let sim = SimDisk::new(1);
+    let disk = sim.mount();
+    let kind = |r: io::Result<Vec<u8>>| r.unwrap_err().kind();
+    assert_eq!(kind(disk.read(Path::new("/nope"))), io::ErrorKind::NotFound);
+    assert!(disk.open(Path::new("/no/dir/f"), true).is_err());
+    assert_eq!(
+        disk.list(Path::new("/no")).unwrap_err().kind(),
+        io::ErrorKind::NotFound
+    );
+    assert!(disk.read_at(Path::new("/nope"), 0, 1).is_err());
+}
