@@ -13,12 +13,14 @@ use c20_api::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse,
 };
 use c20_api::EtcdError;
+use c20_storage::planted::{self, Bug};
 use c20_storage::{WriteOp, WriteResult};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+use tokio::time::Instant;
 
 /// The largest TTL a lease may be granted with, in seconds (etcd's `MaxLeaseTTL`).
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
@@ -155,11 +157,10 @@ impl Lessor {
     }
 
     /// A lease id for a grant that named none: 16 bits of the member id, 40 bits of the
-    /// millisecond clock, 8 bits of a counter (as etcd builds them), never 0 or negative.
-    fn next_id(&self, member: u64) -> i64 {
-        let ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+    /// wall clock's milliseconds `ms`, 8 bits of a counter (as etcd builds them), never 0 or
+    /// negative. A clock stepped back may repeat an id: the grant then fails with `LeaseExist`
+    /// and is retried with the next.
+    fn next_id(&self, member: u64, ms: u64) -> i64 {
         let seq = self.id_seq.fetch_add(1, Ordering::Relaxed);
         let suffix = ((ms & 0xff_ffff_ffff) << 8).wrapping_add(seq) & 0xffff_ffff_ffff;
         let id = (((member & 0xffff) << 48) | suffix) & (i64::MAX as u64);
@@ -188,7 +189,8 @@ impl RaftNode {
         let mut attempts = 0;
         loop {
             let chosen = if id == 0 {
-                self.lessor.next_id(self.id())
+                self.lessor
+                    .next_id(self.id(), self.wall_clock.unix_millis())
             } else {
                 id
             };
@@ -216,6 +218,21 @@ impl RaftNode {
             WriteResult::LeaseRevoke(r) => Ok(r),
             _ => Err(EtcdError::Internal("unexpected reply to revoke".into())),
         }
+    }
+
+    /// Proposes the revoke of lease `id`, found expired while leading in `term`, here and only
+    /// if this node still leads in `term`. Never forwarded: a successor restarted every
+    /// lease's clock and may have renewed this one since, so the revoke would end a lease
+    /// within the TTL its last keep-alive promised (the simulator's lease check found that).
+    /// Once appended here in `term`, the entry either commits, and then every later leader
+    /// applies it before it answers a keep-alive (see `lease_as_leader`), or is dropped.
+    async fn revoke_expired(&self, id: i64, term: u64) -> Result<(), EtcdError> {
+        if self.term() != term || !self.is_leader() {
+            return Err(EtcdError::NotLeader);
+        }
+        let op = WriteOp::LeaseRevoke(LeaseRevokeRequest { id });
+        let (reply, _) = self.propose_as_leader(Command::from_op(&op)).await?;
+        reply.into_result().map(|_| ())
     }
 
     /// Keeps lease `id` alive: answers its TTL, or 0 when it does not exist.
@@ -256,17 +273,24 @@ impl RaftNode {
         if !self.is_leader() {
             return Err(EtcdError::NotLeader);
         }
+        // First confirm the leadership with a quorum and apply everything committed before.
+        // Without it, a deposed leader that has not noticed yet would renew a lease the new
+        // leader expires on its own clock; and a new leader would renew a lease whose revoke
+        // its predecessor proposed (the lease's time had run out) and which is committed but
+        // not applied here: both acknowledge a keep-alive and then the lease is gone within its
+        // TTL (the simulator's lease check found the second).
+        if !planted::active(Bug::KeepAliveWithoutReadBarrier) {
+            self.read_barrier_as_leader().await?;
+        }
+        if self.term() != term || !self.is_leader() {
+            return Err(EtcdError::NotLeader);
+        }
         // A keep-alive needs the TTL only; the attached keys are copied for time-to-live alone.
         let look = |s: &c20_storage::MvccStore| match ask {
             LeaseAsk::Renew(_) => s.lease_ttl(id).map(|ttl| (ttl, Vec::new())),
             LeaseAsk::TimeToLive(_) => s.lease(id),
         };
-        let mut lease = self.state().read(look);
-        if lease.is_none() {
-            // A grant this leader committed may not be applied here yet.
-            self.read_barrier().await?;
-            lease = self.state().read(look);
-        }
+        let lease = self.state().read(look);
         let now = Instant::now();
         Ok(match (ask, lease) {
             (LeaseAsk::Renew(_), None) => LeaseAnswer::Renewed { ttl: 0 },
@@ -302,8 +326,9 @@ impl RaftNode {
                     continue;
                 }
                 let leases = node.leases();
+                let term = node.term();
                 let expired = node.lessor.check(
-                    node.term(),
+                    term,
                     &leases,
                     Instant::now(),
                     node.election_timeout(),
@@ -312,7 +337,7 @@ impl RaftNode {
                 for id in expired {
                     let node = node.clone();
                     tokio::spawn(async move {
-                        match node.lease_revoke(id).await {
+                        match node.revoke_expired(id, term).await {
                             Ok(_) => {
                                 tracing::debug!(lease = %format!("{id:016x}"), "lease expired")
                             }
@@ -399,7 +424,9 @@ mod tests {
             5,
             "a forgotten lease has no clock"
         );
-        let ids: std::collections::HashSet<i64> = (0..1000).map(|_| l.next_id(u64::MAX)).collect();
+        let ids: std::collections::HashSet<i64> = (0..1000)
+            .map(|_| l.next_id(u64::MAX, 1_767_225_600_000))
+            .collect();
         assert_eq!(ids.len(), 1000);
         assert!(ids.iter().all(|id| *id > 0));
     }

@@ -5,6 +5,7 @@
 //! MVCC store ([`state_machine`]), and peers talk over gRPC ([`network`]).
 
 pub mod batcher;
+pub mod clock;
 pub mod consistency;
 pub mod lease;
 pub mod log_store;

@@ -8,6 +8,7 @@
 //!   waits until it applied it).
 
 use crate::batcher::{BatchConfig, Batcher, ProposalCounts};
+use crate::clock::WallClock;
 use crate::lease::Lessor;
 use crate::log_store::LogStore;
 use crate::membership::{ask_peer, AskFailed, PeerAnswer, PeerAsk};
@@ -85,6 +86,8 @@ pub struct RaftNodeConfig {
     pub read_coalescing: bool,
     /// The cluster's id (etcd's), which this member tells a joining member.
     pub cluster_id: u64,
+    /// The wall clock lease ids are made from (see [`crate::clock`]).
+    pub wall_clock: Arc<WallClock>,
 }
 
 impl RaftNodeConfig {
@@ -111,6 +114,7 @@ impl RaftNodeConfig {
             apply_threads: default_apply_threads(),
             read_coalescing: true,
             cluster_id: 0,
+            wall_clock: WallClock::system(),
         }
     }
 }
@@ -189,6 +193,7 @@ pub struct RaftNode {
     crashed: std::sync::atomic::AtomicBool,
     pub(crate) removed_notify: tokio::sync::Notify,
     pub(crate) lessor: Lessor,
+    pub(crate) wall_clock: Arc<WallClock>,
     peers: Mutex<HashMap<NodeId, PeerClient<Channel>>>,
     forwarders: Mutex<HashMap<NodeId, ForwardQueue>>,
     /// The snapshot transfer being received, if any (a newer one replaces it).
@@ -296,6 +301,7 @@ impl RaftNode {
                 .then(|| (tokio::sync::Mutex::new(()), AtomicU64::new(0))),
             removed_notify: tokio::sync::Notify::new(),
             lessor: Lessor::default(),
+            wall_clock: cfg.wall_clock.clone(),
             peers: Mutex::new(HashMap::new()),
             forwarders: Mutex::new(HashMap::new()),
         });
@@ -941,12 +947,25 @@ impl RaftNode {
                 Err(e) => return Err(e),
             }
         };
+        self.wait_applied(index, deadline).await.map(|()| index)
+    }
+
+    /// [`RaftNode::read_barrier`] answered by this node alone, as the leader: its leadership
+    /// confirmed by a quorum after the call, and everything committed before applied here.
+    /// [`EtcdError::NotLeader`] when it does not lead.
+    pub(crate) async fn read_barrier_as_leader(&self) -> Result<(), EtcdError> {
+        let deadline = Instant::now() + self.request_timeout;
+        let index = self.read_index_as_leader().await?;
+        self.wait_applied(index, deadline).await
+    }
+
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), EtcdError> {
         let left = deadline.saturating_duration_since(Instant::now());
         self.raft
             .wait(Some(left))
             .applied_index_at_least(Some(index), "read barrier")
             .await
-            .map(|_| index)
+            .map(|_| ())
             .map_err(|_| EtcdError::Timeout)
     }
 

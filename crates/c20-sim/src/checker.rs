@@ -138,6 +138,8 @@ pub struct Checked {
     pub session_reads: usize,
     /// What the watch checks covered (see [`crate::watch_check`]).
     pub watch: crate::watch_check::WatchChecked,
+    /// What the lease checks covered (see [`crate::lease_check`]).
+    pub lease: crate::lease_check::LeaseChecked,
 }
 
 /// Checks revisions, then sessions, then every key; returns the first problem found (keys in

@@ -7,7 +7,10 @@
 //!   "maybe happened", never dropped.
 //! - [`watch_check::check_watches`]: do the watchers' streams keep etcd's watch guarantees,
 //!   agree with each other and with the clients' calls?
+//! - [`lease_check::check_leases`]: do leases live as long as their keep-alives promised, and
+//!   expire once let lapse?
 
 pub mod checker;
+pub mod lease_check;
 pub mod run;
 pub mod watch_check;

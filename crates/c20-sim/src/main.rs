@@ -111,6 +111,7 @@ fn main() {
     let mut session_reads = 0usize;
     let mut watch = c20_sim::watch_check::WatchChecked::default();
     let mut disk = c20_distributed::CrashDamage::default();
+    let mut leases = c20_sim::lease_check::LeaseChecked::default();
     let mut seed = a.first;
     loop {
         let more = match budget {
@@ -144,6 +145,7 @@ fn main() {
             undecided += c.undecided;
             session_reads += c.session_reads;
             watch += c.watch;
+            leases += c.lease;
         }
         if let Err(v) = result {
             violations += 1;
@@ -185,6 +187,11 @@ fn main() {
         "{} watch events over {} revisions agreed with the calls ({} watch resumptions; {} writes \
          whose outcome the client never learned were shown applied)",
         watch.events, watch.revisions, watch.resumes, watch.unknown_writes_applied
+    );
+    println!(
+        "{} leases kept their promises ({} reads and keep-alives held to one; {} seen to expire \
+         once let lapse)",
+        leases.leases, leases.promised_calls, leases.lapsed
     );
     println!(
         "{} crashes left the logs' simulated disks with {} unsynced writes lost, {} torn and {} \

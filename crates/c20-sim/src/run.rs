@@ -9,9 +9,13 @@
 //! and leaves its Raft log's simulated disk as a power failure would: unsynced writes lost or
 //! torn, so every restart recovers the real WAL from what is left.
 //! Watchers follow every key meanwhile. The whole run is one thread and a simulated clock
-//! seeded by the seed, so a seed replays exactly (see [`run`]).
+//! seeded by the seed, so a seed replays exactly (see [`run`]). A lease client holds a lease
+//! with a key of its own, keeps it alive through replicas of its choosing, reads the key,
+//! revokes the lease now and then, and lets it lapse at the end, while the fault task also
+//! steps replicas' wall clocks back and forth (see [`crate::lease_check`]).
 
 use crate::checker::{check, Checked, Kind, Op, Value, Violation};
+use crate::lease_check::{check_leases, LeaseCall, LeaseKind, LAPSE_WITHIN};
 use crate::watch_check::{check_watches, Delivery, Seen, WatchLog};
 use c20_distributed::api::etcdserverpb::{request_op, PutRequest, RequestOp, TxnRequest};
 use c20_distributed::api::mvccpb::event::EventType;
@@ -29,6 +33,8 @@ pub struct RunConfig {
     pub keys: usize,
     /// Watchers of every key from revision 1, checked against each other and the calls.
     pub watchers: usize,
+    /// Clients that each hold a lease with a key attached (see [`crate::lease_check`]).
+    pub lease_clients: usize,
     pub write_level: ConsistencyLevel,
     pub read_level: ConsistencyLevel,
     /// Whether the fault task runs.
@@ -51,6 +57,7 @@ impl Default for RunConfig {
             ops_per_client: 60,
             keys: 3,
             watchers: 2,
+            lease_clients: 1,
             write_level: ConsistencyLevel::Quorum,
             read_level: ConsistencyLevel::Strong,
             faults: true,
@@ -198,6 +205,13 @@ async fn inject_faults(
                 power_failure(&rep, &failures).await;
                 down.clear();
             }
+            // A wall-clock step on one replica, up to an hour either way (NTP, `date -s`):
+            // only lease ids read that clock, and leases must keep their promises.
+            16 => {
+                let by_ms = 1 + rng.below(3_600_000) as i64;
+                let by_ms = if rng.below(2) == 0 { by_ms } else { -by_ms };
+                rep.step_wall_clock(rng.below(n), by_ms);
+            }
             _ => {
                 if let Some(i) = down.pop() {
                     restart(&rep, i, &failures).await;
@@ -322,6 +336,229 @@ async fn client(
     }
 }
 
+/// The key of lease client `l`: in the watched range, apart from the other clients' keys.
+fn lease_key(l: usize) -> Vec<u8> {
+    format!("key-lease{l}").into_bytes()
+}
+
+/// The TTL a lease client asks for; the cluster raises it to its minimum (one and a half
+/// election timeouts: 1 s here).
+const LEASE_TTL: i64 = 1;
+
+/// Calls of a lease client under the faults, 50 to 300 ms apart: about five TTLs.
+const LEASE_STEPS: usize = 30;
+
+/// A txn that puts `value` under `key` attached to `lease`.
+fn put_with_lease(key: &[u8], value: &[u8], lease: i64) -> TxnRequest {
+    TxnRequest {
+        success: vec![RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: key.to_vec(),
+                value: value.to_vec(),
+                lease,
+                ..Default::default()
+            })),
+        }],
+        ..Default::default()
+    }
+}
+
+/// What a lease client shares with the run.
+struct LeaseRun {
+    rep: LocalReplicator,
+    clock: Arc<AtomicU64>,
+    history: Arc<Mutex<Vec<Op>>>,
+    began: tokio::time::Instant,
+    client: usize,
+    key: Vec<u8>,
+    calls: Vec<LeaseCall>,
+    rng: Rng,
+    /// The lease held now: its number among the client's grants, and its id.
+    lease: Option<(usize, i64)>,
+    grants: usize,
+}
+
+impl LeaseRun {
+    fn record(&mut self, lease: usize, kind: LeaseKind, call: Duration) {
+        self.calls.push(LeaseCall {
+            client: self.client,
+            lease,
+            kind,
+            call,
+            ret: self.began.elapsed(),
+        });
+    }
+
+    fn push_op(&self, kind: Kind, call: u64, ret: Option<u64>, revision: Option<i64>) {
+        self.history.lock().expect("history lock").push(Op {
+            client: self.client,
+            key: self.key.clone(),
+            kind,
+            call,
+            ret,
+            revision,
+            session: false,
+            served: None,
+        });
+    }
+
+    fn tick(&self) -> u64 {
+        self.clock.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// Grants lease number `n` through replica `i` and attaches the key to it.
+    async fn grant(&mut self, n: usize, i: usize) -> Option<i64> {
+        let (call, at) = (self.tick(), self.began.elapsed());
+        let (id, ttl) = within(self.rep.lease_grant_via(i, LEASE_TTL)).await.ok()?;
+        self.record(n, LeaseKind::Granted { ttl }, at);
+        // From its grant on, the lease may expire and delete the key: a delete whose outcome
+        // is unknown, for the key-value checks.
+        self.push_op(Kind::Delete, call, None, None);
+        let value = format!("lease{}-{n}", self.client).into_bytes();
+        let (call, at) = (self.tick(), self.began.elapsed());
+        let txn = put_with_lease(&self.key, &value, id);
+        match within(self.rep.txn(txn, ConsistencyLevel::Quorum)).await {
+            Ok(r) => {
+                let revision = r.header.map(|h| h.revision);
+                self.push_op(Kind::Put(value), call, Some(self.tick()), revision);
+                self.record(n, LeaseKind::Attached, at);
+            }
+            Err(_) => self.push_op(Kind::Put(value), call, None, None),
+        }
+        Some(id)
+    }
+
+    /// A linearizable read of the key, through replica `i` or the leader.
+    async fn read(&mut self, via: Option<usize>) -> Option<bool> {
+        let call = self.tick();
+        let res = match via {
+            Some(i) => {
+                within(
+                    self.rep
+                        .read_result_from(i, &self.key, ConsistencyLevel::Strong),
+                )
+                .await
+            }
+            None => within(self.rep.read_result(&self.key, ConsistencyLevel::Strong)).await,
+        };
+        match res {
+            Ok(r) => {
+                let revision = r.kv.as_ref().map(|kv| kv.mod_revision);
+                let present = r.kv.is_some();
+                self.history.lock().expect("history lock").push(Op {
+                    client: self.client,
+                    key: self.key.clone(),
+                    kind: Kind::Get(r.kv.map(|kv| kv.value)),
+                    call,
+                    ret: Some(self.tick()),
+                    revision,
+                    session: false,
+                    served: Some((r.replica, r.revision)),
+                });
+                Some(present)
+            }
+            Err(_) => None,
+        }
+    }
+}
+
+/// A lease client's calls under the faults: `steps` of them.
+async fn lease_client(mut lr: LeaseRun, steps: usize, run_name: String) -> LeaseRun {
+    let n_replicas = lr.rep.replicas();
+    let (mut rng, mut lease, mut grants) = (lr.rng.clone(), lr.lease, lr.grants);
+    for _ in 0..steps {
+        if !panics_of(&run_name).is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50 + rng.below(250) as u64)).await;
+        // Each call goes through a replica the client picked, as a client connected to one
+        // endpoint: an isolated old leader gets asked too.
+        let i = rng.below(n_replicas);
+        let Some((n, id)) = lease else {
+            lease = lr.grant(grants, i).await.map(|id| (grants, id));
+            grants += 1;
+            continue;
+        };
+        match rng.below(20) {
+            0 => {
+                let (call, at) = (lr.tick(), lr.began.elapsed());
+                lr.record(n, LeaseKind::Revoke, at);
+                let ret = within(lr.rep.lease_revoke_via(i, id))
+                    .await
+                    .ok()
+                    .map(|()| lr.tick());
+                lr.push_op(Kind::Delete, call, ret, None);
+                lease = None;
+            }
+            1..=4 => {
+                let at = lr.began.elapsed();
+                let via = (rng.below(2) == 0).then_some(i);
+                if let Some(present) = lr.read(via).await {
+                    lr.record(n, LeaseKind::Read { present }, at);
+                }
+            }
+            _ => {
+                let at = lr.began.elapsed();
+                match within(lr.rep.lease_keep_alive_via(i, id)).await {
+                    Ok(ttl) => {
+                        lr.record(n, LeaseKind::KeptAlive { ttl }, at);
+                        if ttl == 0 {
+                            lease = None;
+                        }
+                    }
+                    Err(_) => lr.record(n, LeaseKind::KeepAliveUnknown, at),
+                }
+            }
+        }
+    }
+    (lr.rng, lr.lease, lr.grants) = (rng, lease, grants);
+    lr
+}
+
+/// Once the faults are over: holds a lease with the key attached, lets it lapse, and reads
+/// until the key is gone (or long after it should be).
+async fn lease_lapse(mut lr: LeaseRun) -> Vec<LeaseCall> {
+    let n_replicas = lr.rep.replicas();
+    let (mut rng, mut lease, mut grants) = (lr.rng.clone(), lr.lease, lr.grants);
+    let mut attached = None;
+    for _ in 0..10 {
+        if let Some((n, _)) = lease {
+            if lr
+                .calls
+                .iter()
+                .any(|c| c.lease == n && c.kind == LeaseKind::Attached)
+            {
+                attached = Some(n);
+                break;
+            }
+        }
+        let i = rng.below(n_replicas);
+        lease = lr.grant(grants, i).await.map(|id| (grants, id));
+        grants += 1;
+    }
+    let Some(n) = attached else {
+        return lr.calls;
+    };
+    let last_keep_alive = lr
+        .calls
+        .iter()
+        .filter(|c| c.lease == n && !matches!(c.kind, LeaseKind::Read { .. }))
+        .map(|c| c.call)
+        .max()
+        .unwrap_or_default();
+    while lr.began.elapsed() < last_keep_alive + LAPSE_WITHIN + Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let at = lr.began.elapsed();
+        if let Some(present) = lr.read(None).await {
+            lr.record(n, LeaseKind::ReadAfterLapse { present }, at);
+            if !present {
+                break;
+            }
+        }
+    }
+    lr.calls
+}
+
 /// The workload's keys are `key0`, `key1`, ...: this range holds them all.
 const WATCHED: (&[u8], &[u8]) = (b"key", b"kez");
 
@@ -416,6 +653,8 @@ pub struct Recorded {
     pub restart_failures: Vec<String>,
     /// What the crashes did to the replicas' simulated disks.
     pub disk: CrashDamage,
+    /// The lease clients' calls, on the run's clock.
+    pub leases: Vec<LeaseCall>,
 }
 
 impl Recorded {
@@ -435,6 +674,7 @@ impl Recorded {
         }
         let mut checked = check(&self.ops)?;
         checked.watch = check_watches(&self.ops, &self.watches, self.final_revision)?;
+        checked.lease = check_leases(&self.leases)?;
         Ok(checked)
     }
 
@@ -448,6 +688,9 @@ impl Recorded {
                 a.get(i),
                 b.get(i)
             ));
+        }
+        if self.leases != other.leases {
+            return Some("the lease clients' calls differ".into());
         }
         if self.watches != other.watches {
             return Some("the watchers received different events".into());
@@ -578,7 +821,7 @@ async fn run_here(cfg: &RunConfig, name: &str) -> Recorded {
     let majority = cfg.replicas / 2 + 1;
     let mut builder = LocalReplicator::builder(cfg.replicas, majority, majority);
     if cfg.lose_unsynced {
-        builder = builder.crash_loses_unsynced().sim_disk(cfg.seed);
+        builder = builder.crash_loses_unsynced().simulated(cfg.seed);
     }
     let rep = builder
         .build_here()
@@ -613,6 +856,25 @@ async fn run_here(cfg: &RunConfig, name: &str) -> Recorded {
             ))
         })
         .collect();
+    let lease_clients: Vec<_> = (0..cfg.lease_clients)
+        .map(|l| {
+            // Client numbers after the plain clients and the final reader.
+            let client = cfg.clients + 1 + l;
+            let lr = LeaseRun {
+                rep: rep.clone(),
+                clock: clock.clone(),
+                history: history.clone(),
+                began,
+                client,
+                key: lease_key(l),
+                calls: Vec::new(),
+                rng: Rng::new(cfg.seed ^ (0x1ea5_0000 + client as u64)),
+                lease: None,
+                grants: 0,
+            };
+            tokio::spawn(lease_client(lr, LEASE_STEPS, name.to_string()))
+        })
+        .collect();
     let clients: Vec<_> = (0..cfg.clients)
         .map(|c| {
             tokio::spawn(client(
@@ -629,9 +891,17 @@ async fn run_here(cfg: &RunConfig, name: &str) -> Recorded {
     for c in clients {
         c.await.expect("client task");
     }
+    let mut lease_runs = Vec::new();
+    for l in lease_clients {
+        lease_runs.push(l.await.expect("lease client task"));
+    }
     stop.store(true, Ordering::Relaxed);
     if let Some(f) = faults {
         f.await.expect("fault task");
+    }
+    let mut leases = Vec::new();
+    for lr in lease_runs {
+        leases.extend(lease_lapse(lr).await);
     }
     // Once the faults are over, a last reader reads every key, so a write lost near the end
     // of the run shows too.
@@ -684,5 +954,6 @@ async fn run_here(cfg: &RunConfig, name: &str) -> Recorded {
         stalled: false,
         restart_failures,
         disk: rep.disk_damage(),
+        leases,
     }
 }

@@ -29,7 +29,11 @@ fn quorum_writes_and_strong_or_quorum_reads_stay_linearizable_under_faults() {
         );
         match recorded.check() {
             Err(v) => panic!("seed {seed} ({read_level}): {v}"),
-            Ok(c) => assert_eq!(c.undecided, 0, "seed {seed}: {c:?}"),
+            Ok(c) => {
+                assert_eq!(c.undecided, 0, "seed {seed}: {c:?}");
+                // The lease client's lease was held to its promises and seen to expire.
+                assert!(c.lease.leases > 0 && c.lease.lapsed > 0, "seed {seed}: {c:?}");
+            }
         }
     }
 }

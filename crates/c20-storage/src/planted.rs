@@ -27,15 +27,19 @@ pub enum Bug {
     /// A watch resumed from revision `r` (after a broken stream) starts at `r + 1`: the
     /// off-by-one that loses the first event after a reconnect.
     WatchResumeSkipsARevision,
+    /// A leader answers a lease keep-alive from what it has applied, without confirming its
+    /// leadership and applying everything committed first (no read barrier).
+    KeepAliveWithoutReadBarrier,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 5] = [
+    pub const ALL: [Bug; 6] = [
         Bug::AckBeforeFsync,
         Bug::StrongReadWithoutReadIndex,
         Bug::TxnAtTwoRevisions,
         Bug::SequentialReadIgnoresSession,
         Bug::WatchResumeSkipsARevision,
+        Bug::KeepAliveWithoutReadBarrier,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +49,7 @@ impl Bug {
             Bug::TxnAtTwoRevisions => "txn-at-two-revisions",
             Bug::SequentialReadIgnoresSession => "sequential-read-ignores-session",
             Bug::WatchResumeSkipsARevision => "watch-resume-skips-a-revision",
+            Bug::KeepAliveWithoutReadBarrier => "keep-alive-without-read-barrier",
         }
     }
 
@@ -56,6 +61,7 @@ impl Bug {
             Bug::TxnAtTwoRevisions => 3,
             Bug::SequentialReadIgnoresSession => 4,
             Bug::WatchResumeSkipsARevision => 5,
+            Bug::KeepAliveWithoutReadBarrier => 6,
         }
     }
 }

@@ -12,6 +12,7 @@ use c20_api::etcdserverpb::{
 };
 use c20_api::mvccpb::KeyValue;
 use c20_api::{ConsistencyLevel, EtcdError};
+use c20_raft::clock::WallClock;
 use c20_raft::consistency::PendingWrite;
 use c20_raft::log_store::LogStore;
 use c20_raft::state_machine::StateMachine;
@@ -105,8 +106,10 @@ struct Replica {
     node: Option<Arc<RaftNode>>,
     /// The in-memory "disk" kept across a crash, when there is no directory.
     disk: Option<(LogStore, StateMachine)>,
-    /// The simulated disk under the log, with [`Builder::sim_disk`].
+    /// The simulated disk under the log, with [`Builder::simulated`].
     sim: Option<SimDisk>,
+    /// The replica's wall clock (its machine's: it outlives a crash).
+    clock: Arc<WallClock>,
 }
 
 struct Inner {
@@ -171,8 +174,8 @@ pub struct Builder {
 struct Storage {
     dir: Option<PathBuf>,
     crash_loses_unsynced: bool,
-    /// Seed of the simulated disks under the logs.
-    sim_disk: Option<u64>,
+    /// Seed of the simulated machines (disks under the logs, wall clocks).
+    simulated: Option<u64>,
 }
 
 impl Builder {
@@ -190,13 +193,17 @@ impl Builder {
         self
     }
 
-    /// In memory, keep each replica's Raft log in the real WAL on a simulated disk
-    /// ([`SimDisk`], seeded from `seed`) instead of a log that cannot fail: the WAL syncs each
-    /// append a moment after writing it, and [`LocalReplicator::crash`] leaves the disk as a
-    /// power failure would (unsynced writes lost or torn), so a restart goes through the WAL's
-    /// recovery. [`LocalReplicator::disk_damage`] tells what the crashes did.
-    pub fn sim_disk(mut self, seed: u64) -> Builder {
-        self.storage.sim_disk = Some(seed);
+    /// Simulated machines, for the simulator. In memory, each replica's Raft log is the real
+    /// WAL on a simulated disk ([`SimDisk`], seeded from `seed`) instead of a log that cannot
+    /// fail: the WAL syncs each append a moment after writing it, and
+    /// [`LocalReplicator::crash`] leaves the disk as a power failure would (unsynced writes
+    /// lost or torn), so a restart goes through the WAL's recovery
+    /// ([`LocalReplicator::disk_damage`] tells what the crashes did). Each replica's wall
+    /// clock starts at a fixed date and follows the runtime's clock
+    /// ([`WallClock::simulated`]), so lease ids too are a function of the run;
+    /// [`LocalReplicator::step_wall_clock`] steps it.
+    pub fn simulated(mut self, seed: u64) -> Builder {
+        self.storage.simulated = Some(seed);
         self
     }
 
@@ -257,6 +264,7 @@ fn node_config(
     id: NodeId,
     dir: &Option<PathBuf>,
     router: &Arc<LocalRouter>,
+    clock: &Arc<WallClock>,
 ) -> RaftNodeConfig {
     let data_dir = dir
         .as_ref()
@@ -269,6 +277,7 @@ fn node_config(
     cfg.election_timeout_min_ms = 250;
     cfg.election_timeout_max_ms = 500;
     cfg.request_timeout = Duration::from_secs(5);
+    cfg.wall_clock = clock.clone();
     cfg
 }
 
@@ -295,10 +304,14 @@ async fn start_replicas(
 ) -> Result<Vec<Replica>, ConfigError> {
     let mut replicas = Vec::new();
     for &id in peers.keys() {
-        let cfg = node_config(&peers, id, &storage.dir, &router);
         let sim = storage
-            .sim_disk
+            .simulated
             .map(|seed| SimDisk::new(seed ^ id.wrapping_mul(0x9e37_79b9)));
+        let clock = match storage.simulated {
+            Some(_) => WallClock::simulated(),
+            None => WallClock::system(),
+        };
+        let cfg = node_config(&peers, id, &storage.dir, &router, &clock);
         let res = if cfg.in_memory {
             let log = match &sim {
                 Some(disk) => sim_log(disk),
@@ -324,6 +337,7 @@ async fn start_replicas(
                 node: Some(node),
                 disk,
                 sim,
+                clock,
             }),
             Err(e) => return Err(ConfigError::Start(e.to_string())),
         }
@@ -888,8 +902,36 @@ impl LocalReplicator {
         }
     }
 
+    /// Steps replica `i`'s wall clock by `by_ms` milliseconds (negative: back), as NTP or an
+    /// operator may. Only lease ids read it; lease expiry follows the monotonic clock.
+    pub fn step_wall_clock(&self, i: usize, by_ms: i64) {
+        self.slots()[i].clock.step(by_ms);
+    }
+
+    /// Grants a lease of `ttl` seconds (raised to the cluster's minimum) through replica `i`,
+    /// which forwards it to the leader; answers the lease's id and its granted TTL.
+    pub async fn lease_grant_via(&self, i: usize, ttl: i64) -> Result<(i64, i64), EtcdError> {
+        let node = self.node(i)?;
+        self.run(async move { node.lease_grant(ttl, 0).await.map(|r| (r.id, r.ttl)) })
+            .await
+    }
+
+    /// Keeps lease `id` alive through replica `i` (answered by the leader that replica
+    /// knows); answers the lease's TTL, or 0 when it no longer exists.
+    pub async fn lease_keep_alive_via(&self, i: usize, id: i64) -> Result<i64, EtcdError> {
+        let node = self.node(i)?;
+        self.run(async move { node.lease_renew(id).await }).await
+    }
+
+    /// Revokes lease `id` through replica `i`: its keys are deleted at one revision.
+    pub async fn lease_revoke_via(&self, i: usize, id: i64) -> Result<(), EtcdError> {
+        let node = self.node(i)?;
+        self.run(async move { node.lease_revoke(id).await.map(|_| ()) })
+            .await
+    }
+
     /// What crashes did to the replicas' simulated disks (all zero without
-    /// [`Builder::sim_disk`]).
+    /// [`Builder::simulated`]).
     pub fn disk_damage(&self) -> CrashDamage {
         let mut sum = CrashDamage::default();
         for r in self.slots().iter() {
@@ -902,7 +944,7 @@ impl LocalReplicator {
 
     /// Starts replica `i` again on its storage.
     pub async fn restart(&self, i: usize) -> Result<(), EtcdError> {
-        let (id, disk) = {
+        let (id, disk, clock) = {
             let reps = self.inner.replicas.read().expect("replicas lock");
             if reps[i].node.is_some() {
                 return Ok(());
@@ -912,9 +954,15 @@ impl LocalReplicator {
                 // The log comes back from what the crash left on the disk.
                 *log = sim_log(sim).map_err(|e| EtcdError::StorageFailed(e.to_string()))?;
             }
-            (reps[i].id, disk)
+            (reps[i].id, disk, reps[i].clock.clone())
         };
-        let cfg = node_config(&self.inner.peers, id, &self.inner.dir, &self.inner.router);
+        let cfg = node_config(
+            &self.inner.peers,
+            id,
+            &self.inner.dir,
+            &self.inner.router,
+            &clock,
+        );
         let node = self
             .run_owned(async move {
                 match disk {
