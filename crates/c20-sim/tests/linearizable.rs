@@ -32,7 +32,10 @@ fn quorum_writes_and_strong_or_quorum_reads_stay_linearizable_under_faults() {
             Ok(c) => {
                 assert_eq!(c.undecided, 0, "seed {seed}: {c:?}");
                 // The lease client's lease was held to its promises and seen to expire.
-                assert!(c.lease.leases > 0 && c.lease.lapsed > 0, "seed {seed}: {c:?}");
+                assert!(
+                    c.lease.leases > 0 && c.lease.lapsed > 0,
+                    "seed {seed}: {c:?}"
+                );
             }
         }
     }
