@@ -146,6 +146,15 @@ impl Lessor {
         true
     }
 
+    /// Starts the clock of lease `id`, just granted, whatever an earlier lease with the same id
+    /// left behind (its deadline may linger until the next check, its revoke be remembered).
+    fn start(&self, term: u64, id: i64, ttl: i64, now: Instant) {
+        let mut s = self.state.lock().expect("lessor lock");
+        s.lead(term);
+        s.revoking.remove(&id);
+        s.deadline.insert(id, now + ttl_duration(ttl));
+    }
+
     /// Seconds left on lease `id` (its whole TTL if its clock has not started in this term).
     fn remaining(&self, term: u64, id: i64, ttl: i64, now: Instant) -> i64 {
         let mut s = self.state.lock().expect("lessor lock");
@@ -199,7 +208,7 @@ impl RaftNode {
                 Ok(WriteResult::LeaseGrant(r)) => {
                     // The clock starts now when this node leads (else at the leader's next check).
                     if self.is_leader() {
-                        let _ = self.lessor.renew(self.term(), r.id, r.ttl, Instant::now());
+                        self.lessor.start(self.term(), r.id, r.ttl, Instant::now());
                     }
                     return Ok(r);
                 }
@@ -401,6 +410,21 @@ mod tests {
             l.check(4, &leases, t1 + Duration::from_secs(6), EXTEND, RETRY),
             vec![1]
         );
+    }
+
+    #[test]
+    fn a_grant_that_reuses_an_id_starts_afresh() {
+        let l = Lessor::default();
+        let t0 = Instant::now();
+        l.check(3, &[(1, 5)], t0, EXTEND, RETRY);
+        let late = t0 + Duration::from_secs(7);
+        assert_eq!(l.check(3, &[(1, 5)], late, EXTEND, RETRY), vec![1]);
+        // Revoked, and granted again with the same id before the next check forgot it.
+        l.start(3, 1, 5, late);
+        assert!(l.renew(3, 1, 5, late + Duration::from_secs(1)));
+        assert!(l
+            .check(3, &[(1, 5)], late + Duration::from_secs(5), EXTEND, RETRY)
+            .is_empty());
     }
 
     #[test]

@@ -194,9 +194,9 @@ fn main() {
         leases.leases, leases.promised_calls, leases.lapsed
     );
     println!(
-        "{} crashes left the logs' simulated disks with {} unsynced writes lost, {} torn and {} \
-         name changes undone",
-        disk.crashes, disk.writes_lost, disk.writes_torn, disk.names_lost
+        "{} crashes ({} of them mid-operation) left the logs' simulated disks with {} unsynced \
+         writes lost, {} torn and {} name changes undone",
+        disk.crashes, disk.mid_operation, disk.writes_lost, disk.writes_torn, disk.names_lost
     );
     let replays = if a.threads {
         "not checked (--threads)".to_string()

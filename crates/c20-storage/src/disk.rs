@@ -140,6 +140,9 @@ pub struct CrashDamage {
     pub writes_torn: u64,
     /// Creates, renames and removals a crash undid.
     pub names_lost: u64,
+    /// Crashes that cut the power in the middle of the disk's user's work
+    /// ([`SimDisk::cut_power_after`]).
+    pub mid_operation: u64,
 }
 
 impl std::ops::AddAssign for CrashDamage {
@@ -148,6 +151,7 @@ impl std::ops::AddAssign for CrashDamage {
         self.writes_lost += o.writes_lost;
         self.writes_torn += o.writes_torn;
         self.names_lost += o.names_lost;
+        self.mid_operation += o.mid_operation;
     }
 }
 
@@ -178,6 +182,8 @@ enum NameOp {
     Mkdir(PathBuf),
     Link(PathBuf, u64),
     Unlink(PathBuf),
+    /// Atomic, as on ext4 and xfs: after a crash the file has one name or the other.
+    Rename(PathBuf, PathBuf),
 }
 
 #[derive(Default, Clone)]
@@ -198,6 +204,11 @@ impl Names {
             NameOp::Unlink(p) => {
                 self.files.remove(p);
             }
+            NameOp::Rename(from, to) => {
+                if let Some(id) = self.files.remove(from) {
+                    self.files.insert(to.clone(), id);
+                }
+            }
         }
     }
 }
@@ -215,11 +226,91 @@ struct SimState {
     /// What changed `synced_names` into `names`, in order.
     pending_names: Vec<NameOp>,
     damage: CrashDamage,
+    /// Operations left before the power is cut (see [`SimDisk::cut_power_after`]).
+    cut_after: Option<u64>,
+    /// The power was cut: every operation fails until the next crash.
+    dead: bool,
 }
 
 impl SimState {
     fn below(&mut self, n: usize) -> usize {
         (crate::splitmix(&mut self.rng) % n as u64) as usize
+    }
+
+    /// What a power failure leaves (see [`SimDisk::crash`]).
+    fn power_cut(&mut self) {
+        self.damage.crashes += 1;
+        let ids: Vec<u64> = self.files.keys().copied().collect();
+        for id in ids {
+            let pending = std::mem::take(&mut self.files.get_mut(&id).expect("listed").pending);
+            let kept = self.below(pending.len() + 1);
+            let tear = kept < pending.len() && self.below(2) == 0;
+            let mut data = self.files[&id].synced.clone();
+            for op in &pending[..kept] {
+                match op {
+                    FileOp::Write(buf) => data.extend_from_slice(buf),
+                    FileOp::SetLen(len) => data.resize(*len as usize, 0),
+                }
+            }
+            if tear {
+                if let FileOp::Write(buf) = &pending[kept] {
+                    let cut = self.below(buf.len().max(1));
+                    data.extend_from_slice(&buf[..cut]);
+                    // The length reached the disk, the bytes did not (all of them): zeros, or
+                    // whatever the sectors held before.
+                    match self.below(3) {
+                        0 => {}
+                        1 => data.resize(data.len() + buf.len() - cut, 0),
+                        _ => {
+                            for _ in cut..buf.len() {
+                                let b = crate::splitmix(&mut self.rng) as u8;
+                                data.push(b);
+                            }
+                        }
+                    }
+                    self.damage.writes_torn += 1;
+                }
+            }
+            self.damage.writes_lost += (pending.len() - kept) as u64;
+            let f = self.files.get_mut(&id).expect("listed");
+            f.synced = data.clone();
+            f.data = data;
+        }
+        let pending = std::mem::take(&mut self.pending_names);
+        let kept = self.below(pending.len() + 1);
+        let mut names = self.synced_names.clone();
+        for op in &pending[..kept] {
+            names.apply(op);
+        }
+        self.damage.names_lost += (pending.len() - kept) as u64;
+        let live: BTreeSet<u64> = names.files.values().copied().collect();
+        self.files.retain(|id, _| live.contains(id));
+        self.synced_names = names.clone();
+        self.names = names;
+    }
+
+    /// Lets an operation of a handle of `generation` through, unless the disk crashed since,
+    /// its power is cut, or the cut is due now.
+    fn admit(&mut self, generation: u64) -> io::Result<()> {
+        if self.generation != generation {
+            return Err(gone());
+        }
+        if self.dead {
+            return Err(io::Error::other("the simulated disk lost its power"));
+        }
+        match self.cut_after {
+            Some(0) => {
+                self.power_cut();
+                self.damage.mid_operation += 1;
+                self.dead = true;
+                Err(io::Error::other("the simulated disk lost its power"))
+            }
+            Some(n) => {
+                self.cut_after = Some(n - 1);
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     fn name_op(&mut self, op: NameOp) {
@@ -273,58 +364,23 @@ impl SimDisk {
 
     /// A power failure: every file keeps what was synced and a seeded prefix of its unsynced
     /// writes, the first write past that prefix possibly torn; the names keep a seeded prefix of
-    /// the changes since the last directory sync. Handles from before fail from now on.
+    /// the changes since the last directory sync. Handles from before fail from now on. After
+    /// [`SimDisk::cut_power_after`] fired, the disk stays as the cut left it.
     pub fn crash(&self) {
         let mut st = self.lock();
+        if !st.dead {
+            st.power_cut();
+        }
+        st.dead = false;
+        st.cut_after = None;
         st.generation += 1;
-        st.damage.crashes += 1;
-        let ids: Vec<u64> = st.files.keys().copied().collect();
-        for id in ids {
-            let pending = std::mem::take(&mut st.files.get_mut(&id).expect("listed").pending);
-            let kept = st.below(pending.len() + 1);
-            let tear = kept < pending.len() && st.below(2) == 0;
-            let mut data = st.files[&id].synced.clone();
-            for op in &pending[..kept] {
-                match op {
-                    FileOp::Write(buf) => data.extend_from_slice(buf),
-                    FileOp::SetLen(len) => data.resize(*len as usize, 0),
-                }
-            }
-            if tear {
-                if let FileOp::Write(buf) = &pending[kept] {
-                    let cut = st.below(buf.len().max(1));
-                    data.extend_from_slice(&buf[..cut]);
-                    // The length reached the disk, the bytes did not (all of them): zeros, or
-                    // whatever the sectors held before.
-                    match st.below(3) {
-                        0 => {}
-                        1 => data.resize(data.len() + buf.len() - cut, 0),
-                        _ => {
-                            for _ in cut..buf.len() {
-                                let b = crate::splitmix(&mut st.rng) as u8;
-                                data.push(b);
-                            }
-                        }
-                    }
-                    st.damage.writes_torn += 1;
-                }
-            }
-            st.damage.writes_lost += (pending.len() - kept) as u64;
-            let f = st.files.get_mut(&id).expect("listed");
-            f.synced = data.clone();
-            f.data = data;
-        }
-        let pending = std::mem::take(&mut st.pending_names);
-        let kept = st.below(pending.len() + 1);
-        let mut names = st.synced_names.clone();
-        for op in &pending[..kept] {
-            names.apply(op);
-        }
-        st.damage.names_lost += (pending.len() - kept) as u64;
-        let live: BTreeSet<u64> = names.files.values().copied().collect();
-        st.files.retain(|id, _| live.contains(id));
-        st.synced_names = names.clone();
-        st.names = names;
+    }
+
+    /// Cuts the power in the middle of whatever the disk's user is doing: `ops` operations from
+    /// now, the disk is left as [`SimDisk::crash`] leaves it, and that operation and every later
+    /// one fail (EIO) until the crash that restarts its user. A crash before then cancels it.
+    pub fn cut_power_after(&self, ops: u64) {
+        self.lock().cut_after = Some(ops);
     }
 
     /// What crashes did to this disk so far.
@@ -340,12 +396,9 @@ struct SimMount {
 
 impl SimMount {
     fn lock(&self) -> io::Result<std::sync::MutexGuard<'_, SimState>> {
-        let st = self.disk.lock();
-        if st.generation == self.generation {
-            Ok(st)
-        } else {
-            Err(gone())
-        }
+        let mut st = self.disk.lock();
+        st.admit(self.generation)?;
+        Ok(st)
     }
 }
 
@@ -358,9 +411,7 @@ struct SimHandle {
 impl SimHandle {
     fn with<T>(&self, f: impl FnOnce(&mut SimFile) -> T) -> io::Result<T> {
         let mut st = self.disk.lock();
-        if st.generation != self.generation {
-            return Err(gone());
-        }
+        st.admit(self.generation)?;
         match st.files.get_mut(&self.id) {
             Some(file) => Ok(f(file)),
             None => Err(gone()),
@@ -452,9 +503,8 @@ impl Disk for SimMount {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut st = self.lock()?;
-        let id = st.file_of(from)?;
-        st.name_op(NameOp::Link(to.to_path_buf(), id));
-        st.name_op(NameOp::Unlink(from.to_path_buf()));
+        st.file_of(from)?;
+        st.name_op(NameOp::Rename(from.to_path_buf(), to.to_path_buf()));
         Ok(())
     }
 

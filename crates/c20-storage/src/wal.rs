@@ -606,16 +606,18 @@ impl Writer {
         self.active = None;
         let disk = self.opts.disk.clone();
         let remove_from = if keep_until.is_some() { pos + 1 } else { pos };
-        for seg in self.segments.drain(remove_from..) {
+        // Newest first, and all removals durable before the kept segment is cut: a crash in
+        // between leaves the log a prefix of itself, never one with a hole in the middle.
+        for seg in self.segments.drain(remove_from..).rev() {
             disk.remove(&seg.path)?;
         }
+        disk.sync_dir(&self.dir)?;
         if let Some(len) = keep_until {
             let seg = &self.segments[pos];
             let mut f = disk.open(&seg.path, false)?;
             f.set_len(len)?;
             f.sync_all()?;
         }
-        disk.sync_dir(&self.dir)?;
         if keep_until.is_none() && pos == 0 {
             self.offsets.clear();
         }

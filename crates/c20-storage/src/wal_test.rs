@@ -364,3 +364,36 @@ fn an_inline_log_reports_appends_only_at_sync() {
     wal.sync();
     assert!(rx.try_recv().unwrap().is_ok());
 }
+
+/// A power cut in the middle of a truncation or a purge, at every point of it, leaves a log
+/// that opens as a gap-free run of what was there: never a hole where a segment went first.
+#[test]
+fn a_power_cut_inside_truncate_or_purge_leaves_no_hole() {
+    for purge in [false, true] {
+        for cut_after in 0..30 {
+            let sim = crate::disk::SimDisk::new(cut_after);
+            let (wal, _) = sim_log(sim.mount());
+            for i in 1..=60 {
+                wal.append(vec![rec(i)], Box::new(|r| r.unwrap()));
+            }
+            wal.sync();
+            sim.cut_power_after(cut_after);
+            let _ = if purge {
+                wal.purge(30)
+            } else {
+                wal.truncate(10)
+            };
+            sim.crash();
+            let (_, recovery) = sim_log(sim.mount());
+            let got = indexes(&recovery);
+            let first = got.first().copied().unwrap_or(1);
+            let want: Vec<u64> = (first..first + got.len() as u64).collect();
+            assert_eq!(got, want, "purge {purge}, cut after {cut_after}: a hole");
+            if purge {
+                assert!(got.last() == Some(&60), "cut after {cut_after}: {got:?}");
+            } else {
+                assert!(got.len() >= 9, "cut after {cut_after}: {got:?}");
+            }
+        }
+    }
+}

@@ -304,8 +304,10 @@ async fn start_replicas(
 ) -> Result<Vec<Replica>, ConfigError> {
     let mut replicas = Vec::new();
     for &id in peers.keys() {
+        // On disk (with a directory) the log is the real one: no simulated disk under it.
         let sim = storage
             .simulated
+            .filter(|_| storage.dir.is_none())
             .map(|seed| SimDisk::new(seed ^ id.wrapping_mul(0x9e37_79b9)));
         let clock = match storage.simulated {
             Some(_) => WallClock::simulated(),
@@ -902,6 +904,16 @@ impl LocalReplicator {
         }
     }
 
+    /// With [`Builder::simulated`], cuts the power of replica `i`'s disk `ops` disk operations
+    /// from now, in the middle of whatever its log is doing: from then on its log fails every
+    /// write (the replica stops taking writes, as after any fsync error) until
+    /// [`LocalReplicator::crash`], which then leaves the disk as the cut did.
+    pub fn cut_power_after(&self, i: usize, ops: u64) {
+        if let Some(sim) = &self.slots()[i].sim {
+            sim.cut_power_after(ops);
+        }
+    }
+
     /// Steps replica `i`'s wall clock by `by_ms` milliseconds (negative: back), as NTP or an
     /// operator may. Only lease ids read it; lease expiry follows the monotonic clock.
     pub fn step_wall_clock(&self, i: usize, by_ms: i64) {
@@ -945,16 +957,16 @@ impl LocalReplicator {
     /// Starts replica `i` again on its storage.
     pub async fn restart(&self, i: usize) -> Result<(), EtcdError> {
         let (id, disk, clock) = {
-            let reps = self.inner.replicas.read().expect("replicas lock");
-            if reps[i].node.is_some() {
+            let mut reps = self.inner.replicas.write().expect("replicas lock");
+            let r = &mut reps[i];
+            if r.node.is_some() {
                 return Ok(());
             }
-            let mut disk = reps[i].disk.clone();
-            if let (Some(sim), Some((log, _))) = (&reps[i].sim, &mut disk) {
+            if let (Some(sim), Some((log, _))) = (&r.sim, &mut r.disk) {
                 // The log comes back from what the crash left on the disk.
                 *log = sim_log(sim).map_err(|e| EtcdError::StorageFailed(e.to_string()))?;
             }
-            (reps[i].id, disk, reps[i].clock.clone())
+            (r.id, r.disk.clone(), r.clock.clone())
         };
         let cfg = node_config(
             &self.inner.peers,
