@@ -73,6 +73,23 @@ impl std::ops::AddAssign for LeaseChecked {
     }
 }
 
+/// When the last grant or keep-alive of `calls` (one lease's) was called: every one called,
+/// answered or not, may have restarted the lease's clock.
+pub fn last_renewal<'a>(calls: impl Iterator<Item = &'a LeaseCall>) -> Duration {
+    calls
+        .filter(|k| {
+            matches!(
+                k.kind,
+                LeaseKind::Granted { .. }
+                    | LeaseKind::KeptAlive { .. }
+                    | LeaseKind::KeepAliveUnknown
+            )
+        })
+        .map(|k| k.call)
+        .max()
+        .unwrap_or_default()
+}
+
 fn show(calls: &[&LeaseCall]) -> String {
     calls
         .iter()
@@ -159,20 +176,7 @@ pub fn check_leases(calls: &[LeaseCall]) -> Result<LeaseChecked, Violation> {
             if revoked_before(c.call) || attached.is_none_or(|a| a.ret > c.call) {
                 continue;
             }
-            // Every keep-alive called, answered or not, may have renewed it.
-            let last = of
-                .iter()
-                .filter(|k| {
-                    matches!(
-                        k.kind,
-                        LeaseKind::Granted { .. }
-                            | LeaseKind::KeptAlive { .. }
-                            | LeaseKind::KeepAliveUnknown
-                    )
-                })
-                .map(|k| k.call)
-                .max()
-                .unwrap_or_default();
+            let last = last_renewal(of.iter().copied());
             if !present {
                 checked.lapsed += 1;
             } else if c.call >= last + LAPSE_WITHIN {

@@ -15,7 +15,7 @@
 //! steps replicas' wall clocks back and forth (see [`crate::lease_check`]).
 
 use crate::checker::{check, Checked, Kind, Op, Value, Violation};
-use crate::lease_check::{check_leases, LeaseCall, LeaseKind, LAPSE_WITHIN};
+use crate::lease_check::{check_leases, last_renewal, LeaseCall, LeaseKind, LAPSE_WITHIN};
 use crate::watch_check::{check_watches, Delivery, Seen, WatchLog};
 use c20_distributed::api::etcdserverpb::{request_op, PutRequest, RequestOp, TxnRequest};
 use c20_distributed::api::mvccpb::event::EventType;
@@ -546,13 +546,7 @@ async fn lease_lapse(mut lr: LeaseRun) -> Vec<LeaseCall> {
     let Some(n) = attached else {
         return lr.calls;
     };
-    let last_keep_alive = lr
-        .calls
-        .iter()
-        .filter(|c| c.lease == n && !matches!(c.kind, LeaseKind::Read { .. }))
-        .map(|c| c.call)
-        .max()
-        .unwrap_or_default();
+    let last_keep_alive = last_renewal(lr.calls.iter().filter(|c| c.lease == n));
     while lr.began.elapsed() < last_keep_alive + LAPSE_WITHIN + Duration::from_secs(1) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let at = lr.began.elapsed();
