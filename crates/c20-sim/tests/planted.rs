@@ -43,6 +43,13 @@ fn expected(bug: Bug) -> &'static [&'static str] {
         Bug::WatchResumeSkipsARevision => &["skipped from revision"],
         // A deposed leader renews on its own; a new one before its predecessor's revoke.
         Bug::KeepAliveWithoutReadBarrier => &["though kept alive until"],
+        // A put or txn applied twice: its value at two revisions.
+        Bug::RetryWithoutDedup => &[
+            "applied twice",
+            "the watchers saw this write at revision",
+            "no linearization",
+            "was read at revision",
+        ],
     }
 }
 

@@ -30,16 +30,21 @@ pub enum Bug {
     /// A leader answers a lease keep-alive from what it has applied, without confirming its
     /// leadership and applying everything committed first (no read barrier).
     KeepAliveWithoutReadBarrier,
+    /// A write with no answer after 100 ms (or whose replica stopped) is proposed again, as a
+    /// client library retrying without request ids would: with no deduplication, it may apply
+    /// twice.
+    RetryWithoutDedup,
 }
 
 impl Bug {
-    pub const ALL: [Bug; 6] = [
+    pub const ALL: [Bug; 7] = [
         Bug::AckBeforeFsync,
         Bug::StrongReadWithoutReadIndex,
         Bug::TxnAtTwoRevisions,
         Bug::SequentialReadIgnoresSession,
         Bug::WatchResumeSkipsARevision,
         Bug::KeepAliveWithoutReadBarrier,
+        Bug::RetryWithoutDedup,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +55,7 @@ impl Bug {
             Bug::SequentialReadIgnoresSession => "sequential-read-ignores-session",
             Bug::WatchResumeSkipsARevision => "watch-resume-skips-a-revision",
             Bug::KeepAliveWithoutReadBarrier => "keep-alive-without-read-barrier",
+            Bug::RetryWithoutDedup => "retry-without-dedup",
         }
     }
 
@@ -62,6 +68,7 @@ impl Bug {
             Bug::SequentialReadIgnoresSession => 4,
             Bug::WatchResumeSkipsARevision => 5,
             Bug::KeepAliveWithoutReadBarrier => 6,
+            Bug::RetryWithoutDedup => 7,
         }
     }
 }

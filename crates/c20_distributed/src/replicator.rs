@@ -17,6 +17,7 @@ use c20_raft::consistency::PendingWrite;
 use c20_raft::log_store::LogStore;
 use c20_raft::state_machine::StateMachine;
 use c20_raft::{Command, LocalRouter, NodeId, PeerNode, RaftNode, RaftNodeConfig, Transport};
+use c20_storage::planted::{self, Bug};
 use c20_storage::{CrashDamage, SimDisk, StorageError, WalOptions, WriteOp, WriteResult};
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -564,6 +565,30 @@ impl LocalReplicator {
     }
 
     async fn write_op(
+        &self,
+        op: WriteOp,
+        level: ConsistencyLevel,
+        seen: Arc<AtomicI64>,
+    ) -> Result<(WriteResult, u64), EtcdError> {
+        if !planted::active(Bug::RetryWithoutDedup) {
+            return self.write_op_once(op, level, seen).await;
+        }
+        // The planted bug: a client library that gives each attempt 100 ms and sends the write
+        // again when it got no answer, with nothing to tell the two apart.
+        let first = self.write_op_once(op.clone(), level, seen.clone());
+        match tokio::time::timeout(Duration::from_millis(100), first).await {
+            Ok(Err(
+                EtcdError::Stopped
+                | EtcdError::Timeout
+                | EtcdError::TimeoutDueToLeaderFail
+                | EtcdError::StorageFailed(_),
+            ))
+            | Err(_) => self.write_op_once(op, level, seen).await,
+            Ok(answer) => answer,
+        }
+    }
+
+    async fn write_op_once(
         &self,
         op: WriteOp,
         level: ConsistencyLevel,
