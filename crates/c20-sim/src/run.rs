@@ -77,11 +77,7 @@ impl Rng {
     }
 
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
+        c20_distributed::splitmix(&mut self.0)
     }
 
     /// Uniform in `0..n` (n > 0).
@@ -397,6 +393,17 @@ impl LeaseRun {
     }
 
     fn push_op(&self, kind: Kind, call: u64, ret: Option<u64>, revision: Option<i64>) {
+        self.push_served(kind, call, ret, revision, None);
+    }
+
+    fn push_served(
+        &self,
+        kind: Kind,
+        call: u64,
+        ret: Option<u64>,
+        revision: Option<i64>,
+        served: Option<(usize, i64)>,
+    ) {
         self.history.lock().expect("history lock").push(Op {
             client: self.client,
             key: self.key.clone(),
@@ -405,7 +412,7 @@ impl LeaseRun {
             ret,
             revision,
             session: false,
-            served: None,
+            served,
         });
     }
 
@@ -452,16 +459,9 @@ impl LeaseRun {
             Ok(r) => {
                 let revision = r.kv.as_ref().map(|kv| kv.mod_revision);
                 let present = r.kv.is_some();
-                self.history.lock().expect("history lock").push(Op {
-                    client: self.client,
-                    key: self.key.clone(),
-                    kind: Kind::Get(r.kv.map(|kv| kv.value)),
-                    call,
-                    ret: Some(self.tick()),
-                    revision,
-                    session: false,
-                    served: Some((r.replica, r.revision)),
-                });
+                let kind = Kind::Get(r.kv.map(|kv| kv.value));
+                let served = Some((r.replica, r.revision));
+                self.push_served(kind, call, Some(self.tick()), revision, served);
                 Some(present)
             }
             Err(_) => None,

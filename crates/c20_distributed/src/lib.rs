@@ -26,7 +26,7 @@ pub use c20_client as client;
 pub use c20_raft::rt::seed_thread_rng as seed_raft_rng;
 pub use c20_server as server;
 pub use c20_storage::planted;
-pub use c20_storage::CrashDamage;
+pub use c20_storage::{splitmix, CrashDamage};
 pub use replicator::{
     validate, Builder, ConfigError, EventualWrite, LocalReplicator, ReadResult, Session, WriteAck,
 };
