@@ -5,6 +5,7 @@
 //! - [`c20peer`]: the node-to-node protocol.
 //! - [`ConsistencyLevel`]: the per-call consistency choice.
 //! - [`EtcdError`]: every error c20 returns at its edge, with etcd's exact gRPC code and message.
+//! - [`coalesce`]: sockets that send many small gRPC replies in one system call.
 
 #![allow(clippy::large_enum_variant)]
 
@@ -24,6 +25,7 @@ pub mod c20peer {
     tonic::include_proto!("c20peer");
 }
 
+pub mod coalesce;
 mod consistency;
 mod error;
 

@@ -707,7 +707,8 @@ async fn connect(plan: &Plan) -> Result<Vec<KvClient<Channel>>> {
     Ok(clients)
 }
 
-/// One connection to `ep` (`host:port` or a URL), with Nagle off.
+/// One connection to `ep` (`host:port` or a URL), with Nagle off and the writes of concurrent
+/// calls gathered (`c20_api::coalesce`).
 pub(crate) async fn channel(ep: &str) -> Result<Channel> {
     let url = if ep.contains("://") {
         ep.to_string()
@@ -717,8 +718,7 @@ pub(crate) async fn channel(ep: &str) -> Result<Channel> {
     Endpoint::from_shared(url)
         .with_context(|| format!("bad endpoint {ep:?}"))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .tcp_nodelay(true)
-        .connect()
+        .connect_with_connector(c20_api::coalesce::CoalescingConnector)
         .await
         .with_context(|| format!("connecting to {ep}"))
 }

@@ -175,8 +175,7 @@ impl Client {
                 message: format!("bad endpoint {ep:?}: {e}"),
             })?
             .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true)
-            .connect()
+            .connect_with_connector(c20_api::coalesce::CoalescingConnector)
             .await
             .map_err(|e| ClientError {
                 code: tonic::Code::Unavailable,

@@ -120,10 +120,9 @@ pub fn peer_channel(url: &str) -> Result<Channel, String> {
     let endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| format!("bad peer url {url:?}: {e}"))?
         .connect_timeout(Duration::from_millis(500))
-        .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_while_idle(true);
-    Ok(endpoint.connect_lazy())
+    Ok(endpoint.connect_with_connector_lazy(c20_api::coalesce::CoalescingConnector))
 }
 
 pub fn peer_client(url: &str) -> Result<PeerClient<Channel>, String> {

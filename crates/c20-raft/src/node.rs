@@ -681,6 +681,9 @@ impl RaftNode {
         let (tx, mut rx) = mpsc::unbounded_channel::<(Command, oneshot::Sender<Forwarded>)>();
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
+                // Requests arrive from many client connections, each on a task of its own:
+                // let those already woken queue their writes before the batch is cut.
+                tokio::task::yield_now().await;
                 let mut batch = vec![first];
                 while batch.len() < FORWARD_BATCH_MAX {
                     match rx.try_recv() {

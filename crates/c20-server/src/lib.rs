@@ -14,6 +14,7 @@ pub use maintenance::ETCD_API_VERSION;
 
 pub use watch_service::{WatchMetrics, EVENTS_PER_RESPONSE, SEND_QUEUE_RESPONSES};
 
+use c20_api::coalesce::Coalesce;
 use c20_api::etcdserverpb::cluster_server::ClusterServer;
 use c20_api::etcdserverpb::kv_server::KvServer;
 use c20_api::etcdserverpb::lease_server::LeaseServer;
@@ -22,6 +23,7 @@ use c20_api::etcdserverpb::watch_server::WatchServer;
 use c20_api::etcdserverpb::ResponseHeader;
 use c20_api::{GRPC_OVERHEAD_BYTES, MAX_REQUEST_BYTES};
 use c20_raft::{MemberAttrs, NodeId, PeerNode, RaftNode, RaftNodeConfig};
+use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -291,7 +293,9 @@ fn serve(
     tokio::spawn(async move {
         // Builder::tcp_nodelay does not reach sockets accepted from our own listener; without
         // it, Nagle's algorithm holds each reply's trailers for a delayed ACK (~40 ms).
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .map(|conn| conn.map(Coalesce::new));
         let shutdown = async move {
             let _ = stop.wait_for(|s| *s).await;
         };

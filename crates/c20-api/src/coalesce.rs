@@ -1,0 +1,328 @@
+//! A socket that sends what several tasks wrote in one system call.
+//!
+//! An HTTP/2 connection task flushes as soon as one reply is ready. When a Raft commit completes
+//! many requests at once, their handler tasks each hand over a reply and each wakes the
+//! connection task, which then runs between them and writes every reply with a `writev` of its
+//! own: one system call (and one loopback delivery) per reply. [`Coalesce`] holds the first flush
+//! back for one turn of the scheduler: the connection task goes to the back of the run queue,
+//! the other replies join the buffer, and the next flush sends them together. Nothing waits on a
+//! timer; a lone reply is sent one scheduler turn later.
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tonic::codegen::http::Uri;
+
+/// Above this many buffered bytes a write first drains the buffer into the socket.
+const HIGH_WATER: usize = 256 * 1024;
+
+/// `inner` with its writes gathered and sent at the second consecutive flush (see the module).
+#[derive(Debug)]
+pub struct Coalesce<S> {
+    inner: S,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already sent.
+    sent: usize,
+    /// The current flush has yielded once already.
+    yielded: bool,
+    stats: CoalesceStats,
+}
+
+/// What a [`Coalesce`] did, to show that it gathers.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CoalesceStats {
+    /// Writes handed to this socket.
+    pub writes: u64,
+    /// Writes it made to the socket beneath.
+    pub sends: u64,
+}
+
+impl<S> Coalesce<S> {
+    pub fn new(inner: S) -> Self {
+        Coalesce {
+            inner,
+            buf: Vec::new(),
+            sent: 0,
+            yielded: false,
+            stats: CoalesceStats::default(),
+        }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    pub fn stats(&self) -> CoalesceStats {
+        self.stats
+    }
+}
+
+impl<S: AsyncWrite + Unpin> Coalesce<S> {
+    /// Writes the buffer into `inner` until it is empty or `inner` would block.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.buf.len() {
+            let n = std::task::ready!(
+                Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.sent..])
+            )?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.stats.sends += 1;
+            self.sent += n;
+        }
+        self.buf.clear();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Makes room for more bytes: drains first when the buffer is full.
+    fn poll_room(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.buf.len() >= HIGH_WATER {
+            std::task::ready!(self.poll_drain(cx))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Coalesce<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Coalesce<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.poll_room(cx))?;
+        self.stats.writes += 1;
+        self.buf.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        std::task::ready!(self.poll_room(cx))?;
+        self.stats.writes += 1;
+        let mut n = 0;
+        for b in bufs {
+            self.buf.extend_from_slice(b);
+            n += b.len();
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.sent == self.buf.len() {
+            return Pin::new(&mut self.inner).poll_flush(cx);
+        }
+        if !self.yielded {
+            // Let the tasks already woken add their bytes first.
+            self.yielded = true;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        std::task::ready!(self.poll_drain(cx))?;
+        self.yielded = false;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected for Coalesce<S> {
+    type ConnectInfo = S::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+/// A failed TCP connect: nothing was sent.
+#[derive(Debug, thiserror::Error)]
+#[error("tcp connect error: {0}")]
+pub struct ConnectError(#[source] pub io::Error);
+
+/// Connects a gRPC channel to `http://host:port` over TCP, with Nagle's algorithm off and the
+/// writes of the channel's calls gathered by [`Coalesce`]. For
+/// `tonic::transport::Endpoint::connect_with_connector` (its connect timeout still applies).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CoalescingConnector;
+
+type Connecting =
+    Pin<Box<dyn Future<Output = Result<TokioIo<Coalesce<TcpStream>>, ConnectError>> + Send>>;
+
+impl tonic::codegen::Service<Uri> for CoalescingConnector {
+    type Response = TokioIo<Coalesce<TcpStream>>;
+    type Error = ConnectError;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        Box::pin(async move {
+            let host = uri.host().unwrap_or_default();
+            // An IPv6 literal comes bracketed.
+            let host = host
+                .strip_prefix('[')
+                .and_then(|h| h.strip_suffix(']'))
+                .unwrap_or(host)
+                .to_string();
+            let port = uri.port_u16().unwrap_or(80);
+            let stream = TcpStream::connect((host.as_str(), port))
+                .await
+                .map_err(ConnectError)?;
+            stream.set_nodelay(true).map_err(ConnectError)?;
+            Ok(TokioIo::new(Coalesce::new(stream)))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use std::task::{Wake, Waker};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    struct CountWakes(AtomicUsize);
+
+    impl Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_before_a_flush_leave_in_one_send_in_order() {
+        let (near, mut far) = tokio::io::duplex(1 << 20);
+        let mut sock = Coalesce::new(near);
+        sock.write_all(b"one ").await.unwrap();
+        sock.write_all(b"two ").await.unwrap();
+        sock.write_all(b"three").await.unwrap();
+        assert_eq!(sock.stats().sends, 0, "nothing leaves before a flush");
+        sock.flush().await.unwrap();
+        assert_eq!(
+            sock.stats(),
+            CoalesceStats {
+                writes: 3,
+                sends: 1
+            }
+        );
+        let mut got = vec![0; 13];
+        far.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"one two three");
+    }
+
+    #[test]
+    fn the_first_flush_yields_once_and_wakes_its_task() {
+        let (near, _far) = tokio::io::duplex(1 << 20);
+        let mut sock = Coalesce::new(near);
+        let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut sock = Pin::new(&mut sock);
+        assert!(sock.as_mut().poll_write(&mut cx, b"a").is_ready());
+        assert!(sock.as_mut().poll_flush(&mut cx).is_pending());
+        assert_eq!(
+            wakes.0.load(Ordering::SeqCst),
+            1,
+            "the yield must reschedule the task"
+        );
+        // Another task's reply joins before the second flush, which sends both.
+        assert!(sock.as_mut().poll_write(&mut cx, b"b").is_ready());
+        assert!(matches!(
+            sock.as_mut().poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(sock.stats().sends, 1);
+        // With nothing buffered a flush does not yield.
+        assert!(matches!(
+            sock.as_mut().poll_flush(&mut cx),
+            Poll::Ready(Ok(()))
+        ));
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_waits_for_the_socket_and_loses_nothing() {
+        // The socket beneath takes 4 KiB at a time; the writer writes far past the high water.
+        let (near, mut far) = tokio::io::duplex(4096);
+        let total = 3 * HIGH_WATER + 123;
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            far.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut sock = Coalesce::new(near);
+        let data: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+        for chunk in data.chunks(1000) {
+            sock.write_all(chunk).await.unwrap();
+            assert!(sock.buf.len() <= HIGH_WATER + 1000, "the buffer is bounded");
+        }
+        sock.shutdown().await.unwrap();
+        drop(sock);
+        assert_eq!(reader.await.unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn the_connector_reports_a_refused_connection_as_a_connect_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let uri: Uri = format!("http://{addr}").parse().unwrap();
+        let err = tonic::codegen::Service::call(&mut CoalescingConnector, uri)
+            .await
+            .expect_err("nothing listens there");
+        assert_eq!(err.0.kind(), io::ErrorKind::ConnectionRefused);
+        assert!(format!("{err:?}").contains("ConnectError"));
+    }
+
+    #[tokio::test]
+    async fn the_connector_reaches_an_ipv4_and_a_bracketed_ipv6_literal() {
+        for bind in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(listener) = tokio::net::TcpListener::bind(bind).await else {
+                continue; // no IPv6 loopback on this machine
+            };
+            let addr = listener.local_addr().unwrap();
+            let uri: Uri = format!("http://{addr}").parse().unwrap();
+            let (conn, accepted) = tokio::join!(
+                tonic::codegen::Service::call(&mut CoalescingConnector, uri),
+                listener.accept()
+            );
+            let conn = conn.unwrap();
+            assert!(
+                conn.inner().get_ref().nodelay().unwrap(),
+                "Nagle must be off"
+            );
+            assert_eq!(
+                accepted.unwrap().0.peer_addr().unwrap(),
+                conn.inner().get_ref().local_addr().unwrap()
+            );
+        }
+    }
+}
