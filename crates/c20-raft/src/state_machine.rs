@@ -1,8 +1,9 @@
 //! openraft's state machine on the MVCC store.
 //!
 //! Committed entries are applied in batches (every entry ready at once goes into one redb write
-//! transaction). The store is checkpointed durably at intervals; until then the WAL is the only
-//! durable copy, and at restart openraft re-applies entries above the store's applied index.
+//! transaction). The store is checkpointed durably at intervals, written on the store's own
+//! checkpoint thread while applying goes on; until then the WAL is the only durable copy, and at
+//! restart openraft re-applies entries above the store's applied index.
 //! A snapshot is a full image of the store in the snapshot container (zstd-compressed,
 //! checksummed: `c20_storage::snapshot`), written atomically to `snapshot` before openraft may
 //! purge the log below it. A peer that already holds part of the history gets an incremental
@@ -272,10 +273,16 @@ impl SmShared {
 
     /// Checkpoints `store` (whose lock the caller holds) with the current applied record.
     fn checkpoint_locked(&self, store: &mut MvccStore) -> Result<(), StorageError> {
+        self.record_applied(store)?;
+        store.checkpoint()
+    }
+
+    /// Stores the applied record in `store` for its next checkpoint, and restarts the count
+    /// towards the one after.
+    fn record_applied(&self, store: &mut MvccStore) -> Result<(), StorageError> {
         let raw = postcard::to_allocvec(&*self.applied.read().expect("applied lock"))
             .map_err(|e| StorageError::Io(e.to_string()))?;
         store.set_applied(raw);
-        store.checkpoint()?;
         *self.checkpoint.lock().expect("checkpoint lock") = (Instant::now(), 0);
         Ok(())
     }
@@ -427,7 +434,10 @@ impl StateMachine {
                 || cp.1 >= CHECKPOINT_ENTRIES_MAX
         };
         if due {
-            self.shared.checkpoint().map_err(io_err)?;
+            // Written on the store's checkpoint thread: applying goes on meanwhile.
+            let mut store = self.shared.store.write().expect("store lock");
+            self.shared.record_applied(&mut store).map_err(io_err)?;
+            store.checkpoint_in_background().map_err(io_err)?;
         }
         for (responder, source) in replies {
             responder.send(source.reply(&mut results));

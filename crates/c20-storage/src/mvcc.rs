@@ -223,7 +223,9 @@ const REDB_CACHE_BYTES: usize = 8 << 20;
 
 pub struct MvccStore {
     /// The durable copy; `None` for a store held in memory only.
-    db: Option<Database>,
+    db: Option<Arc<Database>>,
+    /// Writes checkpoints to `db` in the background, started at the first one.
+    checkpointer: Option<checkpoint::Checkpointer>,
     /// The database file; `None` for a store held in memory.
     path: Option<std::path::PathBuf>,
     index: BTreeMap<Box<[u8]>, History>,
@@ -252,7 +254,7 @@ impl MvccStore {
             .set_cache_size(REDB_CACHE_BYTES)
             .create(path)
             .map_err(redb::Error::from)?;
-        Self::with_db(db, Some(path.to_path_buf()))
+        Self::with_db(Arc::new(db), Some(path.to_path_buf()))
     }
 
     /// A store held in memory only (for embedded clusters and simulation).
@@ -261,9 +263,10 @@ impl MvccStore {
     }
 
     /// A store at revision 1 with nothing in it.
-    fn empty(db: Option<Database>, path: Option<std::path::PathBuf>) -> MvccStore {
+    fn empty(db: Option<Arc<Database>>, path: Option<std::path::PathBuf>) -> MvccStore {
         MvccStore {
             db,
+            checkpointer: None,
             path,
             index: BTreeMap::new(),
             by_rev: VecDeque::new(),
@@ -279,7 +282,10 @@ impl MvccStore {
         }
     }
 
-    fn with_db(db: Database, path: Option<std::path::PathBuf>) -> Result<MvccStore, StorageError> {
+    fn with_db(
+        db: Arc<Database>,
+        path: Option<std::path::PathBuf>,
+    ) -> Result<MvccStore, StorageError> {
         {
             let mut w = db.begin_write().map_err(redb::Error::from)?;
             w.set_durability(Durability::Immediate)
@@ -545,9 +551,8 @@ impl MvccStore {
 
     /// Replaces the whole store with `image` and `applied`, durably.
     pub fn import(&mut self, image: MvccImage, applied: Vec<u8>) -> Result<(), StorageError> {
-        if let Some(e) = &self.failed {
-            return Err(StorageError::Failed(e.clone()));
-        }
+        // A checkpoint still being written must not land on top of the image.
+        self.wait_checkpoints()?;
         // Check the revisions and decode every row first: a bad image changes nothing.
         check_image(&image)?;
         let mut index = BTreeMap::new();
@@ -689,9 +694,7 @@ impl MvccStore {
         &mut self,
         ops: Vec<WriteOp>,
     ) -> Result<Vec<Result<WriteResult, EtcdError>>, StorageError> {
-        if let Some(e) = &self.failed {
-            return Err(StorageError::Failed(e.clone()));
-        }
+        self.check_failed()?;
         if self.apply_threads > 1 {
             return Ok(self.apply_scheduled(ops));
         }
@@ -724,6 +727,11 @@ impl MvccStore {
         if self.db.is_none() && !self.models_disk {
             return Ok(());
         }
+        // Whatever the file holds once the checkpoints in flight are written is what the
+        // crash left (each one is all or nothing).
+        if let Some(c) = &self.checkpointer {
+            let _ = c.wait();
+        }
         // Back to an empty store on the same file and settings, then to what is durable.
         let fresh = Self::empty(self.db.take(), self.path.take());
         let old = std::mem::replace(self, fresh);
@@ -742,16 +750,64 @@ impl MvccStore {
         }
     }
 
-    /// Makes everything applied so far durable (one fsync).
+    /// Makes everything applied so far durable (one fsync), once the checkpoints sent to the
+    /// background are written.
     pub fn checkpoint(&mut self) -> Result<(), StorageError> {
-        if let Some(e) = &self.failed {
-            return Err(StorageError::Failed(e.clone()));
-        }
+        self.wait_checkpoints()?;
         let res = self.flush();
         if let Err(e) = &res {
             self.failed = Some(e.to_string());
         }
         res
+    }
+
+    /// Takes what a checkpoint would write now and writes it on a thread of its own (see
+    /// [`checkpoint`]); the store goes on applying meanwhile. A write that fails is reported
+    /// by the next write, checkpoint or import, and stops the store as an inline failure does.
+    /// A store in memory checkpoints at once.
+    pub fn checkpoint_in_background(&mut self) -> Result<(), StorageError> {
+        self.check_failed()?;
+        let Some(db) = &self.db else {
+            return self.checkpoint();
+        };
+        if self.checkpointer.is_none() {
+            self.checkpointer = Some(checkpoint::Checkpointer::start(db.clone())?);
+        }
+        let job = self.take_checkpoint();
+        let res = self.checkpointer.as_ref().map_or(Ok(()), |c| c.send(job));
+        if let Err(e) = &res {
+            self.failed = Some(e.to_string());
+        }
+        res
+    }
+
+    /// Fails once a write failed, here or on the checkpoint thread.
+    fn check_failed(&mut self) -> Result<(), StorageError> {
+        if self.failed.is_none() {
+            self.failed = self.checkpointer.as_ref().and_then(|c| c.error());
+        }
+        match &self.failed {
+            Some(e) => Err(StorageError::Failed(e.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Waits until the checkpoints sent to the background are written.
+    fn wait_checkpoints(&mut self) -> Result<(), StorageError> {
+        if let Some(Err(e)) = self.checkpointer.as_ref().map(|c| c.wait()) {
+            self.failed.get_or_insert(e);
+        }
+        self.check_failed()
+    }
+
+    /// The rows changed since the last checkpoint, and the state they bring the file to.
+    fn take_checkpoint(&mut self) -> checkpoint::Checkpoint {
+        checkpoint::Checkpoint {
+            rows: std::mem::take(&mut self.pending),
+            current_rev: self.current_rev,
+            compact_rev: self.compact_rev,
+            applied: self.applied.clone(),
+        }
     }
 
     /// Number of row changes waiting for the next checkpoint.
@@ -760,49 +816,14 @@ impl MvccStore {
     }
 
     fn flush(&mut self) -> Result<(), StorageError> {
-        let pending = std::mem::take(&mut self.pending);
+        let job = self.take_checkpoint();
         let Some(db) = &self.db else {
             if self.models_disk {
                 self.durable = Some(Box::new((self.export(), self.applied.clone())));
             }
             return Ok(());
         };
-        let mut w = db.begin_write().map_err(redb::Error::from)?;
-        w.set_durability(Durability::Immediate)
-            .map_err(|e| StorageError::Redb(e.to_string()))?;
-        {
-            let mut events = w.open_table(EVENTS).map_err(redb::Error::from)?;
-            let mut row = Vec::new();
-            // Inserts before removes: an event added and compacted away within one checkpoint
-            // interval must not survive.
-            for e in &pending.inserts {
-                row.clear();
-                e.encode_row(&mut row);
-                events
-                    .insert(e.row_key(), row.as_slice())
-                    .map_err(redb::Error::from)?;
-            }
-            for k in &pending.removes {
-                events.remove(*k).map_err(redb::Error::from)?;
-            }
-            let mut meta = w.open_table(META).map_err(redb::Error::from)?;
-            meta.insert(META_CURRENT_REV, self.current_rev.to_le_bytes().as_slice())
-                .map_err(redb::Error::from)?;
-            meta.insert(META_COMPACT_REV, self.compact_rev.to_le_bytes().as_slice())
-                .map_err(redb::Error::from)?;
-            meta.insert(META_APPLIED, self.applied.as_slice())
-                .map_err(redb::Error::from)?;
-            let mut leases = w.open_table(LEASES).map_err(redb::Error::from)?;
-            for (id, ttl) in &pending.leases {
-                match ttl {
-                    Some(ttl) => leases.insert(*id, *ttl).map(|_| ()),
-                    None => leases.remove(*id).map(|_| ()),
-                }
-                .map_err(redb::Error::from)?;
-            }
-        }
-        w.commit().map_err(redb::Error::from)?;
-        Ok(())
+        job.write(db)
     }
 
     fn apply_one(&mut self, op: WriteOp) -> Result<WriteResult, EtcdError> {
@@ -1429,6 +1450,8 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(), EtcdError> {
     Ok(())
 }
 
+#[path = "mvcc_checkpoint.rs"]
+mod checkpoint;
 #[path = "mvcc_events.rs"]
 mod events;
 #[path = "mvcc_lease.rs"]

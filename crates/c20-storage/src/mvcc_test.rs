@@ -905,3 +905,71 @@ fn an_imported_image_survives_a_crash_without_a_checkpoint() {
         assert_eq!(s.applied(), b"snapshot");
     }
 }
+
+/// Checkpoints written on the checkpoint thread land in the order they were taken while
+/// applying goes on: the second removes the row of revision 2 that the first inserted
+/// (compaction), and a reopened file holds exactly what the last one brought it to.
+#[test]
+fn background_checkpoints_land_in_order_and_a_reopen_finds_the_last() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.redb");
+    let hash;
+    {
+        let mut s = MvccStore::open(&path).unwrap();
+        put(&mut s, "a", "1");
+        s.set_applied(b"one".to_vec());
+        s.checkpoint_in_background().unwrap();
+        put(&mut s, "a", "2");
+        compact(&mut s, 3);
+        s.set_applied(b"two".to_vec());
+        s.checkpoint_in_background().unwrap();
+        put(&mut s, "b", "3");
+        s.set_applied(b"three".to_vec());
+        s.checkpoint_in_background().unwrap();
+        assert_eq!(
+            s.pending_rows(),
+            0,
+            "the rows went to the checkpoint thread"
+        );
+        hash = s.hash_kv(0).unwrap();
+        put(&mut s, "c", "4");
+        // Dropped without another checkpoint, as in a crash: dropping waits for those sent.
+    }
+    let s = MvccStore::open(&path).unwrap();
+    assert_eq!(s.applied(), b"three");
+    assert_eq!(s.current_revision(), 4);
+    assert_eq!(s.compact_revision(), 3);
+    assert_eq!(get(&s, "a").unwrap().value, b"2");
+    assert_eq!(get(&s, "b").unwrap().value, b"3");
+    assert!(get(&s, "c").is_none());
+    assert_eq!(
+        s.hash_kv(0).unwrap(),
+        hash,
+        "the compacted row stayed removed"
+    );
+}
+
+/// A crash while a checkpoint is being written finds it whole (the crash here waits for it)
+/// and loses what came after; a checkpoint taken inline afterwards waits for the thread too.
+#[test]
+fn a_crash_after_a_background_checkpoint_keeps_it_and_loses_the_rest() {
+    let (_d, mut s) = store();
+    put(&mut s, "a", "1");
+    s.set_applied(b"one".to_vec());
+    s.checkpoint_in_background().unwrap();
+    put(&mut s, "b", "2");
+    s.set_applied(b"two".to_vec());
+    s.lose_unsynced().unwrap();
+    assert!(get(&s, "a").is_some());
+    assert!(get(&s, "b").is_none());
+    assert_eq!(s.applied(), b"one");
+    put(&mut s, "c", "3");
+    s.set_applied(b"three".to_vec());
+    s.checkpoint_in_background().unwrap();
+    put(&mut s, "d", "4");
+    s.set_applied(b"four".to_vec());
+    s.checkpoint().unwrap();
+    s.lose_unsynced().unwrap();
+    assert_eq!(s.applied(), b"four");
+    assert!(get(&s, "c").is_some() && get(&s, "d").is_some());
+}
