@@ -5,7 +5,7 @@
 //! - [`c20peer`]: the node-to-node protocol.
 //! - [`ConsistencyLevel`]: the per-call consistency choice.
 //! - [`EtcdError`]: every error c20 returns at its edge, with etcd's exact gRPC code and message.
-//! - [`coalesce`]: sockets that send many small gRPC replies in one system call.
+//! - [`net`]: gRPC connections that send many small calls and replies in few system calls.
 
 #![allow(clippy::large_enum_variant)]
 
@@ -25,9 +25,9 @@ pub mod c20peer {
     tonic::include_proto!("c20peer");
 }
 
-pub mod coalesce;
 mod consistency;
 mod error;
+pub mod net;
 
 pub use consistency::ConsistencyLevel;
 pub use error::EtcdError;

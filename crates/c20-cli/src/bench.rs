@@ -10,6 +10,7 @@ use c20_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use c20_api::etcdserverpb::kv_client::KvClient;
 use c20_api::etcdserverpb::request_op::Request as TxnOp;
 use c20_api::etcdserverpb::{Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
+use c20_api::net::GrpcChannel;
 use c20_api::ConsistencyLevel;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -24,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 const CLIENTS_MAX: u64 = 100_000;
 const CONNS_MAX: u64 = 1_024;
@@ -589,7 +590,7 @@ fn random_value(rng: &mut SmallRng, len: usize) -> Vec<u8> {
 }
 
 async fn one_op(
-    kv: &mut KvClient<Channel>,
+    kv: &mut KvClient<GrpcChannel>,
     s: &Shared,
     op: Op,
     key: Vec<u8>,
@@ -651,7 +652,7 @@ async fn one_op(
 }
 
 async fn client_loop(
-    mut kv: KvClient<Channel>,
+    mut kv: KvClient<GrpcChannel>,
     s: Arc<Shared>,
     seed: u64,
     val_size: usize,
@@ -698,7 +699,7 @@ async fn client_loop(
     stats
 }
 
-async fn connect(plan: &Plan) -> Result<Vec<KvClient<Channel>>> {
+async fn connect(plan: &Plan) -> Result<Vec<KvClient<GrpcChannel>>> {
     let mut clients = Vec::with_capacity(plan.conns as usize);
     for i in 0..plan.conns as usize {
         let ep = &plan.endpoints[i % plan.endpoints.len()];
@@ -708,8 +709,8 @@ async fn connect(plan: &Plan) -> Result<Vec<KvClient<Channel>>> {
 }
 
 /// One connection to `ep` (`host:port` or a URL), with Nagle off and the writes of concurrent
-/// calls gathered (`c20_api::coalesce`).
-pub(crate) async fn channel(ep: &str) -> Result<Channel> {
+/// calls gathered and unary requests ending with their message (`c20_api::net`).
+pub(crate) async fn channel(ep: &str) -> Result<GrpcChannel> {
     let url = if ep.contains("://") {
         ep.to_string()
     } else {
@@ -718,8 +719,9 @@ pub(crate) async fn channel(ep: &str) -> Result<Channel> {
     Endpoint::from_shared(url)
         .with_context(|| format!("bad endpoint {ep:?}"))?
         .connect_timeout(CONNECT_TIMEOUT)
-        .connect_with_connector(c20_api::coalesce::CoalescingConnector)
+        .connect_with_connector(c20_api::net::CoalescingConnector)
         .await
+        .map(GrpcChannel::new)
         .with_context(|| format!("connecting to {ep}"))
 }
 
@@ -741,7 +743,7 @@ fn preload_batch(key_size: usize, val_size: usize) -> u64 {
 }
 
 /// Writes keys `0..plan.preload` in batched txns so that reads find them. Not timed.
-async fn preload(plan: &Plan, kvs: &[KvClient<Channel>], show_bar: bool) -> Result<()> {
+async fn preload(plan: &Plan, kvs: &[KvClient<GrpcChannel>], show_bar: bool) -> Result<()> {
     let bar = progress_bar(
         show_bar,
         plan.preload,
@@ -792,7 +794,7 @@ async fn preload(plan: &Plan, kvs: &[KvClient<Channel>], show_bar: bool) -> Resu
     Ok(())
 }
 
-async fn timed_run(plan: &Plan, kvs: &[KvClient<Channel>], show_bar: bool) -> Result<Report> {
+async fn timed_run(plan: &Plan, kvs: &[KvClient<GrpcChannel>], show_bar: bool) -> Result<Report> {
     let shared = Arc::new(Shared::new(plan));
     let bar = match plan.limit {
         Limit::Total(n) => progress_bar(

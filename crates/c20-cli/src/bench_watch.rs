@@ -12,12 +12,12 @@ use anyhow::{Context, Result};
 use c20_api::etcdserverpb::kv_client::KvClient;
 use c20_api::etcdserverpb::watch_client::WatchClient;
 use c20_api::etcdserverpb::{watch_request, PutRequest, WatchCreateRequest, WatchRequest};
+use c20_api::net::GrpcChannel;
 use hdrhistogram::Histogram;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
 #[derive(clap::Args, Debug)]
 pub struct BenchWatchArgs {
@@ -124,7 +124,7 @@ pub async fn run(a: BenchWatchArgs) -> Result<()> {
         }));
     }
     let kv_channel = channel(&a.ep.endpoints[0]).await?;
-    let put = |kv: &mut KvClient<Channel>, phase: &str| {
+    let put = |kv: &mut KvClient<GrpcChannel>, phase: &str| {
         let value = format!("{phase}:{}", sink.base.elapsed().as_micros());
         let mut kv = kv.clone();
         async move {

@@ -27,6 +27,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 
 mod optimistic;
+use c20_api::net::GrpcChannel;
 pub use optimistic::{Committed, RetryPolicy, Tx, TxBody, TxError};
 use tonic::transport::{Channel, Endpoint};
 
@@ -69,11 +70,11 @@ fn receiver_stream<T: Send + 'static>(
 /// A connection to one endpoint of a cluster.
 #[derive(Clone)]
 pub struct Client {
-    kv: KvClient<Channel>,
-    maintenance: MaintenanceClient<Channel>,
-    cluster: ClusterClient<Channel>,
-    watch: WatchClient<Channel>,
-    lease: LeaseClient<Channel>,
+    kv: KvClient<GrpcChannel>,
+    maintenance: MaintenanceClient<GrpcChannel>,
+    cluster: ClusterClient<GrpcChannel>,
+    watch: WatchClient<GrpcChannel>,
+    lease: LeaseClient<GrpcChannel>,
 }
 
 /// One watch on its own stream. Responses come from [`Watch::next`]; dropping it ends the
@@ -151,6 +152,7 @@ impl Client {
 
     /// A client on a channel the caller built (lazily connected, TLS, ...).
     pub fn from_channel(channel: Channel) -> Client {
+        let channel = GrpcChannel::new(channel);
         let big = 64 * 1024 * 1024;
         Client {
             kv: KvClient::new(channel.clone())
@@ -175,7 +177,7 @@ impl Client {
                 message: format!("bad endpoint {ep:?}: {e}"),
             })?
             .connect_timeout(Duration::from_secs(3))
-            .connect_with_connector(c20_api::coalesce::CoalescingConnector)
+            .connect_with_connector(c20_api::net::CoalescingConnector)
             .await
             .map_err(|e| ClientError {
                 code: tonic::Code::Unavailable,

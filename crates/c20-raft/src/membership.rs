@@ -11,6 +11,7 @@ use crate::transport::Transport;
 use crate::types::{NodeId, PeerNode};
 use c20_api::c20peer::peer_client::PeerClient;
 use c20_api::c20peer::AskRequest;
+use c20_api::net::GrpcChannel;
 use c20_api::EtcdError;
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{ClientWriteError, RaftError};
@@ -19,7 +20,6 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 use tokio::time::Instant;
-use tonic::transport::Channel;
 
 /// etcd admits one learner at a time.
 pub const MAX_LEARNERS: usize = 1;
@@ -75,7 +75,7 @@ pub(crate) enum AskFailed {
 
 /// One `c20peer.Peer/Ask` call: `ask` to the peer behind `client`, and its answer.
 pub(crate) async fn ask_peer(
-    mut client: PeerClient<Channel>,
+    mut client: PeerClient<GrpcChannel>,
     ask: &PeerAsk,
     timeout: Duration,
 ) -> Result<Result<PeerAnswer, EtcdError>, AskFailed> {

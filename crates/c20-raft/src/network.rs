@@ -9,6 +9,7 @@ use crate::transport::{LocalRouter, Transport};
 use crate::types::{NodeId, PeerNode, Snapshot, TypeConfig, Vote};
 use c20_api::c20peer::peer_client::PeerClient;
 use c20_api::c20peer::{RaftKind, RaftRequest};
+use c20_api::net::GrpcChannel;
 use openraft::errors::{
     Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
 };
@@ -23,7 +24,7 @@ use serde::Serialize;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 
 /// The payload format byte: postcard.
 pub const FORMAT_POSTCARD: u32 = 0;
@@ -116,16 +117,18 @@ const SNAPSHOT_MESSAGE_TIMEOUT: Duration = Duration::from_secs(60);
 const APPEND_WITH_ENTRIES_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Connects to a peer's URL (`http://host:port`), lazily.
-pub fn peer_channel(url: &str) -> Result<Channel, String> {
+pub fn peer_channel(url: &str) -> Result<GrpcChannel, String> {
     let endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| format!("bad peer url {url:?}: {e}"))?
         .connect_timeout(Duration::from_millis(500))
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_while_idle(true);
-    Ok(endpoint.connect_with_connector_lazy(c20_api::coalesce::CoalescingConnector))
+    Ok(GrpcChannel::new(endpoint.connect_with_connector_lazy(
+        c20_api::net::CoalescingConnector,
+    )))
 }
 
-pub fn peer_client(url: &str) -> Result<PeerClient<Channel>, String> {
+pub fn peer_client(url: &str) -> Result<PeerClient<GrpcChannel>, String> {
     Ok(PeerClient::new(peer_channel(url)?)
         .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
         .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX))
@@ -167,7 +170,7 @@ pub enum PeerConnection {
 
 pub struct GrpcConnection {
     target: NodeId,
-    client: Result<PeerClient<Channel>, String>,
+    client: Result<PeerClient<GrpcChannel>, String>,
     compression: PeerCompression,
 }
 
@@ -236,7 +239,7 @@ impl GrpcConnection {
 
 /// One peer RPC of `kind` to `target`, its payload and answer postcard-encoded.
 async fn grpc_call<Req: Serialize, Resp: DeserializeOwned>(
-    mut client: PeerClient<Channel>,
+    mut client: PeerClient<GrpcChannel>,
     target: NodeId,
     kind: RaftKind,
     req: &Req,

@@ -23,6 +23,7 @@ use c20_api::c20peer::{
     AppliedReply, AppliedRequest, AskReply, AskRequest, ForwardReply, ForwardRequest, RaftKind,
     RaftReply, RaftRequest, ReadIndexReply, ReadIndexRequest,
 };
+use c20_api::net::GrpcChannel;
 use c20_api::EtcdError;
 use c20_storage::{StorageError, WalOptions};
 use openraft::async_runtime::WatchReceiver;
@@ -35,7 +36,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
@@ -194,7 +194,7 @@ pub struct RaftNode {
     pub(crate) removed_notify: tokio::sync::Notify,
     pub(crate) lessor: Lessor,
     pub(crate) wall_clock: Arc<WallClock>,
-    peers: Mutex<HashMap<NodeId, PeerClient<Channel>>>,
+    peers: Mutex<HashMap<NodeId, PeerClient<GrpcChannel>>>,
     forwarders: Mutex<HashMap<NodeId, ForwardQueue>>,
     /// The snapshot transfer being received, if any (a newer one replaces it).
     incoming_snapshot: Mutex<Option<Incoming>>,
@@ -570,7 +570,7 @@ impl RaftNode {
         }
     }
 
-    pub(crate) fn grpc_peer(&self, id: NodeId) -> Result<PeerClient<Channel>, EtcdError> {
+    pub(crate) fn grpc_peer(&self, id: NodeId) -> Result<PeerClient<GrpcChannel>, EtcdError> {
         if let Some(c) = self.peers.lock().expect("peers lock").get(&id) {
             return Ok(c.clone());
         }

@@ -14,13 +14,13 @@ pub use maintenance::ETCD_API_VERSION;
 
 pub use watch_service::{WatchMetrics, EVENTS_PER_RESPONSE, SEND_QUEUE_RESPONSES};
 
-use c20_api::coalesce::Coalesce;
 use c20_api::etcdserverpb::cluster_server::ClusterServer;
 use c20_api::etcdserverpb::kv_server::KvServer;
 use c20_api::etcdserverpb::lease_server::LeaseServer;
 use c20_api::etcdserverpb::maintenance_server::MaintenanceServer;
 use c20_api::etcdserverpb::watch_server::WatchServer;
 use c20_api::etcdserverpb::ResponseHeader;
+use c20_api::net::Coalesce;
 use c20_api::{GRPC_OVERHEAD_BYTES, MAX_REQUEST_BYTES};
 use c20_raft::{MemberAttrs, NodeId, PeerNode, RaftNode, RaftNodeConfig};
 use futures::StreamExt;

@@ -1,22 +1,31 @@
-//! A socket that sends what several tasks wrote in one system call.
+//! gRPC connections that send many small calls and replies in few system calls and round trips.
 //!
-//! An HTTP/2 connection task flushes as soon as one reply is ready. When a Raft commit completes
-//! many requests at once, their handler tasks each hand over a reply and each wakes the
-//! connection task, which then runs between them and writes every reply with a `writev` of its
-//! own: one system call (and one loopback delivery) per reply. [`Coalesce`] holds the first flush
-//! back for one turn of the scheduler: the connection task goes to the back of the run queue,
-//! the other replies join the buffer, and the next flush sends them together. Nothing waits on a
-//! timer; a lone reply is sent one scheduler turn later.
+//! - [`Coalesce`]: a socket that sends what several tasks wrote in one system call. An HTTP/2
+//!   connection task flushes as soon as one reply is ready. When a Raft commit completes many
+//!   requests at once, their handler tasks each hand over a reply and each wakes the connection
+//!   task, which then runs between them and writes every reply with a `writev` of its own: one
+//!   system call (and one loopback delivery) per reply. [`Coalesce`] holds the first flush back
+//!   for one turn of the scheduler: the connection task goes to the back of the run queue, the
+//!   other replies join the buffer, and the next flush sends them together. Nothing waits on a
+//!   timer; a lone reply is sent one scheduler turn later.
+//! - [`GrpcChannel`]: a channel whose unary requests end with their message. A tonic server
+//!   starts a unary call only once the request stream has ended, and a tonic client learns that
+//!   its one-message stream has ended only by asking for the next message, after the message has
+//!   gone out: the end follows as an empty frame of its own, later, from another task. Here the
+//!   body looks one message ahead, so the message leaves marked as the last.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use http_body::Frame;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tonic::codegen::http::Uri;
+use tonic::codegen::http::{self, Uri};
+use tonic::codegen::{Body, Service};
+use tonic::transport::Channel;
 
 /// Above this many buffered bytes a write first drains the buffer into the socket.
 const HIGH_WATER: usize = 256 * 1024;
@@ -201,6 +210,94 @@ impl tonic::codegen::Service<Uri> for CoalescingConnector {
     }
 }
 
+/// A channel (see the module) whose request bodies report their end with their last message.
+#[derive(Debug, Clone)]
+pub struct GrpcChannel(Channel);
+
+impl GrpcChannel {
+    pub fn new(channel: Channel) -> Self {
+        GrpcChannel(channel)
+    }
+}
+
+impl Service<http::Request<tonic::body::Body>> for GrpcChannel {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = tonic::transport::Error;
+    type Future = tonic::transport::channel::ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Service::poll_ready(&mut self.0, cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        self.0
+            .call(request.map(|body| tonic::body::Body::new(EagerEnd::new(body))))
+    }
+}
+
+/// A body that, having produced a frame, asks at once for the next one: if the body has ended
+/// it says so with this frame ([`Body::is_end_stream`]); a frame already there is kept for the
+/// next call; a stream still waiting for its next message is simply polled again later.
+#[derive(Debug)]
+pub struct EagerEnd<B: Body> {
+    inner: B,
+    next: Option<Result<Frame<B::Data>, B::Error>>,
+    ended: bool,
+}
+
+impl<B: Body> EagerEnd<B> {
+    pub fn new(inner: B) -> Self {
+        EagerEnd {
+            inner,
+            next: None,
+            ended: false,
+        }
+    }
+}
+
+impl<B: Body + Unpin> Body for EagerEnd<B>
+where
+    B::Data: Unpin,
+    B::Error: Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        let frame = match this.next.take() {
+            Some(frame) => frame,
+            None if this.ended => return Poll::Ready(None),
+            None => match std::task::ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(frame) => frame,
+                None => {
+                    this.ended = true;
+                    return Poll::Ready(None);
+                }
+            },
+        };
+        if !this.ended {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(next)) => this.next = Some(next),
+                Poll::Ready(None) => this.ended = true,
+                Poll::Pending => {}
+            }
+        }
+        Poll::Ready(Some(frame))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.next.is_none() && (self.ended || self.inner.is_end_stream())
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,5 +421,74 @@ mod tests {
                 conn.inner().get_ref().local_addr().unwrap()
             );
         }
+    }
+
+    /// A body like tonic's request body: it learns that it has ended only when asked for a
+    /// frame after its last one. `None` in `script` is a moment with nothing ready (Pending).
+    struct Scripted {
+        script: std::collections::VecDeque<Option<&'static str>>,
+    }
+
+    impl Body for Scripted {
+        type Data = tonic::codegen::Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+            match self.script.pop_front() {
+                None => Poll::Ready(None),
+                Some(Some(data)) => Poll::Ready(Some(Ok(Frame::data(data.into())))),
+                Some(None) => {
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+            }
+        }
+    }
+
+    fn scripted(script: &[Option<&'static str>]) -> EagerEnd<Scripted> {
+        EagerEnd::new(Scripted {
+            script: script.iter().copied().collect(),
+        })
+    }
+
+    fn poll(body: &mut EagerEnd<Scripted>) -> Poll<Option<String>> {
+        let waker = Waker::from(Arc::new(CountWakes(AtomicUsize::new(0))));
+        let mut cx = Context::from_waker(&waker);
+        Pin::new(body).poll_frame(&mut cx).map(|f| {
+            f.map(|f| String::from_utf8(f.unwrap().into_data().unwrap().to_vec()).unwrap())
+        })
+    }
+
+    #[test]
+    fn a_one_message_body_reports_its_end_with_the_message() {
+        let mut body = scripted(&[Some("request")]);
+        assert!(!body.is_end_stream());
+        assert_eq!(poll(&mut body), Poll::Ready(Some("request".into())));
+        assert!(
+            body.is_end_stream(),
+            "the message must leave marked as the last"
+        );
+        assert_eq!(poll(&mut body), Poll::Ready(None));
+    }
+
+    #[test]
+    fn a_stream_keeps_every_message_in_order_and_waits_when_nothing_is_ready() {
+        let mut body = scripted(&[Some("a"), Some("b"), None, Some("c"), None, None, Some("d")]);
+        assert_eq!(poll(&mut body), Poll::Ready(Some("a".into())));
+        assert!(
+            !body.is_end_stream(),
+            "b was read ahead and is still to come"
+        );
+        assert_eq!(poll(&mut body), Poll::Ready(Some("b".into())));
+        assert!(!body.is_end_stream());
+        assert_eq!(poll(&mut body), Poll::Ready(Some("c".into())));
+        assert_eq!(poll(&mut body), Poll::Pending);
+        assert!(!body.is_end_stream());
+        assert_eq!(poll(&mut body), Poll::Ready(Some("d".into())));
+        assert!(body.is_end_stream());
+        assert_eq!(poll(&mut body), Poll::Ready(None));
     }
 }
