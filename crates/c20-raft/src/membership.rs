@@ -148,7 +148,10 @@ impl RaftNode {
 
     /// Waits until this member has been removed from the cluster.
     pub async fn wait_removed(&self) {
-        let mut rx = self.raft().metrics();
+        // Membership is among the server metrics, which change with the role, term, leader
+        // and membership only (the full metrics change with every commit: waking on those
+        // cost every write a wake-up of the thread that waits here).
+        let mut rx = self.raft().server_metrics();
         loop {
             let told = self.removed_notify.notified();
             if self.removed() {
