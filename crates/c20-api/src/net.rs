@@ -85,6 +85,10 @@ impl<S: AsyncWrite + Unpin> Coalesce<S> {
             self.sent += n;
         }
         self.buf.clear();
+        if self.buf.capacity() > 2 * HIGH_WATER {
+            // One large message (a snapshot chunk) must not pin its size for the connection's life.
+            self.buf = Vec::new();
+        }
         self.sent = 0;
         Poll::Ready(Ok(()))
     }
@@ -200,7 +204,12 @@ impl tonic::codegen::Service<Uri> for CoalescingConnector {
                 .and_then(|h| h.strip_suffix(']'))
                 .unwrap_or(host)
                 .to_string();
-            let port = uri.port_u16().unwrap_or(80);
+            let default_port = if uri.scheme_str() == Some("https") {
+                443
+            } else {
+                80
+            };
+            let port = uri.port_u16().unwrap_or(default_port);
             let stream = TcpStream::connect((host.as_str(), port))
                 .await
                 .map_err(ConnectError)?;
@@ -279,7 +288,8 @@ where
                 }
             },
         };
-        if !this.ended {
+        // After an error the stream is over; nothing more is read from it.
+        if !this.ended && frame.is_ok() {
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(next)) => this.next = Some(next),
                 Poll::Ready(None) => this.ended = true,

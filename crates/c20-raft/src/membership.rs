@@ -143,7 +143,7 @@ impl RaftNode {
 
     /// Whether this member has been removed from the cluster (it then serves nothing).
     pub fn removed(&self) -> bool {
-        self.removed_in(&self.metrics())
+        self.removed_in(&self.metrics().membership_config)
     }
 
     /// Waits until this member has been removed from the cluster.
@@ -151,10 +151,13 @@ impl RaftNode {
         // Membership is among the server metrics, which change with the role, term, leader
         // and membership only (the full metrics change with every commit: waking on those
         // cost every write a wake-up of the thread that waits here).
+        // Decided from what woke it: openraft publishes the server metrics before the full
+        // ones, so the full metrics may not show the change yet.
         let mut rx = self.raft().server_metrics();
         loop {
             let told = self.removed_notify.notified();
-            if self.removed() {
+            let membership = rx.borrow_watched().membership_config.clone();
+            if self.removed_in(&membership) {
                 return;
             }
             tokio::select! {

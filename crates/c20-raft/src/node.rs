@@ -16,7 +16,9 @@ use crate::network::{peer_client, Network, PeerCompression, PEER_MESSAGE_BYTES_M
 use crate::snapshot_transfer::{Incoming, SnapshotAnswer, SnapshotMsg};
 use crate::state_machine::{SmShared, StateMachine};
 use crate::transport::Transport;
-use crate::types::{Command, MemberAttrs, NodeId, PeerNode, Reply, Snapshot, TypeConfig};
+use crate::types::{
+    Command, MemberAttrs, NodeId, PeerNode, Reply, Snapshot, StoredMembership, TypeConfig,
+};
 use c20_api::c20peer::peer_client::PeerClient;
 use c20_api::c20peer::peer_server::{Peer, PeerServer};
 use c20_api::c20peer::{
@@ -410,21 +412,17 @@ impl RaftNode {
         self.cluster_id
     }
 
-    /// Whether `m` shows this node removed: it was a member, and the membership in effect no
-    /// longer has it.
-    pub(crate) fn removed_in(&self, m: &openraft::RaftMetrics<TypeConfig>) -> bool {
+    /// Whether `membership` (the one in effect, from openraft's metrics) shows this node
+    /// removed: it was a member, and the membership no longer has it.
+    pub(crate) fn removed_in(&self, membership: &StoredMembership) -> bool {
         if self.told_removed.load(Ordering::Relaxed) {
             return true;
         }
-        if m.membership_config
-            .membership()
-            .get_node(&self.id)
-            .is_some()
-        {
+        if membership.membership().get_node(&self.id).is_some() {
             self.was_member.store(true, Ordering::Relaxed);
             return false;
         }
-        self.was_member.load(Ordering::Relaxed) && m.membership_config.log_id().is_some()
+        self.was_member.load(Ordering::Relaxed) && membership.log_id().is_some()
     }
 
     /// Records that the leader removed this member.
@@ -551,7 +549,7 @@ impl RaftNode {
                 if let Err(e) = &m.running_state {
                     return Err(EtcdError::StorageFailed(e.to_string()));
                 }
-                if self.removed_in(&m) {
+                if self.removed_in(&m.membership_config) {
                     return Err(EtcdError::MemberRemoved);
                 }
                 if let Some(l) = m.current_leader {

@@ -764,14 +764,18 @@ impl MvccStore {
     /// Takes what a checkpoint would write now and writes it on a thread of its own (see
     /// [`checkpoint`]); the store goes on applying meanwhile. A write that fails is reported
     /// by the next write, checkpoint or import, and stops the store as an inline failure does.
-    /// A store in memory checkpoints at once.
+    /// While the previous one is still being written nothing is sent: the rows stay pending
+    /// and join the next checkpoint, so a slow disk never queues more than one. A store in
+    /// memory checkpoints at once.
     pub fn checkpoint_in_background(&mut self) -> Result<(), StorageError> {
         self.check_failed()?;
         let Some(db) = &self.db else {
             return self.checkpoint();
         };
-        if self.checkpointer.is_none() {
-            self.checkpointer = Some(checkpoint::Checkpointer::start(db.clone())?);
+        match &self.checkpointer {
+            Some(c) if c.busy() => return Ok(()),
+            Some(_) => {}
+            None => self.checkpointer = Some(checkpoint::Checkpointer::start(db.clone())?),
         }
         let job = self.take_checkpoint();
         let res = self.checkpointer.as_ref().map_or(Ok(()), |c| c.send(job));

@@ -92,9 +92,18 @@ impl Checkpointer {
             .spawn(move || {
                 for job in rx {
                     let failed = shared.0.lock().expect("progress lock").error.is_some();
-                    let res = if failed { Ok(()) } else { job.write(&db) };
+                    // A panic inside redb must not leave `wait` waiting for ever: it counts as
+                    // a failed write.
+                    let res = if failed {
+                        Ok(())
+                    } else {
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.write(&db)))
+                            .unwrap_or_else(|_| {
+                                Err(StorageError::Failed("the checkpoint write panicked".into()))
+                            })
+                    };
                     drop(job);
-                    let mut p = shared.0.lock().expect("progress lock");
+                    let mut p = shared.0.lock().unwrap_or_else(|e| e.into_inner());
                     if let Err(e) = res {
                         p.error.get_or_insert(e.to_string());
                     }
@@ -120,6 +129,12 @@ impl Checkpointer {
             return Err(StorageError::Failed("the checkpoint thread is gone".into()));
         }
         Ok(())
+    }
+
+    /// Whether a checkpoint sent is still being written.
+    pub fn busy(&self) -> bool {
+        let p = self.progress.0.lock().expect("progress lock");
+        p.written < p.sent
     }
 
     /// The first write that failed, if any.

@@ -906,9 +906,9 @@ fn an_imported_image_survives_a_crash_without_a_checkpoint() {
     }
 }
 
-/// Checkpoints written on the checkpoint thread land in the order they were taken while
-/// applying goes on: the second removes the row of revision 2 that the first inserted
-/// (compaction), and a reopened file holds exactly what the last one brought it to.
+/// Checkpoints written on the checkpoint thread land one after the other: the second removes
+/// the row of revision 2 that the first inserted (compaction), and a reopened file holds exactly
+/// what the last one, sent just before the store was dropped, brought it to.
 #[test]
 fn background_checkpoints_land_in_order_and_a_reopen_finds_the_last() {
     let dir = tempfile::tempdir().unwrap();
@@ -919,10 +919,14 @@ fn background_checkpoints_land_in_order_and_a_reopen_finds_the_last() {
         put(&mut s, "a", "1");
         s.set_applied(b"one".to_vec());
         s.checkpoint_in_background().unwrap();
+        // Only one checkpoint is in flight at a time (a busy thread leaves the rows pending):
+        // wait, so that each of these three is sent.
+        s.wait_checkpoints().unwrap();
         put(&mut s, "a", "2");
         compact(&mut s, 3);
         s.set_applied(b"two".to_vec());
         s.checkpoint_in_background().unwrap();
+        s.wait_checkpoints().unwrap();
         put(&mut s, "b", "3");
         s.set_applied(b"three".to_vec());
         s.checkpoint_in_background().unwrap();
