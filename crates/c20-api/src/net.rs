@@ -172,16 +172,40 @@ impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected
     }
 }
 
-/// A failed TCP connect: nothing was sent.
+/// A failed or timed-out TCP connect: nothing was sent. Callers tell it from failures after the
+/// connection was made by its type, anywhere in an error's source chain.
 #[derive(Debug, thiserror::Error)]
 #[error("tcp connect error: {0}")]
 pub struct ConnectError(#[source] pub io::Error);
 
-/// Connects a gRPC channel to `http://host:port` over TCP, with Nagle's algorithm off and the
-/// writes of the channel's calls gathered by [`Coalesce`]. For
-/// `tonic::transport::Endpoint::connect_with_connector` (its connect timeout still applies).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct CoalescingConnector;
+/// Connects a gRPC channel to `http://host:port` over TCP within a timeout, with Nagle's
+/// algorithm off and the writes of the channel's calls gathered by [`Coalesce`]. For
+/// `tonic::transport::Endpoint::connect_with_connector`; the timeout is the connector's own (not
+/// the endpoint's), so that a connect that timed out is a [`ConnectError`] like a refused one.
+#[derive(Debug, Clone, Copy)]
+pub struct CoalescingConnector {
+    timeout: std::time::Duration,
+}
+
+impl CoalescingConnector {
+    pub fn new(connect_timeout: std::time::Duration) -> Self {
+        CoalescingConnector {
+            timeout: connect_timeout,
+        }
+    }
+}
+
+/// Is `err`, or any error in its source chain, a [`ConnectError`]?
+pub fn is_connect_error(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(err);
+    while let Some(e) = next {
+        if e.is::<ConnectError>() {
+            return true;
+        }
+        next = e.source();
+    }
+    false
+}
 
 type Connecting =
     Pin<Box<dyn Future<Output = Result<TokioIo<Coalesce<TcpStream>>, ConnectError>> + Send>>;
@@ -196,6 +220,7 @@ impl tonic::codegen::Service<Uri> for CoalescingConnector {
     }
 
     fn call(&mut self, uri: Uri) -> Self::Future {
+        let timeout = self.timeout;
         Box::pin(async move {
             let host = uri.host().unwrap_or_default();
             // An IPv6 literal comes bracketed.
@@ -210,8 +235,9 @@ impl tonic::codegen::Service<Uri> for CoalescingConnector {
                 80
             };
             let port = uri.port_u16().unwrap_or(default_port);
-            let stream = TcpStream::connect((host.as_str(), port))
+            let stream = tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), port)))
                 .await
+                .map_err(|_| ConnectError(io::ErrorKind::TimedOut.into()))?
                 .map_err(ConnectError)?;
             stream.set_nodelay(true).map_err(ConnectError)?;
             Ok(TokioIo::new(Coalesce::new(stream)))
@@ -402,11 +428,16 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         drop(listener);
         let uri: Uri = format!("http://{addr}").parse().unwrap();
-        let err = tonic::codegen::Service::call(&mut CoalescingConnector, uri)
+        let mut connector = CoalescingConnector::new(std::time::Duration::from_secs(5));
+        let err = tonic::codegen::Service::call(&mut connector, uri)
             .await
             .expect_err("nothing listens there");
         assert_eq!(err.0.kind(), io::ErrorKind::ConnectionRefused);
-        assert!(format!("{err:?}").contains("ConnectError"));
+        #[derive(Debug, thiserror::Error)]
+        #[error("transport error")]
+        struct Transport(#[source] ConnectError);
+        assert!(is_connect_error(&Transport(err)), "found through the source chain");
+        assert!(!is_connect_error(&io::Error::other("connection reset")));
     }
 
     #[tokio::test]
@@ -418,7 +449,10 @@ mod tests {
             let addr = listener.local_addr().unwrap();
             let uri: Uri = format!("http://{addr}").parse().unwrap();
             let (conn, accepted) = tokio::join!(
-                tonic::codegen::Service::call(&mut CoalescingConnector, uri),
+                tonic::codegen::Service::call(
+                    &mut CoalescingConnector::new(std::time::Duration::from_secs(5)),
+                    uri
+                ),
                 listener.accept()
             );
             let conn = conn.unwrap();

@@ -718,8 +718,7 @@ pub(crate) async fn channel(ep: &str) -> Result<GrpcChannel> {
     };
     Endpoint::from_shared(url)
         .with_context(|| format!("bad endpoint {ep:?}"))?
-        .connect_timeout(CONNECT_TIMEOUT)
-        .connect_with_connector(c20_api::net::CoalescingConnector)
+        .connect_with_connector(c20_api::net::CoalescingConnector::new(CONNECT_TIMEOUT))
         .await
         .map(GrpcChannel::new)
         .with_context(|| format!("connecting to {ep}"))

@@ -176,8 +176,9 @@ impl Client {
                 code: tonic::Code::InvalidArgument,
                 message: format!("bad endpoint {ep:?}: {e}"),
             })?
-            .connect_timeout(Duration::from_secs(3))
-            .connect_with_connector(c20_api::net::CoalescingConnector)
+            .connect_with_connector(c20_api::net::CoalescingConnector::new(Duration::from_secs(
+                3,
+            )))
             .await
             .map_err(|e| ClientError {
                 code: tonic::Code::Unavailable,

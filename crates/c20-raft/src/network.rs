@@ -120,11 +120,10 @@ const APPEND_WITH_ENTRIES_TIMEOUT: Duration = Duration::from_secs(2);
 pub fn peer_channel(url: &str) -> Result<GrpcChannel, String> {
     let endpoint = Endpoint::from_shared(url.to_string())
         .map_err(|e| format!("bad peer url {url:?}: {e}"))?
-        .connect_timeout(Duration::from_millis(500))
         .http2_keep_alive_interval(Duration::from_secs(5))
         .keep_alive_while_idle(true);
     Ok(GrpcChannel::new(endpoint.connect_with_connector_lazy(
-        c20_api::net::CoalescingConnector,
+        c20_api::net::CoalescingConnector::new(Duration::from_millis(500)),
     )))
 }
 

@@ -1043,8 +1043,7 @@ async fn initialize(raft: &Raft, members: &BTreeMap<NodeId, PeerNode>) -> Result
 /// Whether a failed call never reached the peer (the connection could not be made), so nothing
 /// was sent. Any other failure may have happened after the peer received the request.
 fn is_connect_error(status: &Status) -> bool {
-    let source = format!("{:?}", std::error::Error::source(status));
-    source.contains("ConnectError") || status.message() == "tcp connect error"
+    std::error::Error::source(status).is_some_and(c20_api::net::is_connect_error)
 }
 
 impl RaftNode {
