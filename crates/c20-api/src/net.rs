@@ -436,7 +436,10 @@ mod tests {
         #[derive(Debug, thiserror::Error)]
         #[error("transport error")]
         struct Transport(#[source] ConnectError);
-        assert!(is_connect_error(&Transport(err)), "found through the source chain");
+        assert!(
+            is_connect_error(&Transport(err)),
+            "found through the source chain"
+        );
         assert!(!is_connect_error(&io::Error::other("connection reset")));
     }
 
