@@ -163,10 +163,36 @@ struct ServeArgs {
     /// read a round of its own (for measuring what coalescing contributes).
     #[arg(long, env = "C20_READ_COALESCING", default_value_t = true, action = clap::ArgAction::Set)]
     read_coalescing: bool,
+    /// The longest time between checkpoints of the store while writes are applied (`100ms`,
+    /// `1s`); the log holds what is not checkpointed yet.
+    #[arg(
+        long,
+        env = "C20_BACKEND_BATCH_INTERVAL",
+        default_value = "100ms",
+        value_parser = parse_any_duration
+    )]
+    backend_batch_interval: Duration,
+    /// The most write requests applied between checkpoints of the store.
+    #[arg(
+        long,
+        env = "C20_BACKEND_BATCH_LIMIT",
+        default_value_t = c20_server::config::DEFAULT_BACKEND_BATCH_LIMIT,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    backend_batch_limit: u64,
+}
+
+/// Parses a duration as etcd's flags write them, 100ms at least.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_any_duration(s)?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("{s:?} is below the 100ms minimum"));
+    }
+    Ok(d)
 }
 
 /// Parses a duration as etcd's flags write them: a number and `ms`, `s`, `m` or `h`.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+fn parse_any_duration(s: &str) -> Result<Duration, String> {
     let split = s
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(|| format!("{s:?} has no unit (ms, s, m or h)"))?;
@@ -179,9 +205,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => n * 3_600_000,
         _ => return Err(format!("{s:?}: unknown unit {unit:?} (ms, s, m or h)")),
     };
-    if ms < 100 {
-        return Err(format!("{s:?} is below the 100ms minimum"));
-    }
     Ok(Duration::from_millis(ms))
 }
 
@@ -255,6 +278,8 @@ async fn serve(a: ServeArgs) -> Result<()> {
         batch_max_ops: a.batch_max_ops as usize,
         proposal_window: a.proposal_window as usize,
         read_coalescing: a.read_coalescing,
+        backend_batch_interval: a.backend_batch_interval,
+        backend_batch_limit: a.backend_batch_limit,
     };
     let server = Server::start(cfg).await?;
     let removed = tokio::select! {
@@ -279,4 +304,46 @@ async fn wait_for_signal() -> Result<()> {
         _ = int.recv() => {},
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve_args(flags: &[&str]) -> ServeArgs {
+        let argv = ["c20", "serve"].iter().chain(flags);
+        match Cli::try_parse_from(argv).expect("flags parse").cmd {
+            Cmd::Serve(a) => *a,
+            _ => unreachable!("parsed a serve command"),
+        }
+    }
+
+    #[test]
+    fn backend_batch_flags_default_to_the_servers_defaults_and_take_etcd_durations() {
+        let a = serve_args(&[]);
+        assert_eq!(
+            a.backend_batch_interval,
+            c20_server::config::DEFAULT_BACKEND_BATCH_INTERVAL
+        );
+        assert_eq!(
+            a.backend_batch_limit,
+            c20_server::config::DEFAULT_BACKEND_BATCH_LIMIT
+        );
+        let a = serve_args(&[
+            "--backend-batch-interval",
+            "1s",
+            "--backend-batch-limit",
+            "500",
+        ]);
+        assert_eq!(a.backend_batch_interval, Duration::from_secs(1));
+        assert_eq!(a.backend_batch_limit, 500);
+        assert_eq!(
+            serve_args(&["--backend-batch-interval", "10ms"]).backend_batch_interval,
+            Duration::from_millis(10)
+        );
+        let argv = ["c20", "serve", "--backend-batch-limit", "0"];
+        assert!(Cli::try_parse_from(argv).is_err());
+        let argv = ["c20", "serve", "--backend-batch-interval", "10"];
+        assert!(Cli::try_parse_from(argv).is_err());
+    }
 }

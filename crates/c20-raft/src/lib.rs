@@ -23,5 +23,6 @@ pub use consistency::PendingWrite;
 pub use lease::{LeaseAnswer, LeaseAsk, MAX_LEASE_TTL};
 pub use membership::ask_cluster_id;
 pub use node::{MemberInfo, NodeStatus, RaftNode, RaftNodeConfig};
+pub use state_machine::CheckpointPolicy;
 pub use transport::{LinkFaults, LocalRouter, Transport};
 pub use types::{Command, MemberAttrs, NodeId, Op, PeerNode, Reply};

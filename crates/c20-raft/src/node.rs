@@ -14,7 +14,7 @@ use crate::log_store::LogStore;
 use crate::membership::{ask_peer, AskFailed, PeerAnswer, PeerAsk};
 use crate::network::{peer_client, Network, PeerCompression, PEER_MESSAGE_BYTES_MAX};
 use crate::snapshot_transfer::{Incoming, SnapshotAnswer, SnapshotMsg};
-use crate::state_machine::{SmShared, StateMachine};
+use crate::state_machine::{CheckpointPolicy, SmShared, StateMachine};
 use crate::transport::Transport;
 use crate::types::{
     Command, MemberAttrs, NodeId, PeerNode, Reply, Snapshot, StoredMembership, TypeConfig,
@@ -82,6 +82,9 @@ pub struct RaftNodeConfig {
     /// Threads that read for independent requests of an applied batch in parallel; 1 applies
     /// strictly one request after the other.
     pub apply_threads: usize,
+    /// When the store checkpoints what was applied (etcd's `--backend-batch-interval` and
+    /// `--backend-batch-limit`).
+    pub checkpoint: CheckpointPolicy,
     /// Whether concurrent linearizable reads on the leader share quorum rounds. Off, each read
     /// waits for a round of its own, one round after the other: a switch for measuring what
     /// coalescing contributes.
@@ -114,6 +117,7 @@ impl RaftNodeConfig {
             batch: BatchConfig::default(),
             peer_compression: PeerCompression::OFF,
             apply_threads: default_apply_threads(),
+            checkpoint: CheckpointPolicy::default(),
             read_coalescing: true,
             cluster_id: 0,
             wall_clock: WallClock::system(),
@@ -227,6 +231,7 @@ impl RaftNode {
     ) -> Result<Arc<RaftNode>, StorageError> {
         let shared = sm.shared();
         shared.set_apply_threads(cfg.apply_threads);
+        shared.set_checkpoint_policy(cfg.checkpoint);
         // What the handle counts return to once openraft has dropped its copies: the caller's
         // handles and ours, without the state machine and log store moved into openraft.
         let released = (Arc::strong_count(&shared) - 1, log.handles());

@@ -31,10 +31,42 @@ use tokio::time::Instant;
 
 /// Most entries applied in one redb transaction.
 const APPLY_BATCH_ENTRIES_MAX: usize = 1024;
-/// A durable checkpoint is taken at least this often while entries are applied...
-const CHECKPOINT_INTERVAL_MS: u64 = 1000;
-/// ...or after this many applied entries, whichever comes first.
-const CHECKPOINT_ENTRIES_MAX: u64 = 10_000;
+/// When the store writes a durable checkpoint of what was applied since the last one (etcd's
+/// `--backend-batch-interval` and `--backend-batch-limit`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CheckpointPolicy {
+    /// At least this often while writes are applied...
+    pub interval: Duration,
+    /// ...or once this many write requests were applied, whichever comes first.
+    pub writes_max: u64,
+}
+
+/// Default of [`CheckpointPolicy::interval`], etcd's default batch interval. Short checkpoints
+/// spread the store's page writes and fsyncs evenly; one a second made each a burst that
+/// stalled the log's own fsyncs (docs/BENCHMARKS.md).
+pub const DEFAULT_CHECKPOINT_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Default of [`CheckpointPolicy::writes_max`], etcd's default batch limit.
+pub const DEFAULT_CHECKPOINT_WRITES_MAX: u64 = 10_000;
+
+impl Default for CheckpointPolicy {
+    fn default() -> Self {
+        CheckpointPolicy {
+            interval: DEFAULT_CHECKPOINT_INTERVAL,
+            writes_max: DEFAULT_CHECKPOINT_WRITES_MAX,
+        }
+    }
+}
+
+/// Progress towards the next checkpoint.
+#[derive(Debug)]
+struct CheckpointClock {
+    policy: CheckpointPolicy,
+    /// When the last checkpoint was taken.
+    since: Instant,
+    /// Write requests applied since.
+    writes: u64,
+}
 
 /// How far the store has applied the log, stored with every applied batch.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -202,7 +234,7 @@ pub struct SmShared {
     snapshot_mem: Mutex<Option<Vec<u8>>>,
     /// The latest snapshot's meta, once known: sending a snapshot then needs no decoding.
     snapshot_meta: Mutex<Option<SnapshotMeta>>,
-    checkpoint: Mutex<(Instant, u64)>,
+    checkpoint: Mutex<CheckpointClock>,
     /// The store's current revision, announced after every applied batch (watchers wait on it).
     revision: tokio::sync::watch::Sender<i64>,
     /// Snapshots installed from a leader: full, incremental.
@@ -260,6 +292,11 @@ impl SmShared {
             .set_apply_threads(threads);
     }
 
+    /// When checkpoints are taken from now on.
+    pub fn set_checkpoint_policy(&self, policy: CheckpointPolicy) {
+        self.checkpoint.lock().expect("checkpoint lock").policy = policy;
+    }
+
     /// Published attributes of every member that has published them.
     pub fn member_attrs(&self) -> BTreeMap<NodeId, MemberAttrs> {
         self.applied.read().expect("applied lock").members.clone()
@@ -283,7 +320,9 @@ impl SmShared {
         let raw = postcard::to_allocvec(&*self.applied.read().expect("applied lock"))
             .map_err(|e| StorageError::Io(e.to_string()))?;
         store.set_applied(raw);
-        *self.checkpoint.lock().expect("checkpoint lock") = (Instant::now(), 0);
+        let mut clock = self.checkpoint.lock().expect("checkpoint lock");
+        clock.since = Instant::now();
+        clock.writes = 0;
         Ok(())
     }
 
@@ -371,7 +410,11 @@ impl StateMachine {
                 snapshot_path,
                 snapshot_mem: Mutex::new(None),
                 snapshot_meta: Mutex::new(None),
-                checkpoint: Mutex::new((Instant::now(), 0)),
+                checkpoint: Mutex::new(CheckpointClock {
+                    policy: CheckpointPolicy::default(),
+                    since: Instant::now(),
+                    writes: 0,
+                }),
                 installed: Default::default(),
             }),
         })
@@ -387,7 +430,6 @@ impl StateMachine {
         let mut membership = None;
         let mut published = Vec::new();
         let mut last_applied = None;
-        let n = batch.len() as u64;
         for (entry, responder) in batch {
             let source = match entry.payload {
                 EntryPayload::Blank => Source::Fixed(Reply::Published),
@@ -410,6 +452,7 @@ impl StateMachine {
                 replies.push((r, source));
             }
         }
+        let writes = ops.len() as u64;
         let (mut results, rev) = {
             let mut store = self.shared.store.write().expect("store lock");
             let results = store.apply_batch(ops).map_err(io_err)?;
@@ -428,10 +471,10 @@ impl StateMachine {
         };
         self.shared.announce_revision(rev);
         let due = {
-            let mut cp = self.shared.checkpoint.lock().expect("checkpoint lock");
-            cp.1 += n;
-            cp.0.elapsed() >= Duration::from_millis(CHECKPOINT_INTERVAL_MS)
-                || cp.1 >= CHECKPOINT_ENTRIES_MAX
+            let mut clock = self.shared.checkpoint.lock().expect("checkpoint lock");
+            clock.writes += writes;
+            clock.since.elapsed() >= clock.policy.interval
+                || clock.writes >= clock.policy.writes_max
         };
         if due {
             // Written on the store's checkpoint thread: applying goes on meanwhile.

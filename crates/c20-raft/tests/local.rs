@@ -5,7 +5,9 @@ mod common;
 
 use c20_api::etcdserverpb::PutRequest;
 use c20_api::EtcdError;
-use c20_raft::{Command, LocalRouter, NodeId, PeerNode, RaftNode, RaftNodeConfig, Transport};
+use c20_raft::{
+    CheckpointPolicy, Command, LocalRouter, NodeId, PeerNode, RaftNode, RaftNodeConfig, Transport,
+};
 use c20_storage::{WriteOp, WriteResult};
 use common::{local_get, put};
 use std::collections::BTreeMap;
@@ -401,6 +403,34 @@ async fn log_bytes_trigger_a_snapshot_long_before_the_entry_count() {
         assert!(Instant::now() < deadline, "no snapshot: {:?}", n.status());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_checkpoints_once_the_write_limit_is_reached() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_router, nodes) = cluster_with(1, |cfg| {
+        cfg.in_memory = false;
+        cfg.data_dir = dir.path().join(cfg.id.to_string());
+        // Never by time within this test: only the limit can trigger a checkpoint.
+        cfg.checkpoint = CheckpointPolicy {
+            interval: Duration::from_secs(3600),
+            writes_max: 5,
+        };
+    })
+    .await;
+    let n = &nodes[&1];
+    leader_among(&nodes, None).await;
+    let pending = || n.state().read(|s| s.pending_rows());
+    for i in 1..=4 {
+        put(n, &format!("k{i}"), "v").await.unwrap();
+        assert_eq!(pending(), i, "rows wait for the checkpoint after put {i}");
+    }
+    // The fifth write reaches the limit: its apply hands every pending row to the checkpoint.
+    put(n, "k5", "v").await.unwrap();
+    assert_eq!(pending(), 0);
+    put(n, "k6", "v").await.unwrap();
+    assert_eq!(pending(), 1, "the count starts again after a checkpoint");
     shutdown(nodes).await;
 }
 

@@ -53,6 +53,11 @@ pub struct ServerConfig {
     pub proposal_window: usize,
     /// `--read-coalescing`: whether concurrent linearizable reads share quorum rounds.
     pub read_coalescing: bool,
+    /// `--backend-batch-interval`: the longest time between checkpoints of the store while
+    /// writes are applied.
+    pub backend_batch_interval: Duration,
+    /// `--backend-batch-limit`: the most write requests applied between checkpoints.
+    pub backend_batch_limit: u64,
 }
 
 /// Default of `--batch-max-ops`.
@@ -60,6 +65,13 @@ pub const DEFAULT_BATCH_MAX_OPS: usize = c20_raft::batcher::DEFAULT_BATCH_OPS_MA
 
 /// Default of `--proposal-window`.
 pub const DEFAULT_PROPOSAL_WINDOW: usize = c20_raft::batcher::DEFAULT_PROPOSAL_WINDOW;
+
+/// Default of `--backend-batch-interval`.
+pub const DEFAULT_BACKEND_BATCH_INTERVAL: Duration =
+    c20_raft::state_machine::DEFAULT_CHECKPOINT_INTERVAL;
+
+/// Default of `--backend-batch-limit`.
+pub const DEFAULT_BACKEND_BATCH_LIMIT: u64 = c20_raft::state_machine::DEFAULT_CHECKPOINT_WRITES_MAX;
 
 /// Default of `--peer-compression-min-bytes` (docs/BENCHMARKS.md has the measurement behind it).
 pub const DEFAULT_PEER_COMPRESSION_MIN_BYTES: usize = 0;
@@ -90,6 +102,8 @@ impl ServerConfig {
             batch_max_ops: DEFAULT_BATCH_MAX_OPS,
             proposal_window: DEFAULT_PROPOSAL_WINDOW,
             read_coalescing: true,
+            backend_batch_interval: DEFAULT_BACKEND_BATCH_INTERVAL,
+            backend_batch_limit: DEFAULT_BACKEND_BATCH_LIMIT,
         }
     }
 }

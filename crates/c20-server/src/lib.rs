@@ -169,6 +169,10 @@ impl Server {
         rcfg.batch.ops_max = cfg.batch_max_ops;
         rcfg.batch.window = cfg.proposal_window;
         rcfg.read_coalescing = cfg.read_coalescing;
+        rcfg.checkpoint = c20_raft::CheckpointPolicy {
+            interval: cfg.backend_batch_interval,
+            writes_max: cfg.backend_batch_limit,
+        };
         rcfg.cluster_id = cluster_id;
         let node = RaftNode::start(rcfg).await?;
         let shared = Arc::new(Shared {
