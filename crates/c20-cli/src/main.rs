@@ -209,6 +209,9 @@ fn parse_any_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> Result<()> {
+    // Huge-page faults stalled put-100's tail for tens of milliseconds while the store grew
+    // (docs/BENCHMARKS.md). A kernel without the setting leaves things as they were.
+    let _ = c20_server::tuning::disable_transparent_huge_pages();
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

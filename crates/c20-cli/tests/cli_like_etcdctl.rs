@@ -70,6 +70,19 @@ fn watch_lines(mut cmd: Command, n: usize) -> Vec<String> {
 }
 
 #[test]
+fn a_serving_member_runs_without_transparent_huge_pages() {
+    let mut cluster = Cluster::start(Flavor::C20, 1);
+    cluster.wait_healthy(Duration::from_secs(30));
+    let pid = cluster.members[0].child.as_ref().expect("member runs").id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let thp = status
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:"))
+        .expect("the kernel reports THP_enabled");
+    assert_eq!(thp.trim(), "0", "transparent huge pages stay on: {thp:?}");
+}
+
+#[test]
 fn c20_commands_print_what_etcdctl_prints() {
     let mut cluster = Cluster::start(Flavor::C20, 1);
     cluster.wait_healthy(Duration::from_secs(30));

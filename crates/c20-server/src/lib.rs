@@ -6,6 +6,7 @@ pub mod config;
 mod kv;
 mod lease;
 mod maintenance;
+pub mod tuning;
 mod watch_service;
 
 pub use c20_raft::node::default_apply_threads;

@@ -1,4 +1,5 @@
-//! Process settings that a program embedding c20 may choose; the library never changes them on
+//! Process settings. `c20 serve` (any `c20` command) applies them at start; a program embedding
+//! c20 may choose them (`c20_distributed` re-exports them), the library never changes them on
 //! its own.
 
 /// Turns transparent huge pages off for this whole process (Linux's `PR_SET_THP_DISABLE`;
