@@ -37,8 +37,13 @@ done
 need_etcd_and_c20
 start_work_dir
 
+# put-1 goes to the first endpoint, whatever its role; put-1-leader and put-1-follower go to the
+# member that leads and to one that follows when the workload starts, so that both stores are
+# measured in the same role (a write sent to a follower is forwarded to the leader).
 WORKLOADS=(
     "put-1:--workload put --clients 1 --conns 1"
+    "put-1-leader:--workload put --clients 1 --conns 1"
+    "put-1-follower:--workload put --clients 1 --conns 1"
     "put-100:--workload put --clients 100 --conns 10"
     "get-strong-100:--workload get --consistency strong --clients 100 --conns 10 --key-space 10000"
     "get-eventual-100:--workload get --consistency eventual --clients 100 --conns 10 --key-space 10000"
@@ -65,9 +70,14 @@ for flavor in $FLAVORS; do
     fi
     for w in "${WORKLOADS[@]}"; do
         name=${w%%:*}; args=${w#*:}
-        total=$TOTAL; [ "$name" = put-1 ] && total=$((TOTAL / 10))
+        total=$TOTAL; case "$name" in put-1*) total=$((TOTAL / 10)) ;; esac
+        endpoints=$ENDPOINTS
+        case "$name" in
+            *-leader) endpoints=$(member_with_role leader) ;;
+            *-follower) endpoints=$(member_with_role follower) ;;
+        esac
         # shellcheck disable=SC2086
-        RES[$flavor/$name]=$("$C20" bench --endpoints "$ENDPOINTS" $args --val-size 256 --total "$total" --json)
+        RES[$flavor/$name]=$("$C20" bench --endpoints "$endpoints" $args --val-size 256 --total "$total" --json)
     done
     stop_cluster
 done

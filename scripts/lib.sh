@@ -62,6 +62,23 @@ start_cluster() {
     echo "$flavor cluster did not become healthy" >&2; exit 1
 }
 
+# Prints the client endpoint (host:port) of the member of the running cluster that leads (role
+# leader) or of one that follows (role follower), as `endpoint status` reports them.
+member_with_role() {
+    ETCDCTL_API=3 etcdctl --endpoints "$ENDPOINTS" endpoint status -w json | python3 -c '
+import json, sys
+role = sys.argv[1]
+members = json.load(sys.stdin)
+for m in members:
+    leads = m["Status"]["leader"] == m["Status"]["header"]["member_id"]
+    if leads == (role == "leader"):
+        print(m["Endpoint"].split("://")[-1])
+        break
+else:
+    sys.exit("no member is " + role)
+' "$1"
+}
+
 stop_cluster() {
     for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
     for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done

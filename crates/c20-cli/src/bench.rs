@@ -5,6 +5,7 @@
 //! clock starts; throughput is successful ops divided by the wall time of the whole timed run
 //! (until the last client has finished), never a sum of per-client rates.
 
+use crate::bench_timeline::{self, Samples, Window};
 use anyhow::{Context, Result};
 use c20_api::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use c20_api::etcdserverpb::kv_client::KvClient;
@@ -134,6 +135,10 @@ pub struct BenchArgs {
     /// --total N with --key-space N writes N distinct keys.
     #[arg(long)]
     sequential_keys: bool,
+    /// Also report latencies window by window over the timed run (e.g. 100ms): whether the
+    /// slow requests are spread evenly or bunched. In --json, as "timeline".
+    #[arg(long, value_parser = parse_duration)]
+    timeline: Option<Duration>,
 }
 
 /// When the timed run ends.
@@ -164,6 +169,8 @@ struct Plan {
     seed: u64,
     timeout: Duration,
     json: bool,
+    /// Window width of the latency timeline, when asked for.
+    timeline: Option<Duration>,
 }
 
 fn parse_consistency(s: &str) -> Result<ConsistencyLevel, String> {
@@ -296,6 +303,7 @@ impl BenchArgs {
             seed: self.seed,
             timeout: self.timeout,
             json: self.json,
+            timeline: self.timeline,
         })
     }
 }
@@ -390,10 +398,15 @@ struct Report {
     latency: Latency,
     endpoints: Vec<String>,
     error_kinds: BTreeMap<String, u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timeline: Option<Vec<Window>>,
 }
 
 impl Report {
-    fn new(plan: &Plan, stats: ClientStats, elapsed: Duration) -> Report {
+    fn new(plan: &Plan, mut stats: ClientStats, elapsed: Duration) -> Report {
+        let timeline = plan
+            .timeline
+            .map(|w| std::mem::take(&mut stats.samples).windows(w));
         let elapsed_s = elapsed.as_secs_f64();
         let ops_per_s = if elapsed_s > 0.0 {
             stats.ok as f64 / elapsed_s
@@ -418,6 +431,7 @@ impl Report {
             latency: Latency::from_histogram(&stats.latency_us),
             endpoints: plan.endpoints.clone(),
             error_kinds: stats.errors.by_kind,
+            timeline,
         }
     }
 
@@ -467,6 +481,10 @@ impl Report {
                 out += &format!("  {count:>8}  {kind}\n");
             }
         }
+        if let Some(windows) = &self.timeline {
+            out += "timeline (by completion time):\n";
+            out += &bench_timeline::table(windows);
+        }
         out
     }
 }
@@ -477,6 +495,8 @@ struct ClientStats {
     ok: u64,
     conflicts: u64,
     errors: ErrorKinds,
+    /// Each success's completion time and latency, kept only for `--timeline`.
+    samples: Samples,
 }
 
 impl ClientStats {
@@ -486,6 +506,7 @@ impl ClientStats {
             ok: 0,
             conflicts: 0,
             errors: ErrorKinds::default(),
+            samples: Samples::default(),
         }
     }
 
@@ -496,6 +517,7 @@ impl ClientStats {
         self.ok += other.ok;
         self.conflicts += other.conflicts;
         self.errors.merge(other.errors);
+        self.samples.merge(other.samples);
     }
 }
 
@@ -512,6 +534,8 @@ struct Shared {
     consistency: Option<AsciiMetadataValue>,
     timeout: Duration,
     limit: Limit,
+    /// Whether client loops keep samples for the timeline.
+    timeline: bool,
     start: Instant,
     /// Request slots handed out (`Limit::Total`).
     issued: AtomicU64,
@@ -547,6 +571,7 @@ impl Shared {
                 .map(|c| AsciiMetadataValue::from_static(c.as_str())),
             timeout: plan.timeout,
             limit: plan.limit,
+            timeline: plan.timeline.is_some(),
             start: Instant::now(),
             issued: AtomicU64::new(0),
             done: AtomicU64::new(0),
@@ -682,6 +707,9 @@ async fn client_loop(
                     stats.conflicts += 1;
                 }
                 stats.latency_us.saturating_record(latency_us);
+                if s.timeline {
+                    stats.samples.record(s.start.elapsed(), latency_us);
+                }
             }
             Ok(Err(status)) => stats
                 .errors
@@ -1140,6 +1168,32 @@ mod tests {
         assert_eq!(v["p99_ms"], serde_json::Value::Null);
         assert_eq!(v["ops_per_s"], 0.0);
         assert!(r.table().contains("p50 -"));
+    }
+
+    #[test]
+    fn the_timeline_is_reported_only_when_asked_for() {
+        let p = plan(&["--workload", "put", "--timeline", "250ms"]).unwrap();
+        assert_eq!(p.timeline, Some(Duration::from_millis(250)));
+        assert!(plan(&["--timeline", "0ms"]).is_err());
+        let mut stats = ClientStats::new();
+        for (done_ms, us) in [(10, 800), (20, 1200), (600, 9000)] {
+            stats.latency_us.record(us).unwrap();
+            stats.samples.record(Duration::from_millis(done_ms), us);
+        }
+        stats.ok = 3;
+        let r = Report::new(&p, stats, Duration::from_millis(700));
+        let v: serde_json::Value = serde_json::from_str(&r.json_line()).unwrap();
+        let windows = v["timeline"].as_array().expect("timeline in the json line");
+        let ops: Vec<u64> = windows.iter().map(|w| w["ops"].as_u64().unwrap()).collect();
+        assert_eq!(ops, [2, 0, 1]);
+        assert_eq!(windows[2]["start_ms"], 500.0);
+        assert_eq!(windows[2]["p99_ms"], 9.0);
+        assert!(r.table().contains("timeline (by completion time):"));
+        // Without --timeline: no samples are kept and no timeline is printed.
+        let p = plan(&["--workload", "put"]).unwrap();
+        assert!(!Shared::new(&p).timeline);
+        let v: serde_json::Value = serde_json::from_str(&sample_report(&p).json_line()).unwrap();
+        assert!(v.get("timeline").is_none());
     }
 
     #[test]

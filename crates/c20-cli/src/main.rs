@@ -1,6 +1,7 @@
 //! `c20`: run a node (`serve`) or a local cluster (`up`), and talk to a cluster.
 
 mod bench;
+mod bench_timeline;
 mod bench_watch;
 mod client_cmds;
 mod snapshot_cmds;
