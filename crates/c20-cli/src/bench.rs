@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 use tonic::metadata::AsciiMetadataValue;
-use tonic::transport::Endpoint;
 
 const CLIENTS_MAX: u64 = 100_000;
 const CONNS_MAX: u64 = 1_024;
@@ -739,17 +738,8 @@ async fn connect(plan: &Plan) -> Result<Vec<KvClient<GrpcChannel>>> {
 /// One connection to `ep` (`host:port` or a URL), with Nagle off and the writes of concurrent
 /// calls gathered and unary requests ending with their message (`c20_api::net`).
 pub(crate) async fn channel(ep: &str) -> Result<GrpcChannel> {
-    let url = if ep.contains("://") {
-        ep.to_string()
-    } else {
-        format!("http://{ep}")
-    };
-    Endpoint::from_shared(url)
-        .with_context(|| format!("bad endpoint {ep:?}"))?
-        .connect_with_connector(c20_api::net::CoalescingConnector::new(CONNECT_TIMEOUT))
-        .await
-        .map(GrpcChannel::new)
-        .with_context(|| format!("connecting to {ep}"))
+    let channel = c20_client::connect_channel(ep, CONNECT_TIMEOUT).await?;
+    Ok(GrpcChannel::new(channel))
 }
 
 fn progress_bar(visible: bool, len: u64, template: &str) -> ProgressBar {

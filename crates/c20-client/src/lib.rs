@@ -67,6 +67,28 @@ fn receiver_stream<T: Send + 'static>(
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+/// Connects one channel to `ep` (`host:port` or a URL) within `connect_timeout`, through
+/// [`c20_api::net::CoalescingConnector`]: Nagle off, the writes of concurrent calls gathered.
+/// A bad endpoint is `InvalidArgument`, one that cannot be reached `Unavailable`.
+pub async fn connect_channel(ep: &str, connect_timeout: Duration) -> Result<Channel, ClientError> {
+    let url = if ep.contains("://") {
+        ep.to_string()
+    } else {
+        format!("http://{ep}")
+    };
+    Endpoint::from_shared(url)
+        .map_err(|e| ClientError {
+            code: tonic::Code::InvalidArgument,
+            message: format!("bad endpoint {ep:?}: {e}"),
+        })?
+        .connect_with_connector(c20_api::net::CoalescingConnector::new(connect_timeout))
+        .await
+        .map_err(|e| ClientError {
+            code: tonic::Code::Unavailable,
+            message: format!("cannot connect to {ep}: {e}"),
+        })
+}
+
 /// A connection to one endpoint of a cluster.
 #[derive(Clone)]
 pub struct Client {
@@ -166,24 +188,7 @@ impl Client {
     }
 
     async fn connect_one(ep: &str) -> Result<Client, ClientError> {
-        let url = if ep.contains("://") {
-            ep.to_string()
-        } else {
-            format!("http://{ep}")
-        };
-        let channel = Endpoint::from_shared(url.clone())
-            .map_err(|e| ClientError {
-                code: tonic::Code::InvalidArgument,
-                message: format!("bad endpoint {ep:?}: {e}"),
-            })?
-            .connect_with_connector(c20_api::net::CoalescingConnector::new(Duration::from_secs(
-                3,
-            )))
-            .await
-            .map_err(|e| ClientError {
-                code: tonic::Code::Unavailable,
-                message: format!("cannot connect to {ep}: {e}"),
-            })?;
+        let channel = connect_channel(ep, Duration::from_secs(3)).await?;
         Ok(Client::from_channel(channel))
     }
 

@@ -68,6 +68,25 @@ struct CheckpointClock {
     writes: u64,
 }
 
+impl CheckpointClock {
+    /// Counts `writes` more; whether a checkpoint is due.
+    fn add(&mut self, writes: u64) -> bool {
+        self.writes += writes;
+        self.since.elapsed() >= self.policy.interval || self.writes >= self.policy.writes_max
+    }
+
+    /// A checkpoint was taken: the count towards the next starts again.
+    fn restart(&mut self) {
+        self.since = Instant::now();
+        self.writes = 0;
+    }
+}
+
+/// `applied` as the store keeps it with each checkpoint.
+fn encode_applied(applied: &Applied) -> Result<Vec<u8>, StorageError> {
+    postcard::to_allocvec(applied).map_err(|e| StorageError::Io(e.to_string()))
+}
+
 /// How far the store has applied the log, stored with every applied batch.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 struct Applied {
@@ -310,20 +329,9 @@ impl SmShared {
 
     /// Checkpoints `store` (whose lock the caller holds) with the current applied record.
     fn checkpoint_locked(&self, store: &mut MvccStore) -> Result<(), StorageError> {
-        self.record_applied(store)?;
+        store.set_applied(encode_applied(&self.applied.read().expect("applied lock"))?);
+        self.checkpoint.lock().expect("checkpoint lock").restart();
         store.checkpoint()
-    }
-
-    /// Stores the applied record in `store` for its next checkpoint, and restarts the count
-    /// towards the one after.
-    fn record_applied(&self, store: &mut MvccStore) -> Result<(), StorageError> {
-        let raw = postcard::to_allocvec(&*self.applied.read().expect("applied lock"))
-            .map_err(|e| StorageError::Io(e.to_string()))?;
-        store.set_applied(raw);
-        let mut clock = self.checkpoint.lock().expect("checkpoint lock");
-        clock.since = Instant::now();
-        clock.writes = 0;
-        Ok(())
     }
 
     /// Keeps `raw` (whose meta is `meta`) as the latest snapshot, durably when the state
@@ -452,7 +460,12 @@ impl StateMachine {
                 replies.push((r, source));
             }
         }
-        let writes = ops.len() as u64;
+        let due = self
+            .shared
+            .checkpoint
+            .lock()
+            .expect("checkpoint lock")
+            .add(ops.len() as u64);
         let (mut results, rev) = {
             let mut store = self.shared.store.write().expect("store lock");
             let results = store.apply_batch(ops).map_err(io_err)?;
@@ -464,24 +477,25 @@ impl StateMachine {
             if last_applied.is_some() {
                 applied.last_applied = last_applied;
             }
+            // Written on the store's checkpoint thread: applying goes on meanwhile. While the
+            // last one is still being written, the rows stay pending and the next apply tries
+            // again.
+            if due && !store.checkpoint_busy() {
+                store.set_applied(encode_applied(&applied).map_err(io_err)?);
+                store.checkpoint_in_background().map_err(io_err)?;
+                // The clock's lock is taken under the store's, as in `checkpoint_locked`.
+                self.shared
+                    .checkpoint
+                    .lock()
+                    .expect("checkpoint lock")
+                    .restart();
+            }
             (
                 results.into_iter().map(Some).collect::<Vec<_>>(),
                 store.current_revision(),
             )
         };
         self.shared.announce_revision(rev);
-        let due = {
-            let mut clock = self.shared.checkpoint.lock().expect("checkpoint lock");
-            clock.writes += writes;
-            clock.since.elapsed() >= clock.policy.interval
-                || clock.writes >= clock.policy.writes_max
-        };
-        if due {
-            // Written on the store's checkpoint thread: applying goes on meanwhile.
-            let mut store = self.shared.store.write().expect("store lock");
-            self.shared.record_applied(&mut store).map_err(io_err)?;
-            store.checkpoint_in_background().map_err(io_err)?;
-        }
         for (responder, source) in replies {
             responder.send(source.reply(&mut results));
         }

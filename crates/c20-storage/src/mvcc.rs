@@ -772,10 +772,11 @@ impl MvccStore {
         let Some(db) = &self.db else {
             return self.checkpoint();
         };
-        match &self.checkpointer {
-            Some(c) if c.busy() => return Ok(()),
-            Some(_) => {}
-            None => self.checkpointer = Some(checkpoint::Checkpointer::start(db.clone())?),
+        if self.checkpoint_busy() {
+            return Ok(());
+        }
+        if self.checkpointer.is_none() {
+            self.checkpointer = Some(checkpoint::Checkpointer::start(db.clone())?);
         }
         let job = self.take_checkpoint();
         let res = self.checkpointer.as_ref().map_or(Ok(()), |c| c.send(job));
@@ -812,6 +813,12 @@ impl MvccStore {
             compact_rev: self.compact_rev,
             applied: self.applied.clone(),
         }
+    }
+
+    /// Whether a checkpoint sent to the background is still being written:
+    /// [`MvccStore::checkpoint_in_background`] would send nothing now.
+    pub fn checkpoint_busy(&self) -> bool {
+        self.checkpointer.as_ref().is_some_and(|c| c.busy())
     }
 
     /// Number of row changes waiting for the next checkpoint.
