@@ -7,6 +7,7 @@
 //!   leaves with unsynced writes lost and the last one torn.
 //! - [`meta_file`]: small records (vote, purge point) replaced atomically and durably.
 //! - [`snapshot`]: the snapshot container (format byte, zstd compression, checksum).
+//! - [`stored_kv`]: one key-value revision as the store keeps it, in a single allocation.
 //!
 //! Any write or fsync error is final for the object that saw it: it refuses further writes
 //! (fail-stop), because after a failed fsync the state of the page cache is unknown.
@@ -16,6 +17,7 @@ pub mod meta_file;
 pub mod mvcc;
 pub mod planted;
 pub mod snapshot;
+pub mod stored_kv;
 pub mod wal;
 
 pub use disk::{CrashDamage, Disk, DiskFile, OsDisk, SimDisk};

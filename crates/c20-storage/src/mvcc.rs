@@ -12,6 +12,7 @@
 //! A store made with [`MvccStore::in_memory`] has no redb at all.
 
 use crate::planted::{self, Bug};
+use crate::stored_kv::{StoredKv, MAX_PART_LEN};
 use crate::StorageError;
 use c20_api::etcdserverpb::{
     compare, range_request, request_op, response_op, CompactionRequest, CompactionResponse,
@@ -42,28 +43,24 @@ const META_APPLIED: &str = "applied";
 const FLAG_TOMBSTONE: u8 = 0;
 const FLAG_PUT: u8 = 1;
 
-/// One key's events in revision order. Most keys have one (written once, or compacted down to
-/// their latest version), which is kept inline rather than in an allocation of its own.
-type History = smallvec::SmallVec<[KeyEvent; 1]>;
-
 /// One change of one key: a put with the stored value, or a delete with its tombstone (key and
 /// revision only). The key index and the revision-ordered queue share it. Its main revision is
-/// the `mod_revision` of its `KeyValue` (a tombstone's too) rather than a field of its own, so
+/// the `mod_revision` of its [`StoredKv`] (a tombstone's too) rather than a field of its own, so
 /// an event takes 16 bytes besides the shared value.
 #[derive(Debug, Clone)]
 pub(super) struct KeyEvent {
-    pub(super) kv: Arc<KeyValue>,
+    pub(super) kv: StoredKv,
     pub(super) sub: u32,
     pub(super) is_put: bool,
 }
 
 impl KeyEvent {
     pub(super) fn main(&self) -> i64 {
-        self.kv.mod_revision
+        self.kv.mod_revision()
     }
 
     /// What a read at or after this event sees: the value, or nothing after a delete.
-    pub(super) fn put(&self) -> Option<&Arc<KeyValue>> {
+    pub(super) fn put(&self) -> Option<&StoredKv> {
         self.is_put.then_some(&self.kv)
     }
 
@@ -80,9 +77,7 @@ impl KeyEvent {
         } else {
             FLAG_TOMBSTONE
         });
-        self.kv
-            .encode(row)
-            .expect("encoding into a Vec cannot fail");
+        self.kv.encode(row);
     }
 }
 
@@ -408,7 +403,7 @@ impl MvccStore {
             if req.count_only || (fetch_limit > 0 && kvs.len() >= fetch_limit) {
                 continue;
             }
-            kvs.push(kv.as_ref().clone());
+            kvs.push(kv.to_kv());
         }
         if req.count_only {
             kvs.clear();
@@ -471,7 +466,7 @@ impl MvccStore {
         key: &'a [u8],
         range_end: &'a [u8],
         rev: i64,
-    ) -> impl Iterator<Item = (&'a [u8], &'a Arc<KeyValue>)> + 'a {
+    ) -> impl Iterator<Item = (&'a [u8], &'a StoredKv)> + 'a {
         let upper: Option<Bound<&[u8]>> = if range_end.is_empty() {
             Some(Bound::Included(key))
         } else if range_end == [0] {
@@ -491,7 +486,7 @@ impl MvccStore {
             })
     }
 
-    fn get(&self, key: &[u8], rev: i64) -> Option<&Arc<KeyValue>> {
+    fn get(&self, key: &[u8], rev: i64) -> Option<&StoredKv> {
         self.index
             .get(key)
             .and_then(|h| latest_at(h, rev))
@@ -508,7 +503,7 @@ impl MvccStore {
         if rev < self.compact_rev {
             return Err(EtcdError::Compacted);
         }
-        type Row<'a> = (i64, i64, &'a [u8], Option<&'a Arc<KeyValue>>);
+        type Row<'a> = (i64, i64, &'a [u8], Option<&'a StoredKv>);
         let mut events: Vec<Row> = Vec::new();
         for (k, h) in &self.index {
             for e in h.iter().filter(|e| e.main() <= rev) {
@@ -516,6 +511,7 @@ impl MvccStore {
             }
         }
         let mut crc = 0u32;
+        let mut encoded = Vec::new();
         for (main, sub, key, kv) in events {
             crc = crc32c::crc32c_append(crc, &main.to_le_bytes());
             crc = crc32c::crc32c_append(crc, &sub.to_le_bytes());
@@ -523,7 +519,9 @@ impl MvccStore {
             match kv {
                 Some(kv) => {
                     crc = crc32c::crc32c_append(crc, &[FLAG_PUT]);
-                    crc = crc32c::crc32c_append(crc, &kv.encode_to_vec());
+                    encoded.clear();
+                    kv.encode(&mut encoded);
+                    crc = crc32c::crc32c_append(crc, &encoded);
                 }
                 None => crc = crc32c::crc32c_append(crc, &[FLAG_TOMBSTONE]),
             }
@@ -911,46 +909,49 @@ impl MvccStore {
         let visible = w.visible_rev();
         let sub = w.changes;
         w.changes += 1;
-        // One walk of the key index for the read of the previous version and the append. A new
-        // key's first event is kept inline (see `History`).
-        let history = self.index.entry(p.key.as_slice().into()).or_default();
-        let prev = latest_at(history, visible).and_then(KeyEvent::put).cloned();
+        // One walk of the key index for the read of the previous version and the append (a new
+        // key takes a second one to insert it).
+        let history = self.index.get_mut(p.key.as_slice());
+        let prev = history
+            .as_deref()
+            .and_then(|h| latest_at(h, visible))
+            .and_then(KeyEvent::put)
+            .cloned();
         let (create_revision, version) = match &prev {
-            Some(kv) => (kv.create_revision, kv.version + 1),
+            Some(kv) => (kv.create_revision(), kv.version() + 1),
             None => (rev, 1),
         };
         let value = match (&prev, p.ignore_value) {
-            (Some(kv), true) => kv.value.clone(),
-            _ => p.value,
+            (Some(kv), true) => kv.value(),
+            _ => &p.value,
         };
         let lease = match (&prev, p.ignore_lease) {
-            (Some(kv), true) => kv.lease,
+            (Some(kv), true) => kv.lease(),
             _ => p.lease,
         };
-        let kv = Arc::new(KeyValue {
-            key: p.key,
-            create_revision,
-            mod_revision: rev,
-            version,
-            value,
-            lease,
-        });
+        let kv = StoredKv::new(&p.key, value, create_revision, rev, version, lease);
         let event = KeyEvent {
-            kv: kv.clone(),
+            kv,
             sub: sub as u32,
             is_put: true,
         };
-        history.push(event.clone());
-        let old_lease = prev.as_ref().map_or(0, |kv| kv.lease);
-        if old_lease != kv.lease {
-            self.detach(old_lease, &kv.key);
-            self.attach(kv.lease, &kv.key);
+        match history {
+            Some(history) => history.push(event.clone()),
+            None => {
+                self.index
+                    .insert(p.key.as_slice().into(), History::One(event.clone()));
+            }
+        }
+        let old_lease = prev.as_ref().map_or(0, |kv| kv.lease());
+        if old_lease != lease {
+            self.detach(old_lease, &p.key);
+            self.attach(lease, &p.key);
         }
         self.queue_event(event);
         PutResponse {
             header: Some(header(rev)),
             prev_kv: if p.prev_kv {
-                prev.map(|kv| kv.as_ref().clone())
+                prev.map(|kv| kv.to_kv())
             } else {
                 None
             },
@@ -966,16 +967,16 @@ impl MvccStore {
         &mut self,
         w: &mut TxnWriter,
         d: &DeleteRangeRequest,
-        victims: Option<Vec<Arc<KeyValue>>>,
+        victims: Option<Vec<StoredKv>>,
     ) -> DeleteRangeResponse {
-        let victims: Vec<Arc<KeyValue>> = victims.unwrap_or_else(|| {
+        let victims: Vec<StoredKv> = victims.unwrap_or_else(|| {
             self.visible(&d.key, &d.range_end, w.visible_rev())
                 .map(|(_, kv)| kv.clone())
                 .collect()
         });
         for kv in &victims {
-            self.detach(kv.lease, &kv.key);
-            self.record_tombstone(w, kv.key.clone());
+            self.detach(kv.lease(), kv.key());
+            self.record_tombstone(w, kv.key());
         }
         let now = if victims.is_empty() {
             w.visible_rev()
@@ -986,7 +987,7 @@ impl MvccStore {
             header: Some(header(now)),
             deleted: victims.len() as i64,
             prev_kvs: if d.prev_kv {
-                victims.iter().map(|kv| kv.as_ref().clone()).collect()
+                victims.iter().map(StoredKv::to_kv).collect()
             } else {
                 Vec::new()
             },
@@ -994,29 +995,22 @@ impl MvccStore {
     }
 
     /// Appends the deletion of `key` at the writer's revision to the index and the pending rows
-    /// (a tombstone's `KeyValue` holds only the key and the revision).
-    fn record_tombstone(&mut self, w: &mut TxnWriter, key: Vec<u8>) {
+    /// (a tombstone holds only the key and the revision).
+    fn record_tombstone(&mut self, w: &mut TxnWriter, key: &[u8]) {
         // The revision before counting this change (under the planted bug
         // `txn-at-two-revisions` it depends on the count).
         let mod_revision = w.rev();
         let sub = w.changes;
         w.changes += 1;
         let event = KeyEvent {
-            kv: Arc::new(KeyValue {
-                key,
-                mod_revision,
-                ..Default::default()
-            }),
+            kv: StoredKv::tombstone(key, mod_revision),
             sub: sub as u32,
             is_put: false,
         };
-        match self.index.get_mut(event.kv.key.as_slice()) {
+        match self.index.get_mut(key) {
             Some(history) => history.push(event.clone()),
             None => {
-                self.index.insert(
-                    event.kv.key.as_slice().into(),
-                    smallvec::smallvec![event.clone()],
-                );
+                self.index.insert(key.into(), History::One(event.clone()));
             }
         }
         self.queue_event(event);
@@ -1135,11 +1129,11 @@ impl MvccStore {
     fn compare(&self, c: &Compare) -> bool {
         use compare::{CompareResult as R, CompareTarget as T, TargetUnion as U};
         let target = T::try_from(c.target).unwrap_or(T::Version);
-        let kvs: Vec<&Arc<KeyValue>> = self
+        let kvs: Vec<&StoredKv> = self
             .visible(&c.key, &c.range_end, self.current_rev)
             .map(|(_, kv)| kv)
             .collect();
-        let empty = Arc::new(KeyValue::default());
+        let empty = StoredKv::new(&[], &[], 0, 0, 0, 0);
         let kvs = if kvs.is_empty() {
             if target == T::Value {
                 // A missing key has no value to compare; etcd fails such a compare.
@@ -1157,14 +1151,14 @@ impl MvccStore {
                         Some(U::Value(v)) => v,
                         _ => &[],
                     };
-                    kv.value.as_slice().cmp(want)
+                    kv.value().cmp(want)
                 }
-                T::Version => kv.version.cmp(&union_i64(&c.target_union, T::Version)),
+                T::Version => kv.version().cmp(&union_i64(&c.target_union, T::Version)),
                 T::Create => kv
-                    .create_revision
+                    .create_revision()
                     .cmp(&union_i64(&c.target_union, T::Create)),
-                T::Mod => kv.mod_revision.cmp(&union_i64(&c.target_union, T::Mod)),
-                T::Lease => kv.lease.cmp(&union_i64(&c.target_union, T::Lease)),
+                T::Mod => kv.mod_revision().cmp(&union_i64(&c.target_union, T::Mod)),
+                T::Lease => kv.lease().cmp(&union_i64(&c.target_union, T::Lease)),
             };
             match result {
                 R::Equal => ord.is_eq(),
@@ -1193,12 +1187,14 @@ impl MvccStore {
             let newest = &history[upto - 1];
             let keep_newest = newest.is_put || newest.main() == rev;
             let drop_n = if keep_newest { upto - 1 } else { upto };
-            for e in history.drain(..drop_n) {
-                if self.db.is_some() {
-                    self.pending.removes.push((e.main() as u64, e.sub.into()));
+            let removes = &mut self.pending.removes;
+            let on_disk = self.db.is_some();
+            let now_empty = history.remove_oldest(drop_n, |e| {
+                if on_disk {
+                    removes.push((e.main() as u64, e.sub.into()));
                 }
-            }
-            if history.is_empty() {
+            });
+            if now_empty {
                 emptied.push(key.clone());
             }
         }
@@ -1278,31 +1274,36 @@ fn index_row(
         .split_first()
         .ok_or_else(|| StorageError::Corrupt(format!("empty event row at {main}.{sub}")))?;
     let corrupt = |why: String| StorageError::Corrupt(format!("event row {main}.{sub}: {why}"));
-    let mut kv = KeyValue::decode(body).map_err(|e| corrupt(e.to_string()))?;
+    let kv = KeyValue::decode(body).map_err(|e| corrupt(e.to_string()))?;
     let is_put = match *flag {
         FLAG_PUT => true,
         FLAG_TOMBSTONE => false,
         f => return Err(corrupt(format!("flag {f}"))),
     };
     let sub = u32::try_from(sub).map_err(|_| corrupt("sub-revision out of range".into()))?;
-    if !is_put {
-        // A tombstone is its key and revision (as `record` makes it), whatever else a row held.
-        kv = KeyValue {
-            key: std::mem::take(&mut kv.key),
-            mod_revision: main as i64,
-            ..Default::default()
-        };
+    if kv.key.len() > MAX_PART_LEN || kv.value.len() > MAX_PART_LEN {
+        return Err(corrupt("key or value of 4 GiB or more".into()));
+    }
+    let stored = if !is_put {
+        // A tombstone is its key and revision (as `record_tombstone` makes it), whatever else
+        // a row held.
+        StoredKv::tombstone(&kv.key, main as i64)
     } else if kv.mod_revision as u64 != main {
         return Err(corrupt(format!("holds mod_revision {}", kv.mod_revision)));
+    } else {
+        StoredKv::from_kv(&kv)
+    };
+    let event = KeyEvent {
+        kv: stored,
+        sub,
+        is_put,
+    };
+    match index.entry(kv.key.into_boxed_slice()) {
+        std::collections::btree_map::Entry::Vacant(v) => {
+            v.insert(History::One(event));
+        }
+        std::collections::btree_map::Entry::Occupied(mut o) => o.get_mut().push(event),
     }
-    index
-        .entry(kv.key.as_slice().into())
-        .or_default()
-        .push(KeyEvent {
-            kv: Arc::new(kv),
-            sub,
-            is_put,
-        });
     Ok(())
 }
 
@@ -1337,6 +1338,10 @@ fn decode_i64(raw: &[u8]) -> Result<i64, StorageError> {
 }
 
 fn check_put_semantics(store: &MvccStore, p: &PutRequest, rev: i64) -> Result<(), EtcdError> {
+    // Far above any request the API lets through; only an embedded caller gets here.
+    if p.key.len() > MAX_PART_LEN || p.value.len() > MAX_PART_LEN {
+        return Err(EtcdError::RequestTooLarge);
+    }
     if (p.ignore_value || p.ignore_lease) && store.get(&p.key, rev).is_none() {
         return Err(EtcdError::KeyNotFound);
     }
@@ -1465,6 +1470,9 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(), EtcdError> {
 mod checkpoint;
 #[path = "mvcc_events.rs"]
 mod events;
+#[path = "mvcc_history.rs"]
+mod history;
+use history::History;
 #[path = "mvcc_lease.rs"]
 mod lease;
 #[path = "mvcc_parallel.rs"]

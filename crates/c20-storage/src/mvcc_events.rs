@@ -6,6 +6,7 @@
 //! unsynced watchers do. Compaction drops the events below the compaction revision.
 
 use super::{latest_at, KeyEvent, MvccStore};
+use crate::stored_kv::StoredKv;
 use c20_api::mvccpb::{event::EventType, Event};
 
 /// Most events looked at in one call of [`MvccStore::watch_events`] (whole revisions are
@@ -58,15 +59,15 @@ impl MvccStore {
                 next_rev = e.main();
                 break;
             }
-            if !in_range(key, range_end, &e.kv.key) {
+            if !in_range(key, range_end, e.kv.key()) {
                 continue;
             }
             let prev_kv = if with_prev_kv {
                 self.index
-                    .get(e.kv.key.as_slice())
+                    .get(e.kv.key())
                     .and_then(|h| latest_at(h, e.main() - 1))
                     .and_then(KeyEvent::put)
-                    .map(|kv| kv.as_ref().clone())
+                    .map(StoredKv::to_kv)
             } else {
                 None
             };
@@ -76,7 +77,7 @@ impl MvccStore {
                 } else {
                     EventType::Delete
                 } as i32,
-                kv: Some(e.kv.as_ref().clone()),
+                kv: Some(e.kv.to_kv()),
                 prev_kv,
             });
         }

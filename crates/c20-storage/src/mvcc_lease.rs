@@ -111,7 +111,7 @@ impl MvccStore {
             let Some(kv) = history.last().and_then(|e| e.put()) else {
                 continue;
             };
-            if let Some(l) = self.leases.get_mut(&kv.lease) {
+            if let Some(l) = self.leases.get_mut(&kv.lease()) {
                 l.keys.insert(key.to_vec());
             }
         }

@@ -23,11 +23,10 @@
 //! off.
 
 use super::{MvccStore, RangeResponse, WriteOp, WriteResult};
+use crate::stored_kv::StoredKv;
 use c20_api::etcdserverpb::{request_op, RequestOp, TxnRequest};
-use c20_api::mvccpb::KeyValue;
 use c20_api::EtcdError;
 use std::collections::{BTreeSet, VecDeque};
-use std::sync::Arc;
 
 /// Fewer requests to prepare than this are not worth the threads: the batch is applied serially.
 pub const PARALLEL_MIN_REQUESTS: usize = 8;
@@ -36,7 +35,7 @@ pub const PARALLEL_MIN_REQUESTS: usize = 8;
 pub(super) enum Prepared {
     Nothing,
     /// The keys a delete removes.
-    Delete(Vec<Arc<KeyValue>>),
+    Delete(Vec<StoredKv>),
     /// A txn's branch choices (depth first), the outcome of its checks, and the answers of its
     /// range reads that come before its first write, in execution order.
     Txn {
