@@ -11,9 +11,14 @@ for s in socks: s.close()
 PY
 }
 
-# Checks for etcd, builds c20 in release mode and sets C20 to the binary.
+# Checks for etcd, builds c20 in release mode and sets C20 to the binary. With C20_BIN set,
+# uses that binary instead and builds nothing (to measure an earlier build).
 need_etcd_and_c20() {
     command -v etcd >/dev/null || { echo "etcd not found: apt-get install etcd-server" >&2; exit 1; }
+    if [ -n "${C20_BIN:-}" ]; then
+        C20=$C20_BIN
+        return
+    fi
     cargo build --release -q -p c20-cli
     C20=target/release/c20
 }

@@ -70,7 +70,7 @@ fn watch_lines(mut cmd: Command, n: usize) -> Vec<String> {
 }
 
 #[test]
-fn a_serving_member_runs_without_transparent_huge_pages() {
+fn a_serving_member_runs_without_transparent_huge_pages_and_returns_freed_memory() {
     let mut cluster = Cluster::start(Flavor::C20, 1);
     cluster.wait_healthy(Duration::from_secs(30));
     let pid = cluster.members[0].child.as_ref().expect("member runs").id();
@@ -80,6 +80,16 @@ fn a_serving_member_runs_without_transparent_huge_pages() {
         .find_map(|l| l.strip_prefix("THP_enabled:"))
         .expect("the kernel reports THP_enabled");
     assert_eq!(thp.trim(), "0", "transparent huge pages stay on: {thp:?}");
+    // The thread that lets the allocator return freed memory while the member is idle.
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .expect("proc tasks")
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_string())
+        .collect();
+    assert!(
+        threads.iter().any(|t| t == "c20-mem-return"),
+        "no memory-return thread among {threads:?}"
+    );
 }
 
 #[test]
