@@ -24,13 +24,21 @@ pub fn run(args: UpArgs) -> Result<()> {
         .map(|i| format!("n{}=http://127.0.0.1:{}", i + 1, PEER_PORTS[i]))
         .collect::<Vec<_>>()
         .join(",");
+    // The three members share this machine's CPUs: each gets its share of the runtime threads
+    // one `c20 serve` would take alone (see `--worker-threads`), unless the environment says.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let worker_threads = (cpus.saturating_sub(1) / 3).max(1).to_string();
     let mut children: Vec<(String, Child)> = Vec::new();
     for i in 0..3 {
         let name = format!("n{}", i + 1);
         let client = format!("http://127.0.0.1:{}", CLIENT_PORTS[i]);
         let peer = format!("http://127.0.0.1:{}", PEER_PORTS[i]);
-        let child = Command::new(&exe)
-            .arg("serve")
+        let mut cmd = Command::new(&exe);
+        cmd.arg("serve");
+        if std::env::var_os("C20_WORKER_THREADS").is_none() {
+            cmd.args(["--worker-threads", &worker_threads]);
+        }
+        let child = cmd
             .args(["--name", &name])
             .arg("--data-dir")
             .arg(args.data_dir.join(&name))
