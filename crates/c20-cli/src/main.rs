@@ -217,9 +217,9 @@ struct ServeArgs {
 /// CPUs.
 ///
 /// Why not one per CPU, tokio's default: on the 2-CPU test machine, with three members and the
-/// bench client sharing it, one runtime thread per member served puts and reads 10-50% faster
-/// than two, and put-1's p50 went from 0.94-1.06 ms to 0.83 ms (docs/BENCHMARKS.md, "Runtime
-/// threads"). A thread that parks and is woken for each task costs a futex call and a context
+/// bench client sharing it, one runtime thread per member served 8-56% more puts, reads and
+/// txns a second than two, and put-1's p50 went from 0.94-1.06 ms to 0.83 ms
+/// (docs/BENCHMARKS.md, "Runtime threads"). A thread that parks and is woken for each task costs a futex call and a context
 /// switch on an oversubscribed machine; the log's writer thread and the checkpoint thread need
 /// a CPU of their own besides.
 fn runtime_threads(worker_threads: usize, cpus: usize) -> usize {
