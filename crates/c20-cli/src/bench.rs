@@ -439,7 +439,7 @@ impl Report {
     }
 
     fn table(&self) -> String {
-        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+        let ms = bench_timeline::fmt_ms;
         let mut workload = self.workload.to_string();
         if let Some(c) = self.consistency {
             workload += &format!(" (consistency {c})");

@@ -42,40 +42,37 @@ impl Samples {
         let Some(&(last, _)) = self.0.last() else {
             return Vec::new();
         };
-        let ms = |us: u32| Some(f64::from(us) / 1e3);
         let mut out = Vec::new();
         let mut rest = self.0.as_slice();
         for index in 0..=last / width_us {
             let n = rest.partition_point(|&(done, _)| done / width_us == index);
             let (these, later) = rest.split_at(n);
             rest = later;
-            let rank = |q: f64| these[((q * n as f64).ceil() as usize).clamp(1, n) - 1].1;
-            let start_ms = (index * width_us) as f64 / 1e3;
-            out.push(if n == 0 {
-                Window {
-                    start_ms,
-                    ops: 0,
-                    p50_ms: None,
-                    p99_ms: None,
-                    max_ms: None,
-                }
-            } else {
-                Window {
-                    start_ms,
-                    ops: n as u64,
-                    p50_ms: ms(rank(0.50)),
-                    p99_ms: ms(rank(0.99)),
-                    max_ms: ms(these[n - 1].1),
-                }
+            // Nearest rank of the window's sorted latencies; none in an empty window.
+            let rank = |q: f64| {
+                let i = ((q * n as f64).ceil() as usize).max(1);
+                these.get(i - 1).map(|&(_, us)| f64::from(us) / 1e3)
+            };
+            out.push(Window {
+                start_ms: (index * width_us) as f64 / 1e3,
+                ops: n as u64,
+                p50_ms: rank(0.50),
+                p99_ms: rank(0.99),
+                max_ms: rank(1.0),
             });
         }
         out
     }
 }
 
+/// A latency in ms as the bench's tables print it, `-` when there is none.
+pub fn fmt_ms(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), |v| format!("{v:.3}"))
+}
+
 /// The windows as a table, one line each.
 pub fn table(windows: &[Window]) -> String {
-    let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+    let ms = fmt_ms;
     let mut out = format!(
         "{:>10}  {:>8}  {:>9}  {:>9}  {:>9}\n",
         "from ms", "ops", "p50 ms", "p99 ms", "max ms"

@@ -214,20 +214,32 @@ struct ServeArgs {
 }
 
 /// The runtime threads for `--worker-threads N` on a machine where this process may use `cpus`
-/// CPUs.
-///
-/// Why not one per CPU, tokio's default: on the 2-CPU test machine, with three members and the
-/// bench client sharing it, one runtime thread per member served 8-56% more puts, reads and
-/// txns a second than two, and put-1's p50 went from 0.94-1.06 ms to 0.83 ms
-/// (docs/BENCHMARKS.md, "Runtime threads"). A thread that parks and is woken for each task costs a futex call and a context
-/// switch on an oversubscribed machine; the log's writer thread and the checkpoint thread need
-/// a CPU of their own besides.
+/// CPUs: N, or for 0 one member's share of [`default_runtime_threads`].
 fn runtime_threads(worker_threads: usize, cpus: usize) -> usize {
     if worker_threads > 0 {
         worker_threads
     } else {
-        cpus.saturating_sub(1).max(1)
+        default_runtime_threads(cpus, 1)
     }
+}
+
+/// Runtime threads for each of `members` members sharing a machine of `cpus` CPUs: one CPU is
+/// left to the log's writer and checkpoint threads, the rest divided among the members, at
+/// least one each. `c20 up` passes this to its members.
+///
+/// Why not one per CPU, tokio's default: on the 2-CPU test machine, with three members and the
+/// bench client sharing it, one runtime thread per member served 8-56% more puts, reads and
+/// txns a second than two, and put-1's p50 went from 0.94-1.06 ms to 0.83 ms
+/// (docs/BENCHMARKS.md, "Runtime threads"). A thread that parks and is woken for each task
+/// costs a futex call and a context switch on an oversubscribed machine; the log's writer
+/// thread and the checkpoint thread need a CPU of their own besides.
+pub(crate) fn default_runtime_threads(cpus: usize, members: usize) -> usize {
+    (cpus.saturating_sub(1) / members.max(1)).max(1)
+}
+
+/// The CPUs this process may use (at least one).
+pub(crate) fn available_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// Parses a duration as etcd's flags write them, 100ms at least.
@@ -263,8 +275,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if let Cmd::Serve(args) = &cli.cmd {
-        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        builder.worker_threads(runtime_threads(args.worker_threads, cpus));
+        builder.worker_threads(runtime_threads(args.worker_threads, available_cpus()));
     }
     let rt = builder
         .enable_all()
@@ -385,6 +396,9 @@ mod tests {
         let three = serve_args(&["--worker-threads", "3"]).worker_threads;
         assert_eq!(runtime_threads(three, 2), 3);
         assert_eq!(runtime_threads(three, 64), 3);
+        // c20 up's three members on one machine.
+        assert_eq!(default_runtime_threads(2, 3), 1);
+        assert_eq!(default_runtime_threads(16, 3), 5);
     }
 
     #[test]

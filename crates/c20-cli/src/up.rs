@@ -26,8 +26,8 @@ pub fn run(args: UpArgs) -> Result<()> {
         .join(",");
     // The three members share this machine's CPUs: each gets its share of the runtime threads
     // one `c20 serve` would take alone (see `--worker-threads`), unless the environment says.
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let worker_threads = (cpus.saturating_sub(1) / 3).max(1).to_string();
+    let worker_threads =
+        crate::default_runtime_threads(crate::available_cpus(), CLIENT_PORTS.len()).to_string();
     let mut children: Vec<(String, Child)> = Vec::new();
     for i in 0..3 {
         let name = format!("n{}", i + 1);

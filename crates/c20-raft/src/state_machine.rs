@@ -460,12 +460,7 @@ impl StateMachine {
                 replies.push((r, source));
             }
         }
-        let due = self
-            .shared
-            .checkpoint
-            .lock()
-            .expect("checkpoint lock")
-            .add(ops.len() as u64);
+        let writes = ops.len() as u64;
         let (mut results, rev) = {
             let mut store = self.shared.store.write().expect("store lock");
             let results = store.apply_batch(ops).map_err(io_err)?;
@@ -479,16 +474,12 @@ impl StateMachine {
             }
             // Written on the store's checkpoint thread: applying goes on meanwhile. While the
             // last one is still being written, the rows stay pending and the next apply tries
-            // again.
-            if due && !store.checkpoint_busy() {
+            // again. The clock's lock is taken under the store's, as in `checkpoint_locked`.
+            let mut clock = self.shared.checkpoint.lock().expect("checkpoint lock");
+            if clock.add(writes) && !store.checkpoint_busy() {
                 store.set_applied(encode_applied(&applied).map_err(io_err)?);
                 store.checkpoint_in_background().map_err(io_err)?;
-                // The clock's lock is taken under the store's, as in `checkpoint_locked`.
-                self.shared
-                    .checkpoint
-                    .lock()
-                    .expect("checkpoint lock")
-                    .restart();
+                clock.restart();
             }
             (
                 results.into_iter().map(Some).collect::<Vec<_>>(),
