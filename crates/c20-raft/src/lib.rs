@@ -22,7 +22,7 @@ pub use batcher::{BatchConfig, ProposalCounts};
 pub use consistency::PendingWrite;
 pub use lease::{LeaseAnswer, LeaseAsk, MAX_LEASE_TTL};
 pub use membership::ask_cluster_id;
-pub use node::{MemberInfo, NodeStatus, RaftNode, RaftNodeConfig};
+pub use node::{KvFaults, MemberInfo, NodeStatus, RaftNode, RaftNodeConfig};
 pub use state_machine::CheckpointPolicy;
 pub use transport::{LinkFaults, LocalRouter, Transport};
 pub use types::{Command, MemberAttrs, NodeId, Op, PeerNode, Reply};

@@ -27,7 +27,7 @@ use c20_api::c20peer::{
 };
 use c20_api::net::GrpcChannel;
 use c20_api::EtcdError;
-use c20_storage::{StorageError, WalOptions};
+use c20_storage::{IoFaults, StorageError, WalOptions};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{InitializeError, LinearizableReadError, RaftError};
 use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
@@ -41,6 +41,16 @@ use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
 pub type Raft = openraft::Raft<TypeConfig, StateMachine>;
+
+/// Fault injection for the store's file (see [`RaftNodeConfig::kv_faults`]).
+#[derive(Clone)]
+pub struct KvFaults(pub Arc<dyn IoFaults>);
+
+impl std::fmt::Debug for KvFaults {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KvFaults")
+    }
+}
 
 /// How one node is set up.
 #[derive(Debug, Clone)]
@@ -68,6 +78,9 @@ pub struct RaftNodeConfig {
     pub snapshot_log_bytes: u64,
     /// Options of the Raft log's WAL (segment size; fault injection in tests).
     pub wal: WalOptions,
+    /// Fault injection in tests for the store's file: consulted before each of its writes and
+    /// syncs (checkpoints, snapshots installed).
+    pub kv_faults: Option<KvFaults>,
     /// Bytes of the newest log entries kept in memory besides the WAL; older ones are read
     /// back from it (see [`crate::log_store::CACHE_BYTES_MAX`], the default).
     pub log_cache_bytes: usize,
@@ -111,6 +124,7 @@ impl RaftNodeConfig {
             snapshot_catchup_entries: 5000,
             snapshot_log_bytes: 256 << 20,
             wal: WalOptions::default(),
+            kv_faults: None,
             log_cache_bytes: crate::log_store::CACHE_BYTES_MAX,
             in_memory: false,
             transport: Transport::Grpc,
@@ -217,7 +231,13 @@ impl RaftNode {
         } else {
             let log = LogStore::open_with(&cfg.data_dir.join("raft"), cfg.wal.clone())?;
             log.set_cache_bytes_max(cfg.log_cache_bytes);
-            (log, StateMachine::open(&cfg.data_dir.join("kv"))?)
+            (
+                log,
+                StateMachine::open_with_faults(
+                    &cfg.data_dir.join("kv"),
+                    cfg.kv_faults.as_ref().map(|f| f.0.clone()),
+                )?,
+            )
         };
         Self::start_with(cfg, log, sm).await
     }

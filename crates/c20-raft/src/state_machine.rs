@@ -16,7 +16,7 @@ use crate::types::{
 use c20_api::EtcdError;
 use c20_storage::mvcc::{ExportRefs, MvccImage};
 use c20_storage::snapshot::{self as container, Kind};
-use c20_storage::{meta_file, MvccStore, StorageError, WriteOp, WriteResult};
+use c20_storage::{meta_file, IoFaults, MvccStore, StorageError, WriteOp, WriteResult};
 use futures::{FutureExt, Stream, TryStreamExt};
 use openraft::storage::{EntryResponder, RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend};
@@ -394,8 +394,16 @@ fn io_err(e: impl std::fmt::Display) -> io::Error {
 
 impl StateMachine {
     pub fn open(dir: &Path) -> Result<StateMachine, StorageError> {
+        Self::open_with_faults(dir, None)
+    }
+
+    /// [`StateMachine::open`] with fault injection in front of the store's file.
+    pub fn open_with_faults(
+        dir: &Path,
+        faults: Option<Arc<dyn IoFaults>>,
+    ) -> Result<StateMachine, StorageError> {
         std::fs::create_dir_all(dir)?;
-        let store = MvccStore::open(&dir.join("kv.redb"))?;
+        let store = MvccStore::open_with_faults(&dir.join("kv.redb"), faults)?;
         Self::with_store(store, Some(dir.join("snapshot")))
     }
 

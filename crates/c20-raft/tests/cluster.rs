@@ -6,7 +6,7 @@ use c20_api::etcdserverpb::PutRequest;
 use c20_api::EtcdError;
 use c20_raft::log_store::CACHE_BYTES_MAX as LOG_CACHE_BYTES_MAX;
 use c20_raft::network::PeerCompression;
-use c20_raft::{Command, MemberAttrs, NodeId, PeerNode, RaftNode, RaftNodeConfig, Reply};
+use c20_raft::{Command, KvFaults, MemberAttrs, NodeId, PeerNode, RaftNode, RaftNodeConfig, Reply};
 use c20_storage::{IoFaults, WriteOp};
 use common::{local_get, put};
 use std::collections::BTreeMap;
@@ -30,20 +30,40 @@ struct TestCluster {
     addrs: BTreeMap<NodeId, SocketAddr>,
     members: BTreeMap<NodeId, Member>,
     faults: BTreeMap<NodeId, Arc<FailSyncs>>,
+    /// Fail every write and sync of one member's store file once armed.
+    kv_faults: BTreeMap<NodeId, Arc<FailSyncs>>,
     compression: PeerCompression,
     log_cache_bytes: usize,
 }
 
-/// Fails every WAL fsync of one member once armed.
+/// Fails every fsync (and, for the store's file, every write) of one member once armed.
 #[derive(Default)]
 struct FailSyncs(AtomicBool);
 
-impl IoFaults for FailSyncs {
-    fn before_sync(&self) -> std::io::Result<()> {
+impl FailSyncs {
+    fn check(&self) -> std::io::Result<()> {
         if self.0.load(Ordering::SeqCst) {
-            return Err(std::io::Error::other("injected EIO on fsync"));
+            return Err(std::io::Error::other("injected EIO"));
         }
         Ok(())
+    }
+}
+
+impl IoFaults for FailSyncs {
+    fn before_sync(&self) -> std::io::Result<()> {
+        self.check()
+    }
+}
+
+/// The store's file: writes fail too.
+struct FailKv(Arc<FailSyncs>);
+
+impl IoFaults for FailKv {
+    fn before_write(&self) -> std::io::Result<()> {
+        self.0.check()
+    }
+    fn before_sync(&self) -> std::io::Result<()> {
+        self.0.check()
     }
 }
 
@@ -52,12 +72,14 @@ async fn start_member(
     id: NodeId,
     addr: SocketAddr,
     peers: &BTreeMap<NodeId, PeerNode>,
-    faults: Option<Arc<dyn IoFaults>>,
+    faults: (Arc<FailSyncs>, Arc<FailSyncs>),
     compression: PeerCompression,
     log_cache_bytes: usize,
 ) -> Member {
     let mut cfg = RaftNodeConfig::new(id, dir.join(format!("n{id}")), peers.clone());
-    cfg.wal.faults = faults;
+    let (wal, kv) = faults;
+    cfg.wal.faults = Some(wal as Arc<dyn IoFaults>);
+    cfg.kv_faults = Some(KvFaults(Arc::new(FailKv(kv))));
     cfg.log_cache_bytes = log_cache_bytes;
     cfg.peer_compression = compression;
     cfg.attrs = MemberAttrs {
@@ -126,9 +148,12 @@ impl TestCluster {
         drop(listeners);
         let mut members = BTreeMap::new();
         let mut faults = BTreeMap::new();
+        let mut kv_faults = BTreeMap::new();
         for (&id, &addr) in &addrs {
             let f = Arc::new(FailSyncs::default());
             faults.insert(id, f.clone());
+            let kv = Arc::new(FailSyncs::default());
+            kv_faults.insert(id, kv.clone());
             members.insert(
                 id,
                 start_member(
@@ -136,7 +161,7 @@ impl TestCluster {
                     id,
                     addr,
                     &peers,
-                    Some(f),
+                    (f, kv),
                     compression,
                     log_cache_bytes,
                 )
@@ -149,6 +174,7 @@ impl TestCluster {
             addrs,
             members,
             faults,
+            kv_faults,
             compression,
             log_cache_bytes,
         }
@@ -162,13 +188,12 @@ impl TestCluster {
     }
 
     async fn restart(&mut self, id: NodeId) {
-        let f: Arc<dyn IoFaults> = self.faults[&id].clone();
         let m = start_member(
             self.dir.path(),
             id,
             self.addrs[&id],
             &self.peers,
-            Some(f),
+            (self.faults[&id].clone(), self.kv_faults[&id].clone()),
             self.compression,
             self.log_cache_bytes,
         )
@@ -362,6 +387,59 @@ async fn bad_requests_come_back_as_errors_and_change_nothing() {
     assert_eq!(reply, Reply::Error(EtcdError::KeyNotFound));
     let rev = c.node(leader).state().read(|s| s.current_revision());
     assert_eq!(rev, 1);
+    c.shutdown().await;
+}
+
+/// The same rule for the store: once a checkpoint of the leader's store file fails (on the
+/// checkpoint thread, after the writes in it were acknowledged), the leader applies nothing
+/// more and stops; the log still holds those writes, and the others carry on with every
+/// acknowledged one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_store_checkpoint_stops_that_member_and_loses_nothing() {
+    let c = TestCluster::start(3).await;
+    let leader = c.leader().await;
+    put(c.node(leader), "before", "0").await.unwrap();
+    c.kv_faults[&leader].0.store(true, Ordering::SeqCst);
+    // Writes go on being acknowledged until the next checkpoint fails; the one applied after
+    // that cannot be.
+    let mut acked = vec![];
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for i in 0.. {
+        assert!(
+            Instant::now() < deadline,
+            "writes still succeed on a member whose checkpoint failed"
+        );
+        let key = format!("k{i}");
+        match put(c.node(leader), &key, "v").await {
+            Ok(_) => acked.push(key),
+            Err(_) => break,
+        }
+    }
+    while c.node(leader).status().fatal.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the failed member does not report its storage error"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.kv_faults[&leader].0.store(false, Ordering::SeqCst);
+    assert!(put(c.node(leader), "after", "1").await.is_err());
+    let other = (1..=3).find(|&i| i != leader).unwrap();
+    while c.node(other).status().leader.is_none_or(|l| l == leader) {
+        assert!(
+            Instant::now() < deadline,
+            "no new leader after the old one stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    put(c.node(other), "after", "1").await.unwrap();
+    c.node(other).read_barrier().await.unwrap();
+    for key in std::iter::once("before".to_string()).chain(acked) {
+        assert!(
+            local_get(c.node(other), &key).is_some(),
+            "acknowledged write {key} lost"
+        );
+    }
     c.shutdown().await;
 }
 

@@ -252,6 +252,32 @@ impl MvccStore {
         Self::with_db(Arc::new(db), Some(path.to_path_buf()))
     }
 
+    /// [`MvccStore::open`] with `faults` consulted before every write and sync of the file (a
+    /// test arms one to fail the next checkpoint as a disk returning EIO would).
+    pub fn open_with_faults(
+        path: &Path,
+        faults: Option<Arc<dyn crate::IoFaults>>,
+    ) -> Result<MvccStore, StorageError> {
+        let Some(faults) = faults else {
+            return Self::open(path);
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let backend = faults::FaultyFile {
+            file: redb::backends::FileBackend::new(file).map_err(redb::Error::from)?,
+            faults,
+        };
+        let db = Database::builder()
+            .set_cache_size(REDB_CACHE_BYTES)
+            .create_with_backend(backend)
+            .map_err(redb::Error::from)?;
+        Self::with_db(Arc::new(db), Some(path.to_path_buf()))
+    }
+
     /// A store held in memory only (for embedded clusters and simulation).
     pub fn in_memory() -> Result<MvccStore, StorageError> {
         Ok(Self::empty(None, None))
@@ -1470,6 +1496,8 @@ fn check_intervals(ops: &[RequestOp]) -> Result<(), EtcdError> {
 mod checkpoint;
 #[path = "mvcc_events.rs"]
 mod events;
+#[path = "mvcc_faults.rs"]
+mod faults;
 #[path = "mvcc_history.rs"]
 mod history;
 use history::History;

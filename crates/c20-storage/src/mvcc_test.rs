@@ -977,3 +977,77 @@ fn a_crash_after_a_background_checkpoint_keeps_it_and_loses_the_rest() {
     assert_eq!(s.applied(), b"four");
     assert!(get(&s, "c").is_some() && get(&s, "d").is_some());
 }
+
+/// Fails every write and sync once armed, like a disk that starts returning EIO.
+#[derive(Default)]
+struct FailIo(std::sync::atomic::AtomicBool);
+
+impl FailIo {
+    fn arm(&self, on: bool) {
+        self.0.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+    fn check(&self) -> std::io::Result<()> {
+        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected EIO"));
+        }
+        Ok(())
+    }
+}
+
+impl crate::IoFaults for FailIo {
+    fn before_write(&self) -> std::io::Result<()> {
+        self.check()
+    }
+    fn before_sync(&self) -> std::io::Result<()> {
+        self.check()
+    }
+}
+
+/// A checkpoint that fails on the checkpoint thread stops writes on the store: the write after
+/// it is refused and changes nothing, every later one too (even with the disk "healed"), and
+/// reads go on serving what was applied. The log still holds everything since the last good
+/// checkpoint, so nothing acknowledged is lost.
+#[test]
+fn a_failed_background_checkpoint_stops_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("kv.redb");
+    let fail = Arc::new(FailIo::default());
+    let mut s = MvccStore::open_with_faults(&path, Some(fail.clone())).unwrap();
+    put(&mut s, "a", "1");
+    s.checkpoint_in_background().unwrap();
+    s.wait_checkpoints().unwrap();
+    put(&mut s, "b", "2");
+    fail.arm(true);
+    // Sending succeeds; the write fails on the thread.
+    s.checkpoint_in_background().unwrap();
+    assert!(matches!(s.wait_checkpoints(), Err(StorageError::Failed(_))));
+    let put_c = WriteOp::Put(PutRequest {
+        key: "c".into(),
+        value: "3".into(),
+        ..Default::default()
+    });
+    assert!(matches!(
+        s.apply_batch(vec![put_c.clone()]),
+        Err(StorageError::Failed(_))
+    ));
+    assert_eq!(
+        s.current_revision(),
+        3,
+        "the refused write took no revision"
+    );
+    assert!(get(&s, "c").is_none());
+    fail.arm(false);
+    assert!(matches!(
+        s.apply_batch(vec![put_c]),
+        Err(StorageError::Failed(_))
+    ));
+    assert!(s.checkpoint_in_background().is_err());
+    assert_eq!(get(&s, "a").unwrap().value, b"1");
+    assert_eq!(get(&s, "b").unwrap().value, b"2");
+    // The file holds the last good checkpoint: a restart replays the rest from the log.
+    drop(s);
+    let s = MvccStore::open(&path).unwrap();
+    assert_eq!(s.current_revision(), 2);
+    assert_eq!(get(&s, "a").unwrap().value, b"1");
+    assert!(get(&s, "b").is_none());
+}
