@@ -283,6 +283,15 @@ impl Wal {
             done(Err(StorageError::Failed(e)));
             return;
         }
+        // A record the reader would refuse is never written: at restart it would look like a
+        // torn tail and be cut. (Requests are capped far below this at the API.)
+        if let Some((index, p)) = records.iter().find(|(_, p)| p.len() > RECORD_BYTES_MAX - 8) {
+            done(Err(StorageError::Io(format!(
+                "log record {index} of {} bytes is over the {RECORD_BYTES_MAX}-byte limit",
+                p.len() + 8
+            ))));
+            return;
+        }
         let op = Op::Append { records, done };
         if let Err(mpsc::SendError(Op::Append { done, .. })) = self.send(op) {
             done(Err(StorageError::Failed("log is closed".into())));

@@ -397,3 +397,22 @@ fn a_power_cut_inside_truncate_or_purge_leaves_no_hole() {
         }
     }
 }
+
+/// A record too long for the reader is refused before anything is written, and the log goes on
+/// taking appends: at restart the records around it are all there.
+#[test]
+fn an_oversized_record_is_refused_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (wal, _) = open(dir.path(), 1 << 20);
+        append_sync(&wal, vec![rec(1)]).unwrap();
+        let huge = vec![0u8; RECORD_BYTES_MAX - 7];
+        let err = append_sync(&wal, vec![rec(2), (3, huge)]).unwrap_err();
+        assert!(err.to_string().contains("over the"), "{err}");
+        assert!(wal.failure().is_none());
+        append_sync(&wal, vec![rec(2)]).unwrap();
+    }
+    let (_, recovery) = open(dir.path(), 1 << 20);
+    assert_eq!(indexes(&recovery), vec![1, 2]);
+    assert_eq!(recovery.torn_bytes, 0);
+}
