@@ -185,6 +185,10 @@ struct ServeArgs {
     /// unbounded.
     #[arg(long, env = "C20_PROPOSAL_WINDOW", default_value_t = c20_server::config::DEFAULT_PROPOSAL_WINDOW as u64, value_parser = clap::value_parser!(u64).range(0..=4096))]
     proposal_window: u64,
+    /// Most log appends the leader has in flight to one follower on its append stream; 0 sends
+    /// each append as a call of its own, after the answer to the one before.
+    #[arg(long, env = "C20_PEER_APPEND_WINDOW", default_value_t = c20_server::config::DEFAULT_PEER_APPEND_WINDOW as u64, value_parser = clap::value_parser!(u64).range(0..=1024))]
+    peer_append_window: u64,
     /// Whether concurrent linearizable reads share the leader's quorum rounds; false gives each
     /// read a round of its own (for measuring what coalescing contributes).
     #[arg(long, env = "C20_READ_COALESCING", default_value_t = true, action = clap::ArgAction::Set)]
@@ -345,6 +349,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         peer_compression_min_bytes: a.peer_compression_min_bytes,
         batch_max_ops: a.batch_max_ops as usize,
         proposal_window: a.proposal_window as usize,
+        peer_append_window: a.peer_append_window as usize,
         read_coalescing: a.read_coalescing,
         backend_batch_interval: a.backend_batch_interval,
         backend_batch_limit: a.backend_batch_limit,

@@ -10,13 +10,15 @@ use crate::types::{NodeId, PeerNode, Snapshot, TypeConfig, Vote};
 use c20_api::c20peer::peer_client::PeerClient;
 use c20_api::c20peer::{RaftKind, RaftRequest};
 use c20_api::net::GrpcChannel;
+use futures::{Stream, StreamExt};
+use openraft::base::{BoxFuture, BoxStream};
 use openraft::errors::{
     Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetworkFactory, RaftNetworkV2};
+use openraft::network::{stream_append_sequential, RPCOption, RaftNetworkFactory, RaftNetworkV2};
 use openraft::raft::{
-    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, TransferLeaderRequest,
-    TransferLeaderResponse, VoteRequest, VoteResponse,
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, StreamAppendResult,
+    TransferLeaderRequest, TransferLeaderResponse, VoteRequest, VoteResponse,
 };
 use openraft::OptionalSend;
 use serde::de::DeserializeOwned;
@@ -137,7 +139,11 @@ pub struct Network {
     pub(crate) from: NodeId,
     pub(crate) transport: Transport,
     pub(crate) compression: PeerCompression,
+    pub(crate) append_window: usize,
 }
+
+/// Default of the most log appends in flight to one follower on its append stream.
+pub const DEFAULT_APPEND_WINDOW: usize = 16;
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerConnection;
@@ -150,6 +156,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                     target,
                     client: peer_client(&url),
                     compression: self.compression,
+                    append_window: self.append_window,
                 })
             }
             Transport::Local(router) => PeerConnection::Local(LocalConnection {
@@ -171,6 +178,9 @@ pub struct GrpcConnection {
     target: NodeId,
     client: Result<PeerClient<GrpcChannel>, String>,
     compression: PeerCompression,
+    /// Most appends in flight on one append stream; 0: one unary call per append, each
+    /// waiting for the answer to the one before.
+    append_window: usize,
 }
 
 /// A direct in-process link, subject to the router's cuts in both directions: a request that
@@ -272,6 +282,28 @@ async fn grpc_call<Req: Serialize, Resp: DeserializeOwned>(
 
 impl RaftNetworkV2<TypeConfig> for PeerConnection {
     type SnapshotData = Vec<u8>;
+
+    fn stream_append<'s, S>(
+        &'s mut self,
+        input: S,
+        option: RPCOption,
+    ) -> BoxFuture<'s, Result<AppendReplies<'s>, RPCError<TypeConfig>>>
+    where
+        S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+    {
+        match self {
+            PeerConnection::Grpc(c) if c.append_window > 0 => {
+                let client = c.client.clone();
+                let (target, compression, window) = (c.target, c.compression, c.append_window);
+                Box::pin(async move {
+                    let client =
+                        client.map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))?;
+                    open_append_stream(client, target, compression, window, input, option).await
+                })
+            }
+            _ => stream_append_sequential(self, input, option),
+        }
+    }
 
     async fn append_entries(
         &mut self,
@@ -429,6 +461,121 @@ fn append_timeout(rpc: &AppendEntriesRequest<TypeConfig>, option: &RPCOption) ->
     } else {
         option.soft_ttl().max(APPEND_WITH_ENTRIES_TIMEOUT)
     }
+}
+
+/// What a stream of appends yields: per request, the follower's answer, in request order.
+type AppendReplies<'s> =
+    BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>;
+
+/// Appends to one follower over one gRPC stream: each request leaves as soon as openraft makes
+/// it, while up to `window` earlier ones await their answers (a unary call per append would wait
+/// for each answer, and pay for a new HTTP/2 stream and its headers every time). The follower
+/// feeds the stream to its Raft in order and answers in order. An answer overdue by the append
+/// deadline ends the stream with an error; openraft then opens a new one.
+async fn open_append_stream<S>(
+    mut client: PeerClient<GrpcChannel>,
+    target: NodeId,
+    compression: PeerCompression,
+    window: usize,
+    input: S,
+    option: RPCOption,
+) -> Result<AppendReplies<'static>, RPCError<TypeConfig>>
+where
+    S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
+{
+    let room = Arc::new(tokio::sync::Semaphore::new(window));
+    // Deadlines of the requests sent and not yet answered, oldest first.
+    let due = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+    let outbound = futures::stream::unfold(
+        (input, room.clone(), due.clone(), option.clone()),
+        move |(mut input, room, due, option)| async move {
+            // Taken before the next request is made, so that what openraft adds meanwhile
+            // leaves together in it.
+            room.acquire().await.ok()?.forget();
+            let rpc = input.next().await?;
+            let timeout = append_timeout(&rpc, &option);
+            let raw = match postcard::to_allocvec(&rpc) {
+                Ok(raw) => raw,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot encode an append; ending the stream");
+                    return None;
+                }
+            };
+            let (format, payload) = compression.encode(raw);
+            due.lock()
+                .expect("append deadlines lock")
+                .push_back(tokio::time::Instant::now() + timeout);
+            let req = RaftRequest {
+                kind: RaftKind::Append as i32,
+                format,
+                payload,
+            };
+            Some((req, (input, room, due, option)))
+        },
+    );
+    let opened = tokio::time::timeout(option.soft_ttl(), client.append_stream(outbound)).await;
+    let inbound = match opened {
+        Err(_) => {
+            return Err(RPCError::Network(NetworkError::from_string(format!(
+                "opening the append stream to {target:x} timed out"
+            ))))
+        }
+        Ok(Err(status)) => {
+            return Err(RPCError::Unreachable(Unreachable::from_string(format!(
+                "append stream to {target:x}: {status}"
+            ))))
+        }
+        Ok(Ok(r)) => r.into_inner(),
+    };
+    let check_every = option.soft_ttl();
+    let replies = futures::stream::unfold(Some(inbound), move |state| {
+        let (room, due) = (room.clone(), due.clone());
+        async move {
+            let mut inbound = state?;
+            let msg = loop {
+                match tokio::time::timeout(check_every, inbound.message()).await {
+                    Ok(msg) => break msg,
+                    Err(_) => {
+                        let oldest = due.lock().expect("append deadlines lock").front().copied();
+                        if oldest.is_some_and(|d| d <= tokio::time::Instant::now()) {
+                            let e = NetworkError::from_string(format!(
+                                "append to {target:x} unanswered past its deadline"
+                            ));
+                            return Some((Err(RPCError::Network(e)), None));
+                        }
+                    }
+                }
+            };
+            let reply = match msg {
+                Ok(Some(reply)) => reply,
+                Ok(None) => return None,
+                Err(status) => {
+                    let e =
+                        Unreachable::from_string(format!("append stream to {target:x}: {status}"));
+                    return Some((Err(RPCError::Unreachable(e)), None));
+                }
+            };
+            due.lock().expect("append deadlines lock").pop_front();
+            room.add_permits(1);
+            let answer: Result<StreamAppendResult<TypeConfig>, String> =
+                match postcard::from_bytes(&reply.payload) {
+                    Ok(a) => a,
+                    Err(e) => {
+                        let e =
+                            NetworkError::from_string(format!("undecodable append answer: {e}"));
+                        return Some((Err(RPCError::Network(e)), None));
+                    }
+                };
+            match answer {
+                Ok(res) => Some((Ok(res), Some(inbound))),
+                Err(stopped) => {
+                    let e = Unreachable::from_string(format!("{target:x} stopped: {stopped}"));
+                    Some((Err(RPCError::Unreachable(e)), None))
+                }
+            }
+        }
+    });
+    Ok(Box::pin(replies))
 }
 
 impl GrpcConnection {

@@ -30,6 +30,7 @@ use c20_api::EtcdError;
 use c20_storage::{IoFaults, StorageError, WalOptions};
 use openraft::async_runtime::WatchReceiver;
 use openraft::errors::{InitializeError, LinearizableReadError, RaftError};
+use openraft::raft::{AppendEntriesRequest, StreamAppendResult};
 use openraft::{Config, ReadPolicy, ServerState, SnapshotPolicy};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -92,6 +93,9 @@ pub struct RaftNodeConfig {
     pub batch: BatchConfig,
     /// lz4 compression of peer requests (gRPC transport only).
     pub peer_compression: PeerCompression,
+    /// Most log appends in flight to one follower on its append stream (gRPC transport only);
+    /// 0 sends each append as a call of its own, after the answer to the one before.
+    pub append_window: usize,
     /// Threads that read for independent requests of an applied batch in parallel; 1 applies
     /// strictly one request after the other.
     pub apply_threads: usize,
@@ -130,6 +134,7 @@ impl RaftNodeConfig {
             transport: Transport::Grpc,
             batch: BatchConfig::default(),
             peer_compression: PeerCompression::OFF,
+            append_window: crate::network::DEFAULT_APPEND_WINDOW,
             apply_threads: default_apply_threads(),
             checkpoint: CheckpointPolicy::default(),
             read_coalescing: true,
@@ -282,6 +287,7 @@ impl RaftNode {
             from: cfg.id,
             transport: cfg.transport.clone(),
             compression: cfg.peer_compression,
+            append_window: cfg.append_window,
         };
         let raft = Raft::new(cfg.id, Arc::new(config), network, log.clone(), sm)
             .await
@@ -1045,11 +1051,19 @@ impl RaftNode {
         self.log.close();
     }
 
-    /// The gRPC service peers call on this node.
-    pub fn peer_service(self: &Arc<Self>) -> PeerServer<PeerHandler> {
-        PeerServer::new(PeerHandler { node: self.clone() })
-            .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
-            .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
+    /// The gRPC service peers call on this node. Its long-lived calls (a leader's append
+    /// streams) end when `stop` turns true, so that a graceful shutdown of the server that
+    /// serves it does not wait for them.
+    pub fn peer_service(
+        self: &Arc<Self>,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> PeerServer<PeerHandler> {
+        PeerServer::new(PeerHandler {
+            node: self.clone(),
+            stop,
+        })
+        .max_decoding_message_size(PEER_MESSAGE_BYTES_MAX)
+        .max_encoding_message_size(PEER_MESSAGE_BYTES_MAX)
     }
 }
 
@@ -1144,6 +1158,7 @@ impl RaftNode {
 /// Serves a node's peer RPCs.
 pub struct PeerHandler {
     node: Arc<RaftNode>,
+    stop: tokio::sync::watch::Receiver<bool>,
 }
 
 fn bad_request(e: impl std::fmt::Display) -> Status {
@@ -1154,8 +1169,68 @@ fn encode<T: serde::Serialize>(v: &T) -> Result<Vec<u8>, Status> {
     postcard::to_allocvec(v).map_err(|e| Status::internal(e.to_string()))
 }
 
+/// Decodes one append of an append stream.
+fn decode_append(req: &RaftRequest) -> Result<AppendEntriesRequest<TypeConfig>, String> {
+    if req.kind != RaftKind::Append as i32 {
+        return Err(format!(
+            "a request of kind {} on the append stream",
+            req.kind
+        ));
+    }
+    let payload = crate::network::decode_payload(req.format, &req.payload)?;
+    postcard::from_bytes(&payload).map_err(|e| e.to_string())
+}
+
+/// Replies of an append stream, one per append, in order.
+type AppendReplyStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<RaftReply, Status>> + Send + 'static>>;
+
 #[tonic::async_trait]
 impl Peer for PeerHandler {
+    type AppendStreamStream = AppendReplyStream;
+
+    async fn append_stream(
+        &self,
+        request: Request<tonic::Streaming<RaftRequest>>,
+    ) -> Result<Response<AppendReplyStream>, Status> {
+        use futures::StreamExt;
+        // The appends in arrival order, handed to Raft as they come. A broken connection or a
+        // message that does not decode ends them; the leader then opens a new stream.
+        let appends = futures::stream::unfold(request.into_inner(), |mut inbound| async move {
+            let req = match inbound.message().await {
+                Ok(Some(req)) => req,
+                Ok(None) => return None,
+                Err(status) => {
+                    tracing::debug!(%status, "append stream from the leader ended");
+                    return None;
+                }
+            };
+            match decode_append(&req) {
+                Ok(rpc) => Some((rpc, inbound)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "undecodable append; ending the append stream");
+                    None
+                }
+            }
+        });
+        let mut stop = self.stop.clone();
+        let replies = self
+            .node
+            .raft
+            .stream_append(appends)
+            .map(|res| {
+                let answer: Result<StreamAppendResult<TypeConfig>, String> =
+                    res.map_err(|stopped| stopped.to_string());
+                Ok(RaftReply {
+                    payload: encode(&answer)?,
+                })
+            })
+            .take_until(async move {
+                let _ = stop.wait_for(|s| *s).await;
+            });
+        Ok(Response::new(Box::pin(replies)))
+    }
+
     async fn raft(&self, request: Request<RaftRequest>) -> Result<Response<RaftReply>, Status> {
         let req = request.into_inner();
         let payload = crate::network::decode_payload(req.format, &req.payload)

@@ -15,12 +15,11 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 struct Member {
     node: Arc<RaftNode>,
-    stop: oneshot::Sender<()>,
+    stop: tokio::sync::watch::Sender<bool>,
     server: JoinHandle<()>,
 }
 
@@ -32,8 +31,25 @@ struct TestCluster {
     faults: BTreeMap<NodeId, Arc<FailSyncs>>,
     /// Fail every write and sync of one member's store file once armed.
     kv_faults: BTreeMap<NodeId, Arc<FailSyncs>>,
+    tuning: Tuning,
+}
+
+/// Settings the tests vary; each member of a cluster gets the same.
+#[derive(Clone, Copy)]
+struct Tuning {
     compression: PeerCompression,
     log_cache_bytes: usize,
+    append_window: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning {
+            compression: PeerCompression::OFF,
+            log_cache_bytes: LOG_CACHE_BYTES_MAX,
+            append_window: c20_raft::network::DEFAULT_APPEND_WINDOW,
+        }
+    }
 }
 
 /// Fails every fsync (and, for the store's file, every write) of one member once armed.
@@ -73,15 +89,15 @@ async fn start_member(
     addr: SocketAddr,
     peers: &BTreeMap<NodeId, PeerNode>,
     faults: (Arc<FailSyncs>, Arc<FailSyncs>),
-    compression: PeerCompression,
-    log_cache_bytes: usize,
+    tuning: Tuning,
 ) -> Member {
     let mut cfg = RaftNodeConfig::new(id, dir.join(format!("n{id}")), peers.clone());
     let (wal, kv) = faults;
     cfg.wal.faults = Some(wal as Arc<dyn IoFaults>);
     cfg.kv_faults = Some(KvFaults(Arc::new(FailKv(kv))));
-    cfg.log_cache_bytes = log_cache_bytes;
-    cfg.peer_compression = compression;
+    cfg.log_cache_bytes = tuning.log_cache_bytes;
+    cfg.peer_compression = tuning.compression;
+    cfg.append_window = tuning.append_window;
     cfg.attrs = MemberAttrs {
         name: format!("n{id}"),
         client_urls: vec![],
@@ -102,15 +118,15 @@ async fn start_member(
             Err(e) => panic!("cannot bind {addr}: {e}"),
         }
     };
-    let (stop, stop_rx) = oneshot::channel();
-    let svc = node.peer_service();
+    let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
+    let svc = node.peer_service(stop_rx.clone());
     let server = tokio::spawn(async move {
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let _ = tonic::transport::Server::builder()
             .add_service(svc)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stop_rx.await;
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
             })
             .await;
     });
@@ -119,14 +135,10 @@ async fn start_member(
 
 impl TestCluster {
     async fn start(n: usize) -> TestCluster {
-        Self::start_with(n, PeerCompression::OFF, LOG_CACHE_BYTES_MAX).await
+        Self::start_with(n, Tuning::default()).await
     }
 
-    async fn start_with(
-        n: usize,
-        compression: PeerCompression,
-        log_cache_bytes: usize,
-    ) -> TestCluster {
+    async fn start_with(n: usize, tuning: Tuning) -> TestCluster {
         let dir = tempfile::tempdir().unwrap();
         let listeners: Vec<std::net::TcpListener> = (0..n)
             .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
@@ -156,16 +168,7 @@ impl TestCluster {
             kv_faults.insert(id, kv.clone());
             members.insert(
                 id,
-                start_member(
-                    dir.path(),
-                    id,
-                    addr,
-                    &peers,
-                    (f, kv),
-                    compression,
-                    log_cache_bytes,
-                )
-                .await,
+                start_member(dir.path(), id, addr, &peers, (f, kv), tuning).await,
             );
         }
         TestCluster {
@@ -175,14 +178,13 @@ impl TestCluster {
             members,
             faults,
             kv_faults,
-            compression,
-            log_cache_bytes,
+            tuning,
         }
     }
 
     async fn stop(&mut self, id: NodeId) {
         let m = self.members.remove(&id).expect("member running");
-        let _ = m.stop.send(());
+        let _ = m.stop.send(true);
         let _ = m.server.await;
         m.node.shutdown().await;
     }
@@ -194,8 +196,7 @@ impl TestCluster {
             self.addrs[&id],
             &self.peers,
             (self.faults[&id].clone(), self.kv_faults[&id].clone()),
-            self.compression,
-            self.log_cache_bytes,
+            self.tuning,
         )
         .await;
         self.members.insert(id, m);
@@ -246,10 +247,61 @@ async fn writes_replicate_and_followers_forward() {
     c.shutdown().await;
 }
 
+/// Appends sent one call each (append window 0) and several in flight on one stream (window 1,
+/// and the default) reach every member in order: a burst of concurrent writes, then a follower
+/// stopped and restarted, which must catch up over a new stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_replicate_in_order_over_calls_and_streams() {
+    for append_window in [0, 1, c20_raft::network::DEFAULT_APPEND_WINDOW] {
+        let tuning = Tuning {
+            append_window,
+            ..Tuning::default()
+        };
+        let mut c = TestCluster::start_with(3, tuning).await;
+        let leader = c.leader().await;
+        let node = c.node(leader).clone();
+        let burst = |from: usize| {
+            let node = node.clone();
+            futures::future::join_all((from..from + 40).map(move |i| {
+                let node = node.clone();
+                async move { put(&node, &format!("k{i}"), &format!("v{i}")).await }
+            }))
+        };
+        for r in burst(0).await {
+            r.unwrap();
+        }
+        let follower = (1..=3).find(|&i| i != leader).unwrap();
+        c.stop(follower).await;
+        for r in burst(40).await {
+            r.unwrap();
+        }
+        c.restart(follower).await;
+        let rev = put(c.node(leader), "last", "x").await.unwrap();
+        assert_eq!(
+            rev, 82,
+            "window {append_window}: every write got its own revision"
+        );
+        for id in 1..=3 {
+            c.node(id).read_barrier().await.unwrap();
+            for i in 0..80 {
+                assert_eq!(
+                    local_get(c.node(id), &format!("k{i}")),
+                    Some(format!("v{i}").into_bytes()),
+                    "window {append_window}, member {id}, k{i}"
+                );
+            }
+        }
+        c.shutdown().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn compressed_appends_replicate_the_same_values() {
-    let c =
-        TestCluster::start_with(3, PeerCompression { min_bytes: 256 }, LOG_CACHE_BYTES_MAX).await;
+    let tuning = Tuning {
+        compression: PeerCompression { min_bytes: 256 },
+        ..Tuning::default()
+    };
+    let c = TestCluster::start_with(3, tuning).await;
     let leader = c.leader().await;
     let value = |i: usize| format!("{i:04}-").repeat(800);
     for i in 0..30 {
@@ -304,7 +356,11 @@ async fn leader_loss_elects_a_new_leader_that_keeps_every_write() {
 /// re-applies its log from there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_kept_only_in_the_wal_replicates_and_restarts() {
-    let mut c = TestCluster::start_with(3, PeerCompression::OFF, 0).await;
+    let tuning = Tuning {
+        log_cache_bytes: 0,
+        ..Tuning::default()
+    };
+    let mut c = TestCluster::start_with(3, tuning).await;
     let leader = c.leader().await;
     let behind = if leader == 1 { 2 } else { 1 };
     c.stop(behind).await;

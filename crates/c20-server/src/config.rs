@@ -51,6 +51,9 @@ pub struct ServerConfig {
     pub batch_max_ops: usize,
     /// `--proposal-window`: most batches replicating at once (1 = no pipelining, 0 = no bound).
     pub proposal_window: usize,
+    /// `--peer-append-window`: most log appends in flight to one follower on its append stream
+    /// (0 = one call per append, each after the answer to the one before).
+    pub peer_append_window: usize,
     /// `--read-coalescing`: whether concurrent linearizable reads share quorum rounds.
     pub read_coalescing: bool,
     /// `--backend-batch-interval`: the longest time between checkpoints of the store while
@@ -65,6 +68,9 @@ pub const DEFAULT_BATCH_MAX_OPS: usize = c20_raft::batcher::DEFAULT_BATCH_OPS_MA
 
 /// Default of `--proposal-window`.
 pub const DEFAULT_PROPOSAL_WINDOW: usize = c20_raft::batcher::DEFAULT_PROPOSAL_WINDOW;
+
+/// Default of `--peer-append-window`.
+pub const DEFAULT_PEER_APPEND_WINDOW: usize = c20_raft::network::DEFAULT_APPEND_WINDOW;
 
 /// Default of `--backend-batch-interval`.
 pub const DEFAULT_BACKEND_BATCH_INTERVAL: Duration =
@@ -101,6 +107,7 @@ impl ServerConfig {
             peer_compression_min_bytes: DEFAULT_PEER_COMPRESSION_MIN_BYTES,
             batch_max_ops: DEFAULT_BATCH_MAX_OPS,
             proposal_window: DEFAULT_PROPOSAL_WINDOW,
+            peer_append_window: DEFAULT_PEER_APPEND_WINDOW,
             read_coalescing: true,
             backend_batch_interval: DEFAULT_BACKEND_BATCH_INTERVAL,
             backend_batch_limit: DEFAULT_BACKEND_BATCH_LIMIT,

@@ -169,6 +169,7 @@ impl Server {
         };
         rcfg.batch.ops_max = cfg.batch_max_ops;
         rcfg.batch.window = cfg.proposal_window;
+        rcfg.append_window = cfg.peer_append_window;
         rcfg.read_coalescing = cfg.read_coalescing;
         rcfg.checkpoint = c20_raft::CheckpointPolicy {
             interval: cfg.backend_batch_interval,
@@ -234,7 +235,7 @@ impl Server {
             peer_addrs.push(local_addr(&l)?);
             let router = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
-                .add_service(node.peer_service());
+                .add_service(node.peer_service(stop_rx.clone()));
             tasks.push(serve(router, l, stop_rx.clone(), "peer"));
         }
         tracing::info!(
