@@ -157,6 +157,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
                     client: peer_client(&url),
                     compression: self.compression,
                     append_window: self.append_window,
+                    no_append_stream: false,
                 })
             }
             Transport::Local(router) => PeerConnection::Local(LocalConnection {
@@ -181,6 +182,9 @@ pub struct GrpcConnection {
     /// Most appends in flight on one append stream; 0: one unary call per append, each
     /// waiting for the answer to the one before.
     append_window: usize,
+    /// The peer answered that it does not serve append streams (an older c20): appends to it
+    /// go as calls of their own from then on.
+    no_append_stream: bool,
 }
 
 /// A direct in-process link, subject to the router's cuts in both directions: a request that
@@ -291,17 +295,34 @@ impl RaftNetworkV2<TypeConfig> for PeerConnection {
     where
         S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
     {
+        let streamed =
+            matches!(self, PeerConnection::Grpc(c) if c.append_window > 0 && !c.no_append_stream);
+        if !streamed {
+            return stream_append_sequential(self, input, option);
+        }
         match self {
-            PeerConnection::Grpc(c) if c.append_window > 0 => {
+            PeerConnection::Grpc(c) => {
                 let client = c.client.clone();
                 let (target, compression, window) = (c.target, c.compression, c.append_window);
+                let no_append_stream = &mut c.no_append_stream;
                 Box::pin(async move {
                     let client =
                         client.map_err(|e| RPCError::Unreachable(Unreachable::from_string(e)))?;
-                    open_append_stream(client, target, compression, window, input, option).await
+                    let opened =
+                        open_append_stream(client, target, compression, window, input, option)
+                            .await;
+                    if let Err(OpenError::Unimplemented(e)) = &opened {
+                        tracing::warn!(
+                            peer = %format!("{target:x}"),
+                            error = %e,
+                            "peer serves no append streams; sending appends one call each"
+                        );
+                        *no_append_stream = true;
+                    }
+                    opened.map_err(RPCError::from)
                 })
             }
-            _ => stream_append_sequential(self, input, option),
+            PeerConnection::Local(_) => unreachable!("local links are never streamed"),
         }
     }
 
@@ -467,6 +488,35 @@ fn append_timeout(rpc: &AppendEntriesRequest<TypeConfig>, option: &RPCOption) ->
 type AppendReplies<'s> =
     BoxStream<'s, Result<StreamAppendResult<TypeConfig>, RPCError<TypeConfig>>>;
 
+/// Why an append stream did not open.
+enum OpenError {
+    /// The peer does not serve append streams.
+    Unimplemented(String),
+    Other(RPCError<TypeConfig>),
+}
+
+impl From<OpenError> for RPCError<TypeConfig> {
+    fn from(e: OpenError) -> Self {
+        match e {
+            OpenError::Unimplemented(e) => RPCError::Unreachable(Unreachable::from_string(e)),
+            OpenError::Other(e) => e,
+        }
+    }
+}
+
+/// Held by a session's replies: dropping it ends the session's outbound side and closes its
+/// window, so nothing waits on either afterwards.
+struct SessionEnd {
+    _end: tokio::sync::oneshot::Sender<()>,
+    room: Arc<tokio::sync::Semaphore>,
+}
+
+impl Drop for SessionEnd {
+    fn drop(&mut self) {
+        self.room.close();
+    }
+}
+
 /// Appends to one follower over one gRPC stream: each request leaves as soon as openraft makes
 /// it, while up to `window` earlier ones await their answers (a unary call per append would wait
 /// for each answer, and pay for a new HTTP/2 stream and its headers every time). The follower
@@ -479,20 +529,37 @@ async fn open_append_stream<S>(
     window: usize,
     input: S,
     option: RPCOption,
-) -> Result<AppendReplies<'static>, RPCError<TypeConfig>>
+) -> Result<AppendReplies<'static>, OpenError>
 where
     S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
 {
     let room = Arc::new(tokio::sync::Semaphore::new(window));
     // Deadlines of the requests sent and not yet answered, oldest first.
     let due = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+    // The session's end: when the replies are dropped (or the stream never opens), the
+    // outbound side stops taking openraft's requests at once. hyper's task would otherwise
+    // keep pulling them into a stream nobody reads, holding openraft's request state.
+    let (end_tx, end_rx) = tokio::sync::oneshot::channel::<()>();
+    let session = SessionEnd {
+        _end: end_tx,
+        room: room.clone(),
+    };
     let outbound = futures::stream::unfold(
-        (input, room.clone(), due.clone(), option.clone()),
-        move |(mut input, room, due, option)| async move {
+        (input, room.clone(), due.clone(), option.clone(), end_rx),
+        move |(mut input, room, due, option, mut end)| async move {
             // Taken before the next request is made, so that what openraft adds meanwhile
             // leaves together in it.
-            room.acquire().await.ok()?.forget();
-            let rpc = input.next().await?;
+            let permit = tokio::select! {
+                biased;
+                _ = &mut end => return None,
+                p = room.acquire() => p.ok()?,
+            };
+            permit.forget();
+            let rpc = tokio::select! {
+                biased;
+                _ = &mut end => return None,
+                r = input.next() => r?,
+            };
             let timeout = append_timeout(&rpc, &option);
             let raw = match postcard::to_allocvec(&rpc) {
                 Ok(raw) => raw,
@@ -510,28 +577,36 @@ where
                 format,
                 payload,
             };
-            Some((req, (input, room, due, option)))
+            Some((req, (input, room, due, option, end)))
         },
     );
-    let opened = tokio::time::timeout(option.soft_ttl(), client.append_stream(outbound)).await;
+    // Opening takes a round trip (the follower answers with headers at once); allow what an
+    // append with entries gets.
+    let open_timeout = option.soft_ttl().max(APPEND_WITH_ENTRIES_TIMEOUT);
+    let opened = tokio::time::timeout(open_timeout, client.append_stream(outbound)).await;
     let inbound = match opened {
         Err(_) => {
-            return Err(RPCError::Network(NetworkError::from_string(format!(
-                "opening the append stream to {target:x} timed out"
-            ))))
+            return Err(OpenError::Other(RPCError::Network(
+                NetworkError::from_string(format!(
+                    "opening the append stream to {target:x} timed out"
+                )),
+            )))
+        }
+        Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
+            return Err(OpenError::Unimplemented(status.to_string()))
         }
         Ok(Err(status)) => {
-            return Err(RPCError::Unreachable(Unreachable::from_string(format!(
-                "append stream to {target:x}: {status}"
-            ))))
+            return Err(OpenError::Other(RPCError::Unreachable(
+                Unreachable::from_string(format!("append stream to {target:x}: {status}")),
+            )))
         }
         Ok(Ok(r)) => r.into_inner(),
     };
     let check_every = option.soft_ttl();
-    let replies = futures::stream::unfold(Some(inbound), move |state| {
+    let replies = futures::stream::unfold(Some((inbound, session)), move |state| {
         let (room, due) = (room.clone(), due.clone());
         async move {
-            let mut inbound = state?;
+            let (mut inbound, session) = state?;
             let msg = loop {
                 match tokio::time::timeout(check_every, inbound.message()).await {
                     Ok(msg) => break msg,
@@ -567,7 +642,7 @@ where
                     }
                 };
             match answer {
-                Ok(res) => Some((Ok(res), Some(inbound))),
+                Ok(res) => Some((Ok(res), Some((inbound, session)))),
                 Err(stopped) => {
                     let e = Unreachable::from_string(format!("{target:x} stopped: {stopped}"));
                     Some((Err(RPCError::Unreachable(e)), None))

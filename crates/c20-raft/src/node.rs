@@ -1194,24 +1194,36 @@ impl Peer for PeerHandler {
         request: Request<tonic::Streaming<RaftRequest>>,
     ) -> Result<Response<AppendReplyStream>, Status> {
         use futures::StreamExt;
+        // Set when an append does not decode: the replies then end with this error, after the
+        // answers to the appends before it.
+        let refused: Arc<Mutex<Option<Status>>> = Arc::default();
+        let refused_in = refused.clone();
         // The appends in arrival order, handed to Raft as they come. A broken connection or a
-        // message that does not decode ends them; the leader then opens a new stream.
-        let appends = futures::stream::unfold(request.into_inner(), |mut inbound| async move {
-            let req = match inbound.message().await {
-                Ok(Some(req)) => req,
-                Ok(None) => return None,
-                Err(status) => {
-                    tracing::debug!(%status, "append stream from the leader ended");
-                    return None;
-                }
-            };
-            match decode_append(&req) {
-                Ok(rpc) => Some((rpc, inbound)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "undecodable append; ending the append stream");
-                    None
+        // message that does not decode ends them, and so does the server's stop (the leader
+        // opens a new stream when it has something to send).
+        let mut stop_in = self.stop.clone();
+        let appends = futures::stream::unfold(request.into_inner(), move |mut inbound| {
+            let refused = refused_in.clone();
+            async move {
+                let req = match inbound.message().await {
+                    Ok(Some(req)) => req,
+                    Ok(None) => return None,
+                    Err(status) => {
+                        tracing::debug!(%status, "append stream from the leader ended");
+                        return None;
+                    }
+                };
+                match decode_append(&req) {
+                    Ok(rpc) => Some((rpc, inbound)),
+                    Err(e) => {
+                        *refused.lock().expect("refused lock") = Some(bad_request(e));
+                        None
+                    }
                 }
             }
+        })
+        .take_until(async move {
+            let _ = stop_in.wait_for(|s| *s).await;
         });
         let mut stop = self.stop.clone();
         let replies = self
@@ -1225,6 +1237,12 @@ impl Peer for PeerHandler {
                     payload: encode(&answer)?,
                 })
             })
+            .chain(
+                futures::stream::once(async move {
+                    refused.lock().expect("refused lock").take().map(Err)
+                })
+                .filter_map(std::future::ready),
+            )
             .take_until(async move {
                 let _ = stop.wait_for(|s| *s).await;
             });

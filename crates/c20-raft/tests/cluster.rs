@@ -271,7 +271,11 @@ async fn appends_replicate_in_order_over_calls_and_streams() {
             r.unwrap();
         }
         let follower = (1..=3).find(|&i| i != leader).unwrap();
-        c.stop(follower).await;
+        // The leader's stream to it is open and idle: the follower's graceful shutdown must
+        // end it rather than wait for the leader to close it.
+        tokio::time::timeout(Duration::from_secs(30), c.stop(follower))
+            .await
+            .unwrap_or_else(|_| panic!("window {append_window}: stopping a follower hangs"));
         for r in burst(40).await {
             r.unwrap();
         }
