@@ -450,6 +450,35 @@ async fn bad_requests_come_back_as_errors_and_change_nothing() {
     c.shutdown().await;
 }
 
+/// After a storage failure on `failed`: the member reports it and, even with `fault` healed,
+/// takes no write; the others elect a new leader and take writes. Returns a member of those
+/// others, with every committed write applied.
+async fn failed_member_stays_down(c: &TestCluster, failed: NodeId, fault: &FailSyncs) -> NodeId {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.node(failed).status().fatal.is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the failed member does not report its storage error"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    fault.0.store(false, Ordering::SeqCst);
+    assert!(put(c.node(failed), "after", "3").await.is_err());
+    // The others elect a new leader (the failed one went silent) and carry on.
+    let other = (1..=3).find(|&i| i != failed).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while c.node(other).status().leader.is_none_or(|l| l == failed) {
+        assert!(
+            Instant::now() < deadline,
+            "no new leader after the old one stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    put(c.node(other), "after", "3").await.unwrap();
+    c.node(other).read_barrier().await.unwrap();
+    other
+}
+
 /// The same rule for the store: once a checkpoint of the leader's store file fails (on the
 /// checkpoint thread, after the writes in it were acknowledged), the leader applies nothing
 /// more and stops; the log still holds those writes, and the others carry on with every
@@ -475,25 +504,7 @@ async fn a_failed_store_checkpoint_stops_that_member_and_loses_nothing() {
             Err(_) => break,
         }
     }
-    while c.node(leader).status().fatal.is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the failed member does not report its storage error"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    c.kv_faults[&leader].0.store(false, Ordering::SeqCst);
-    assert!(put(c.node(leader), "after", "1").await.is_err());
-    let other = (1..=3).find(|&i| i != leader).unwrap();
-    while c.node(other).status().leader.is_none_or(|l| l == leader) {
-        assert!(
-            Instant::now() < deadline,
-            "no new leader after the old one stopped"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    put(c.node(other), "after", "1").await.unwrap();
-    c.node(other).read_barrier().await.unwrap();
+    let other = failed_member_stays_down(&c, leader, &c.kv_faults[&leader]).await;
     for key in std::iter::once("before".to_string()).chain(acked) {
         assert!(
             local_get(c.node(other), &key).is_some(),
@@ -516,30 +527,9 @@ async fn an_fsync_error_stops_writes_on_that_member_only() {
         res.is_err(),
         "a write was acknowledged although the leader's fsync failed: {res:?}"
     );
-    // The member reports the failure and refuses further writes, even with the disk "healed".
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while c.node(leader).status().fatal.is_none() {
-        assert!(
-            Instant::now() < deadline,
-            "the failed member does not report its storage error"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    c.faults[&leader].0.store(false, Ordering::SeqCst);
-    assert!(put(c.node(leader), "after", "3").await.is_err());
-    // The other two elect a new leader (the failed one went silent) and carry on with every
-    // acknowledged write.
-    let other = (1..=3).find(|&i| i != leader).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while c.node(other).status().leader.is_none_or(|l| l == leader) {
-        assert!(
-            Instant::now() < deadline,
-            "no new leader after the old one stopped"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    put(c.node(other), "after", "3").await.unwrap();
-    c.node(other).read_barrier().await.unwrap();
+    // The member reports the failure and refuses further writes, even with the disk "healed";
+    // the other two carry on with every acknowledged write.
+    let other = failed_member_stays_down(&c, leader, &c.faults[&leader]).await;
     assert_eq!(
         local_get(c.node(other), "before").as_deref(),
         Some(&b"1"[..])

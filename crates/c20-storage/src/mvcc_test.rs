@@ -1051,3 +1051,32 @@ fn a_failed_background_checkpoint_stops_writes() {
     assert_eq!(get(&s, "a").unwrap().value, b"1");
     assert!(get(&s, "b").is_none());
 }
+
+/// The checkpoint thread runs below the threads that serve requests.
+#[cfg(target_os = "linux")]
+#[test]
+fn the_checkpoint_thread_runs_at_a_lower_priority() {
+    let (_d, mut s) = store();
+    put(&mut s, "a", "1");
+    s.checkpoint_in_background().unwrap();
+    s.wait_checkpoints().unwrap();
+    let mut seen = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let task = task.unwrap().path();
+        let Ok(comm) = std::fs::read_to_string(task.join("comm")) else {
+            continue; // the thread ended meanwhile
+        };
+        if comm.trim() != "c20-checkpoint" {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(task.join("stat")) else {
+            continue;
+        };
+        // Fields after the command's closing parenthesis: state is field 3, nice field 19.
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let nice: i32 = after.split(' ').nth(16).unwrap().parse().unwrap();
+        assert_eq!(nice, checkpoint::CHECKPOINT_NICE, "{}", task.display());
+        seen += 1;
+    }
+    assert!(seen >= 1, "no checkpoint thread found");
+}
