@@ -250,6 +250,20 @@ impl GrpcConnection {
     }
 }
 
+/// A peer request of `kind` carrying `req`, postcard-encoded and compressed as configured.
+fn raft_request<Req: Serialize>(
+    kind: RaftKind,
+    req: &Req,
+    compression: PeerCompression,
+) -> Result<RaftRequest, postcard::Error> {
+    let (format, payload) = compression.encode(postcard::to_allocvec(req)?);
+    Ok(RaftRequest {
+        kind: kind as i32,
+        format,
+        payload,
+    })
+}
+
 /// One peer RPC of `kind` to `target`, its payload and answer postcard-encoded.
 async fn grpc_call<Req: Serialize, Resp: DeserializeOwned>(
     mut client: PeerClient<GrpcChannel>,
@@ -259,14 +273,8 @@ async fn grpc_call<Req: Serialize, Resp: DeserializeOwned>(
     timeout: Duration,
     compression: PeerCompression,
 ) -> Result<Resp, RPCError<TypeConfig>> {
-    let raw = postcard::to_allocvec(req)
+    let request = raft_request(kind, req, compression)
         .map_err(|e| RPCError::Network(NetworkError::from_string(e.to_string())))?;
-    let (format, payload) = compression.encode(raw);
-    let request = RaftRequest {
-        kind: kind as i32,
-        format,
-        payload,
-    };
     let reply = match tokio::time::timeout(timeout, client.raft(request)).await {
         Err(_) => {
             return Err(RPCError::Network(NetworkError::from_string(format!(
@@ -560,23 +568,16 @@ where
                 _ = &mut end => return None,
                 r = input.next() => r?,
             };
-            let timeout = append_timeout(&rpc, &option);
-            let raw = match postcard::to_allocvec(&rpc) {
-                Ok(raw) => raw,
+            let req = match raft_request(RaftKind::Append, &rpc, compression) {
+                Ok(req) => req,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot encode an append; ending the stream");
                     return None;
                 }
             };
-            let (format, payload) = compression.encode(raw);
             due.lock()
                 .expect("append deadlines lock")
-                .push_back(tokio::time::Instant::now() + timeout);
-            let req = RaftRequest {
-                kind: RaftKind::Append as i32,
-                format,
-                payload,
-            };
+                .push_back(tokio::time::Instant::now() + append_timeout(&rpc, &option));
             Some((req, (input, room, due, option, end)))
         },
     );
@@ -603,50 +604,45 @@ where
         Ok(Ok(r)) => r.into_inner(),
     };
     let check_every = option.soft_ttl();
-    let replies = futures::stream::unfold(Some((inbound, session)), move |state| {
-        let (room, due) = (room.clone(), due.clone());
-        async move {
-            let (mut inbound, session) = state?;
-            let msg = loop {
-                match tokio::time::timeout(check_every, inbound.message()).await {
-                    Ok(msg) => break msg,
-                    Err(_) => {
-                        let oldest = due.lock().expect("append deadlines lock").front().copied();
-                        if oldest.is_some_and(|d| d <= tokio::time::Instant::now()) {
-                            let e = NetworkError::from_string(format!(
-                                "append to {target:x} unanswered past its deadline"
-                            ));
-                            return Some((Err(RPCError::Network(e)), None));
-                        }
-                    }
-                }
-            };
-            let reply = match msg {
-                Ok(Some(reply)) => reply,
-                Ok(None) => return None,
-                Err(status) => {
-                    let e =
-                        Unreachable::from_string(format!("append stream to {target:x}: {status}"));
-                    return Some((Err(RPCError::Unreachable(e)), None));
-                }
-            };
-            due.lock().expect("append deadlines lock").pop_front();
-            room.add_permits(1);
-            let answer: Result<StreamAppendResult<TypeConfig>, String> =
-                match postcard::from_bytes(&reply.payload) {
-                    Ok(a) => a,
-                    Err(e) => {
-                        let e =
-                            NetworkError::from_string(format!("undecodable append answer: {e}"));
+    let replies = futures::stream::unfold(Some((inbound, session, due)), move |state| async move {
+        let (mut inbound, session, due) = state?;
+        let msg = loop {
+            match tokio::time::timeout(check_every, inbound.message()).await {
+                Ok(msg) => break msg,
+                Err(_) => {
+                    let oldest = due.lock().expect("append deadlines lock").front().copied();
+                    if oldest.is_some_and(|d| d <= tokio::time::Instant::now()) {
+                        let e = NetworkError::from_string(format!(
+                            "append to {target:x} unanswered past its deadline"
+                        ));
                         return Some((Err(RPCError::Network(e)), None));
                     }
-                };
-            match answer {
-                Ok(res) => Some((Ok(res), Some((inbound, session)))),
-                Err(stopped) => {
-                    let e = Unreachable::from_string(format!("{target:x} stopped: {stopped}"));
-                    Some((Err(RPCError::Unreachable(e)), None))
                 }
+            }
+        };
+        let reply = match msg {
+            Ok(Some(reply)) => reply,
+            Ok(None) => return None,
+            Err(status) => {
+                let e = Unreachable::from_string(format!("append stream to {target:x}: {status}"));
+                return Some((Err(RPCError::Unreachable(e)), None));
+            }
+        };
+        due.lock().expect("append deadlines lock").pop_front();
+        session.room.add_permits(1);
+        let answer: Result<StreamAppendResult<TypeConfig>, String> =
+            match postcard::from_bytes(&reply.payload) {
+                Ok(a) => a,
+                Err(e) => {
+                    let e = NetworkError::from_string(format!("undecodable append answer: {e}"));
+                    return Some((Err(RPCError::Network(e)), None));
+                }
+            };
+        match answer {
+            Ok(res) => Some((Ok(res), Some((inbound, session, due)))),
+            Err(stopped) => {
+                let e = Unreachable::from_string(format!("{target:x} stopped: {stopped}"));
+                Some((Err(RPCError::Unreachable(e)), None))
             }
         }
     });

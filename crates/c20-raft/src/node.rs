@@ -1197,14 +1197,13 @@ impl Peer for PeerHandler {
         // Set when an append does not decode: the replies then end with this error, after the
         // answers to the appends before it.
         let refused: Arc<Mutex<Option<Status>>> = Arc::default();
-        let refused_in = refused.clone();
         // The appends in arrival order, handed to Raft as they come. A broken connection or a
         // message that does not decode ends them, and so does the server's stop (the leader
         // opens a new stream when it has something to send).
         let mut stop_in = self.stop.clone();
-        let appends = futures::stream::unfold(request.into_inner(), move |mut inbound| {
-            let refused = refused_in.clone();
-            async move {
+        let appends = futures::stream::unfold(
+            (request.into_inner(), refused.clone()),
+            |(mut inbound, refused)| async move {
                 let req = match inbound.message().await {
                     Ok(Some(req)) => req,
                     Ok(None) => return None,
@@ -1214,14 +1213,14 @@ impl Peer for PeerHandler {
                     }
                 };
                 match decode_append(&req) {
-                    Ok(rpc) => Some((rpc, inbound)),
+                    Ok(rpc) => Some((rpc, (inbound, refused))),
                     Err(e) => {
                         *refused.lock().expect("refused lock") = Some(bad_request(e));
                         None
                     }
                 }
-            }
-        })
+            },
+        )
         .take_until(async move {
             let _ = stop_in.wait_for(|s| *s).await;
         });

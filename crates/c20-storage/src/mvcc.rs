@@ -216,6 +216,13 @@ struct PendingRows {
 /// store_memory`).
 const REDB_CACHE_BYTES: usize = 8 << 20;
 
+/// How every store's redb is opened.
+fn redb_builder() -> redb::Builder {
+    let mut b = Database::builder();
+    b.set_cache_size(REDB_CACHE_BYTES);
+    b
+}
+
 pub struct MvccStore {
     /// The durable copy; `None` for a store held in memory only.
     db: Option<Arc<Database>>,
@@ -245,10 +252,7 @@ pub struct MvccStore {
 impl MvccStore {
     /// Opens (or creates) the store at `path` and rebuilds the key index.
     pub fn open(path: &Path) -> Result<MvccStore, StorageError> {
-        let db = Database::builder()
-            .set_cache_size(REDB_CACHE_BYTES)
-            .create(path)
-            .map_err(redb::Error::from)?;
+        let db = redb_builder().create(path).map_err(redb::Error::from)?;
         Self::with_db(Arc::new(db), Some(path.to_path_buf()))
     }
 
@@ -271,8 +275,7 @@ impl MvccStore {
             file: redb::backends::FileBackend::new(file).map_err(redb::Error::from)?,
             faults,
         };
-        let db = Database::builder()
-            .set_cache_size(REDB_CACHE_BYTES)
+        let db = redb_builder()
             .create_with_backend(backend)
             .map_err(redb::Error::from)?;
         Self::with_db(Arc::new(db), Some(path.to_path_buf()))
@@ -1159,12 +1162,14 @@ impl MvccStore {
             .visible(&c.key, &c.range_end, self.current_rev)
             .map(|(_, kv)| kv)
             .collect();
-        let empty = StoredKv::new(&[], &[], 0, 0, 0, 0);
+        // Made only for a missing key: a compare runs for every txn on the write path.
+        let empty;
         let kvs = if kvs.is_empty() {
             if target == T::Value {
                 // A missing key has no value to compare; etcd fails such a compare.
                 return false;
             }
+            empty = StoredKv::new(&[], &[], 0, 0, 0, 0);
             vec![&empty]
         } else {
             kvs
