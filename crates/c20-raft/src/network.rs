@@ -541,6 +541,14 @@ async fn open_append_stream<S>(
 where
     S: Stream<Item = AppendEntriesRequest<TypeConfig>> + OptionalSend + Unpin + 'static,
 {
+    // The first append is taken before connecting, as a call per append would: openraft waits
+    // out its backoff inside that step, so a follower that is down is not redialled in a tight
+    // loop (which on loopback can even connect a socket to itself on the follower's port).
+    let mut input = input;
+    let Some(first) = input.next().await else {
+        return Ok(Box::pin(futures::stream::empty()));
+    };
+    let input = futures::stream::iter([first]).chain(input);
     let room = Arc::new(tokio::sync::Semaphore::new(window));
     // Deadlines of the requests sent and not yet answered, oldest first.
     let due = Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
