@@ -3,7 +3,7 @@
 //! [`OsDisk`] is the real one. [`SimDisk`] keeps files in memory and remembers what was synced:
 //! [`SimDisk::crash`] leaves it as a power failure would, with everything synced, a seeded
 //! prefix of what was not, and possibly the first unsynced write torn (cut short, or its length
-//! reached but its bytes zeros or garbage). Names behave like an ordered metadata journal:
+//! reached but its bytes zeros or garbage, or its end reached and its start not). Names behave like an ordered metadata journal:
 //! creates, renames, removals and directory creations survive a crash in the order they were
 //! made, up to a seeded point after the last [`Disk::sync_dir`], which commits them all.
 //! The simulator runs each replica's Raft log on one, so its crashes exercise the WAL's own
@@ -27,7 +27,7 @@ pub trait Disk: Send + Sync + 'static {
     fn read_at(&self, path: &Path, offset: u64, len: usize) -> io::Result<Vec<u8>>;
     /// The file's length.
     fn len(&self, path: &Path) -> io::Result<u64>;
-    /// Opens `path` for writing at its end; with `create`, created or emptied first.
+    /// Opens `path` for writing, its cursor at the end; with `create`, created or emptied first.
     fn open(&self, path: &Path, create: bool) -> io::Result<Box<dyn DiskFile>>;
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     fn remove(&self, path: &Path) -> io::Result<()>;
@@ -35,11 +35,14 @@ pub trait Disk: Send + Sync + 'static {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
 }
 
-/// A file open for appending.
+/// A file open for writing. Writes go to its cursor, which starts at the end of the file.
 pub trait DiskFile: Send {
-    /// Writes `buf` at the end of the file.
-    fn append(&mut self, buf: &[u8]) -> io::Result<()>;
-    /// Cuts (or extends) the file to `len`; later appends go to the new end.
+    /// Writes `buf` at the cursor, over what the file held there or past its end, and moves
+    /// the cursor past it.
+    fn write(&mut self, buf: &[u8]) -> io::Result<()>;
+    /// Moves the cursor to `pos`, at most the file's length.
+    fn seek(&mut self, pos: u64) -> io::Result<()>;
+    /// Cuts (or extends) the file to `len`; the cursor goes to the new end.
     fn set_len(&mut self, len: u64) -> io::Result<()>;
     /// Makes the file's content durable (fdatasync).
     fn sync_data(&mut self) -> io::Result<()>;
@@ -111,8 +114,16 @@ impl Disk for OsDisk {
 }
 
 impl DiskFile for OsFile {
-    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<()> {
         self.0.write_all(buf)
+    }
+
+    fn seek(&mut self, pos: u64) -> io::Result<()> {
+        if pos > self.0.metadata()?.len() {
+            return Err(past_the_end(pos));
+        }
+        self.0.seek(SeekFrom::Start(pos))?;
+        Ok(())
     }
 
     fn set_len(&mut self, len: u64) -> io::Result<()> {
@@ -163,8 +174,27 @@ pub struct SimDisk {
 }
 
 enum FileOp {
-    Write(Vec<u8>),
+    /// Bytes written at an offset.
+    Write(u64, Vec<u8>),
     SetLen(u64),
+}
+
+/// Writes `buf` into `data` at `at`, extending it if needed (a gap reads as zeros, as on a
+/// real file system).
+fn write_at(data: &mut Vec<u8>, at: u64, buf: &[u8]) {
+    let at = at as usize;
+    let end = at + buf.len();
+    if data.len() < end {
+        data.resize(end, 0);
+    }
+    data[at..end].copy_from_slice(buf);
+}
+
+fn past_the_end(pos: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidInput,
+        format!("cursor {pos} is past the end of the file"),
+    )
 }
 
 #[derive(Default)]
@@ -248,25 +278,32 @@ impl SimState {
             let mut data = self.files[&id].synced.clone();
             for op in &pending[..kept] {
                 match op {
-                    FileOp::Write(buf) => data.extend_from_slice(buf),
+                    FileOp::Write(at, buf) => write_at(&mut data, *at, buf),
                     FileOp::SetLen(len) => data.resize(*len as usize, 0),
                 }
             }
             if tear {
-                if let FileOp::Write(buf) = &pending[kept] {
+                if let FileOp::Write(at, buf) = &pending[kept] {
                     let cut = self.below(buf.len().max(1));
-                    data.extend_from_slice(&buf[..cut]);
-                    // The length reached the disk, the bytes did not (all of them): zeros, or
-                    // whatever the sectors held before.
-                    match self.below(3) {
-                        0 => {}
-                        1 => data.resize(data.len() + buf.len() - cut, 0),
-                        _ => {
-                            for _ in cut..buf.len() {
-                                let b = crate::splitmix(&mut self.rng) as u8;
-                                data.push(b);
-                            }
+                    let rest = at + cut as u64;
+                    // Part of it reached the disk, the rest did not: a start (the file ends
+                    // early or keeps what it held there), or a start and the length, with
+                    // zeros or whatever the sectors held before for the rest. Or the sectors
+                    // landed out of order: the end reached the disk and the start did not.
+                    match self.below(4) {
+                        0 => write_at(&mut data, *at, &buf[..cut]),
+                        1 => {
+                            write_at(&mut data, *at, &buf[..cut]);
+                            write_at(&mut data, rest, &vec![0; buf.len() - cut]);
                         }
+                        2 => {
+                            write_at(&mut data, *at, &buf[..cut]);
+                            let junk: Vec<u8> = (cut..buf.len())
+                                .map(|_| crate::splitmix(&mut self.rng) as u8)
+                                .collect();
+                            write_at(&mut data, rest, &junk);
+                        }
+                        _ => write_at(&mut data, rest, &buf[cut..]),
                     }
                     self.damage.writes_torn += 1;
                 }
@@ -406,6 +443,7 @@ struct SimHandle {
     disk: SimDisk,
     generation: u64,
     id: u64,
+    cursor: u64,
 }
 
 impl SimHandle {
@@ -494,10 +532,12 @@ impl Disk for SimMount {
                 id
             }
         };
+        let cursor = st.files[&id].data.len() as u64;
         Ok(Box::new(SimHandle {
             disk: self.disk.clone(),
             generation: self.generation,
             id,
+            cursor,
         }))
     }
 
@@ -525,18 +565,32 @@ impl Disk for SimMount {
 }
 
 impl DiskFile for SimHandle {
-    fn append(&mut self, buf: &[u8]) -> io::Result<()> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<()> {
+        let at = self.cursor;
         self.with(|f| {
-            f.data.extend_from_slice(buf);
-            f.pending.push(FileOp::Write(buf.to_vec()));
+            write_at(&mut f.data, at, buf);
+            f.pending.push(FileOp::Write(at, buf.to_vec()));
+            at + buf.len() as u64
         })
+        .map(|end| self.cursor = end)
+    }
+
+    fn seek(&mut self, pos: u64) -> io::Result<()> {
+        let len = self.with(|f| f.data.len() as u64)?;
+        if pos > len {
+            return Err(past_the_end(pos));
+        }
+        self.cursor = pos;
+        Ok(())
     }
 
     fn set_len(&mut self, len: u64) -> io::Result<()> {
         self.with(|f| {
             f.data.resize(len as usize, 0);
             f.pending.push(FileOp::SetLen(len));
-        })
+        })?;
+        self.cursor = len;
+        Ok(())
     }
 
     fn sync_data(&mut self) -> io::Result<()> {

@@ -7,11 +7,11 @@ fn disk_with(seed: u64, synced: &[u8], unsynced: &[&[u8]]) -> (SimDisk, Arc<dyn 
     let disk = sim.mount();
     disk.create_dir_all(Path::new("/d")).unwrap();
     let mut f = disk.open(Path::new("/d/f"), true).unwrap();
-    f.append(synced).unwrap();
+    f.write(synced).unwrap();
     f.sync_data().unwrap();
     disk.sync_dir(Path::new("/d")).unwrap();
     for w in unsynced {
-        f.append(w).unwrap();
+        f.write(w).unwrap();
     }
     (sim, disk)
 }
@@ -42,6 +42,67 @@ fn synced_bytes_survive_and_unsynced_ones_are_lost_kept_or_torn() {
         kept_all > 0 && lost_some > 0 && torn > 0,
         "{kept_all} {lost_some} {torn}"
     );
+}
+
+#[test]
+fn an_overwrite_in_place_is_kept_lost_or_torn_and_never_moves_the_rest() {
+    // A preallocated file: ten synced zeros, then "abcd" written over bytes 2..6, not synced.
+    let (mut kept, mut lost, mut torn) = (0, 0, 0);
+    for seed in 0..300 {
+        let (sim, disk) = disk_with(seed, &[0; 10], &[]);
+        let mut f = disk.open(Path::new("/d/f"), false).unwrap();
+        f.seek(2).unwrap();
+        f.write(b"abcd").unwrap();
+        assert_eq!(disk.read(Path::new("/d/f")).unwrap(), b"\0\0abcd\0\0\0\0");
+        sim.crash();
+        let raw = sim.mount().read(Path::new("/d/f")).unwrap();
+        assert_eq!(
+            raw.len(),
+            10,
+            "seed {seed}: an overwrite never changes the length"
+        );
+        assert_eq!(
+            &raw[..2],
+            &[0, 0],
+            "seed {seed}: bytes before it are untouched"
+        );
+        assert_eq!(
+            &raw[6..],
+            &[0; 4],
+            "seed {seed}: bytes after it are untouched"
+        );
+        match &raw[2..6] {
+            b"abcd" => kept += 1,
+            [0, 0, 0, 0] => lost += 1,
+            // Cut short: a prefix of the write, then zeros or garbage.
+            _ => torn += 1,
+        }
+    }
+    assert!(kept > 0 && lost > 0 && torn > 0, "{kept} {lost} {torn}");
+}
+
+#[test]
+fn a_cursor_goes_no_further_than_the_end() {
+    let (_sim, disk) = disk_with(1, b"abc", &[]);
+    let mut f = disk.open(Path::new("/d/f"), false).unwrap();
+    assert_eq!(f.seek(4).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+    f.seek(1).unwrap();
+    f.write(b"XYZ").unwrap();
+    f.set_len(5).unwrap();
+    f.write(b"!").unwrap();
+    assert_eq!(disk.read(Path::new("/d/f")).unwrap(), b"aXYZ\0!");
+
+    let dir = tempfile::tempdir().unwrap();
+    let os = os();
+    let path = dir.path().join("f");
+    let mut f = os.open(&path, true).unwrap();
+    f.write(b"abc").unwrap();
+    assert_eq!(f.seek(4).unwrap_err().kind(), io::ErrorKind::InvalidInput);
+    f.seek(1).unwrap();
+    f.write(b"XYZ").unwrap();
+    f.set_len(5).unwrap();
+    f.write(b"!").unwrap();
+    assert_eq!(os.read(&path).unwrap(), b"aXYZ\0!");
 }
 
 #[test]
@@ -95,7 +156,7 @@ fn handles_from_before_a_crash_fail() {
     let (sim, disk) = disk_with(1, b"x", &[]);
     let mut f = disk.open(Path::new("/d/f"), false).unwrap();
     sim.crash();
-    assert!(f.append(b"late").is_err());
+    assert!(f.write(b"late").is_err());
     assert!(f.sync_data().is_err());
     assert!(disk.read(Path::new("/d/f")).is_err());
     assert!(disk.remove(Path::new("/d/f")).is_err());
@@ -121,10 +182,10 @@ fn a_cut_power_fails_every_later_operation_and_the_crash_keeps_the_cut() {
     let (sim, disk) = disk_with(3, b"synced", &[]);
     let mut f = disk.open(Path::new("/d/f"), false).unwrap();
     sim.cut_power_after(1);
-    f.append(b"+one").unwrap();
+    f.write(b"+one").unwrap();
     // The cut is due at the next operation: it fails, and so does everything after.
     assert!(f.sync_data().is_err());
-    assert!(f.append(b"+two").is_err());
+    assert!(f.write(b"+two").is_err());
     assert!(disk.read(Path::new("/d/f")).is_err());
     sim.crash();
     let raw = sim.mount().read(Path::new("/d/f")).unwrap();

@@ -26,7 +26,7 @@ pub fn write(disk: &dyn Disk, path: &Path, payload: &[u8]) -> Result<(), Storage
     buf.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
     buf.extend_from_slice(payload);
     let mut f = disk.open(&tmp, true)?;
-    f.append(&buf)?;
+    f.write(&buf)?;
     f.sync_all()?;
     drop(f);
     disk.rename(&tmp, path)?;

@@ -557,7 +557,7 @@ impl Writer {
             .active
             .as_mut()
             .expect("records are only buffered for an active segment");
-        f.append(buf)?;
+        f.write(buf)?;
         *len += buf.len() as u64;
         buf.clear();
         Ok(())
@@ -573,7 +573,7 @@ impl Writer {
         header.extend_from_slice(SEGMENT_MAGIC);
         header.push(SEGMENT_VERSION);
         header.push(0);
-        f.append(&header)?;
+        f.write(&header)?;
         f.sync_all()?;
         disk.sync_dir(&self.dir)?;
         self.segments.push(Segment { first, path });
