@@ -193,6 +193,11 @@ struct ServeArgs {
     /// read a round of its own (for measuring what coalescing contributes).
     #[arg(long, env = "C20_READ_COALESCING", default_value_t = true, action = clap::ArgAction::Set)]
     read_coalescing: bool,
+    /// Whether the log's segments are created zero-filled to their full size, so that an
+    /// fsync of appended records needs no file system journal commit; false lets each segment
+    /// grow as it is written (for measuring what preallocation contributes).
+    #[arg(long, env = "C20_WAL_PREALLOCATE", default_value_t = true, action = clap::ArgAction::Set)]
+    wal_preallocate: bool,
     /// The longest time between checkpoints of the store while writes are applied (`100ms`,
     /// `1s`); the log holds what is not checkpointed yet.
     #[arg(
@@ -351,6 +356,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         proposal_window: a.proposal_window as usize,
         peer_append_window: a.peer_append_window as usize,
         read_coalescing: a.read_coalescing,
+        wal_preallocate: a.wal_preallocate,
         backend_batch_interval: a.backend_batch_interval,
         backend_batch_limit: a.backend_batch_limit,
     };
@@ -432,6 +438,14 @@ mod tests {
         let argv = ["c20", "serve", "--backend-batch-limit", "0"];
         assert!(Cli::try_parse_from(argv).is_err());
         let argv = ["c20", "serve", "--backend-batch-interval", "10"];
+        assert!(Cli::try_parse_from(argv).is_err());
+    }
+    #[test]
+    fn wal_preallocation_is_on_unless_turned_off() {
+        assert!(serve_args(&[]).wal_preallocate);
+        assert!(!serve_args(&["--wal-preallocate", "false"]).wal_preallocate);
+        assert!(serve_args(&["--wal-preallocate", "true"]).wal_preallocate);
+        let argv = ["c20", "serve", "--wal-preallocate", "maybe"];
         assert!(Cli::try_parse_from(argv).is_err());
     }
 }

@@ -56,6 +56,8 @@ pub struct ServerConfig {
     pub peer_append_window: usize,
     /// `--read-coalescing`: whether concurrent linearizable reads share quorum rounds.
     pub read_coalescing: bool,
+    /// `--wal-preallocate`: whether log segments are created zero-filled to their full size.
+    pub wal_preallocate: bool,
     /// `--backend-batch-interval`: the longest time between checkpoints of the store while
     /// writes are applied.
     pub backend_batch_interval: Duration,
@@ -109,6 +111,7 @@ impl ServerConfig {
             proposal_window: DEFAULT_PROPOSAL_WINDOW,
             peer_append_window: DEFAULT_PEER_APPEND_WINDOW,
             read_coalescing: true,
+            wal_preallocate: true,
             backend_batch_interval: DEFAULT_BACKEND_BATCH_INTERVAL,
             backend_batch_limit: DEFAULT_BACKEND_BATCH_LIMIT,
         }

@@ -171,6 +171,7 @@ impl Server {
         rcfg.batch.window = cfg.proposal_window;
         rcfg.append_window = cfg.peer_append_window;
         rcfg.read_coalescing = cfg.read_coalescing;
+        rcfg.wal.preallocate = cfg.wal_preallocate;
         rcfg.checkpoint = c20_raft::CheckpointPolicy {
             interval: cfg.backend_batch_interval,
             writes_max: cfg.backend_batch_limit,

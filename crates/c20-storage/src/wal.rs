@@ -10,10 +10,18 @@
 //!   len = 8 + payload length; crc = crc32c(index bytes ++ payload)
 //! ```
 //!
+//! A segment is created zero-filled to its full size (preallocated), so records overwrite blocks
+//! the file system has already allocated and written: an `fdatasync` then flushes the data
+//! alone, without a metadata journal commit. The records of a segment end at the end of the
+//! file or where only zeros follow; a segment is cut to its records when the next one starts.
+//! The writer thread prepares the next segment in the background (`next-segment.tmp`, header
+//! and zeros, synced) and renames it into place when it rotates.
+//!
 //! Indexes inside a segment are consecutive. One writer thread owns the files: it drains every
 //! queued append, writes them, and calls `fdatasync` once for the lot (group commit) before it
 //! reports any of them done. A bad record at the tail of the last segment is a torn write and is
-//! cut off at open; a bad record anywhere else is corruption and open fails. After any write or
+//! cut off at open, with everything after it; a bad record anywhere else is corruption and open
+//! fails. After any write or
 //! sync error the log refuses all further operations.
 //!
 //! The files are reached through a [`Disk`]: the real file system, or the simulator's disk that
@@ -27,6 +35,7 @@ use crate::disk::{Disk, DiskFile};
 use crate::planted::{self, Bug};
 use crate::StorageError;
 use std::collections::BTreeMap;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -38,6 +47,10 @@ const SEGMENT_HEADER_LEN: u64 = 8;
 const RECORD_HEADER_LEN: usize = 16;
 /// A record longer than this is treated as garbage (the largest request is far smaller).
 const RECORD_BYTES_MAX: usize = 256 * 1024 * 1024;
+/// Most bytes a new segment is zero-filled to (its `segment_bytes_max` when that is smaller).
+const PREALLOCATE_BYTES_MAX: u64 = 64 * 1024 * 1024;
+/// The segment being prepared, in the log's directory.
+const NEXT_SEGMENT: &str = "next-segment.tmp";
 
 #[derive(Clone)]
 pub struct WalOptions {
@@ -50,6 +63,9 @@ pub struct WalOptions {
     /// Run every operation on the caller's thread instead of a writer thread; appends wait
     /// for [`Wal::sync`].
     pub inline: bool,
+    /// Create each segment zero-filled to its full size (see the module's doc); an inline log
+    /// prepares it when it rotates, a writer thread ahead of time.
+    pub preallocate: bool,
 }
 
 impl Default for WalOptions {
@@ -59,6 +75,7 @@ impl Default for WalOptions {
             faults: None,
             disk: crate::disk::os(),
             inline: false,
+            preallocate: true,
         }
     }
 }
@@ -69,6 +86,7 @@ impl std::fmt::Debug for WalOptions {
             .field("segment_bytes_max", &self.segment_bytes_max)
             .field("faults", &self.faults.is_some())
             .field("inline", &self.inline)
+            .field("preallocate", &self.preallocate)
             .finish()
     }
 }
@@ -135,12 +153,22 @@ struct Segment {
     path: PathBuf,
 }
 
+/// The open last segment.
+struct Active {
+    file: Box<dyn DiskFile>,
+    /// Where its records end; the file's cursor is there.
+    len: u64,
+    /// The file runs on past `len` in zeros (preallocated): cut it to `len` before it is closed.
+    zero_tail: bool,
+}
+
 struct Writer {
     dir: PathBuf,
     opts: WalOptions,
     segments: Vec<Segment>,
-    /// The open last segment and its length.
-    active: Option<(Box<dyn DiskFile>, u64)>,
+    active: Option<Active>,
+    /// The thread preparing the next segment (see [`NEXT_SEGMENT`]).
+    next: Option<JoinHandle<io::Result<()>>>,
     /// index → (segment first index, byte offset of the record).
     offsets: BTreeMap<u64, (u64, u64)>,
     failed: Arc<Mutex<Option<String>>>,
@@ -157,7 +185,10 @@ impl Wal {
         disk.create_dir_all(dir)?;
         let mut segs: Vec<Segment> = Vec::new();
         for name in disk.list(dir)? {
-            if let Some(stem) = name.strip_suffix(".wal") {
+            if name == NEXT_SEGMENT {
+                // Half prepared when the last run ended, or prepared and never used.
+                disk.remove(&dir.join(&name))?;
+            } else if let Some(stem) = name.strip_suffix(".wal") {
                 let first = stem.parse::<u64>().map_err(|_| {
                     StorageError::Corrupt(format!("unexpected wal file name {name}"))
                 })?;
@@ -173,6 +204,8 @@ impl Wal {
         let mut offsets = BTreeMap::new();
         let n = segs.len();
         let mut kept = Vec::new();
+        // Where the records of the last kept segment end, and whether zeros follow them.
+        let mut last_end = (0, false);
         for (i, seg) in segs.into_iter().enumerate() {
             let is_last = i + 1 == n;
             let raw = disk.read(&seg.path)?;
@@ -197,8 +230,15 @@ impl Wal {
             }
             let mut pos = SEGMENT_HEADER_LEN as usize;
             let mut expect = seg.first;
+            let mut zero_tail = false;
             loop {
                 if pos == raw.len() {
+                    break;
+                }
+                if is_last && raw[pos..].iter().all(|&b| b == 0) {
+                    // The rest of a preallocated segment: nothing was ever written there. (A
+                    // closed segment was cut to its records, so only the last one has this.)
+                    zero_tail = true;
                     break;
                 }
                 match decode_record(&raw[pos..]) {
@@ -225,6 +265,9 @@ impl Wal {
                             %why,
                             "cutting torn tail off the log"
                         );
+                        // Everything after it goes too: an unfinished write may have reached
+                        // the disk in any order, and what new records leave of it could read as
+                        // records.
                         recovery.torn_bytes += (raw.len() - pos) as u64;
                         let mut f = disk.open(&seg.path, false)?;
                         f.set_len(pos as u64)?;
@@ -233,20 +276,31 @@ impl Wal {
                     }
                 }
             }
+            last_end = (pos as u64, zero_tail);
             kept.push(seg);
         }
         // Records must be consecutive inside a segment; across segments a gap is allowed only
         // where the log was purged (for example after a snapshot was installed).
         let active = match kept.last() {
-            Some(seg) => Some((disk.open(&seg.path, false)?, disk.len(&seg.path)?)),
+            Some(seg) => {
+                let (len, zero_tail) = last_end;
+                let mut file = disk.open(&seg.path, false)?;
+                file.seek(len)?;
+                Some(Active {
+                    file,
+                    len,
+                    zero_tail,
+                })
+            }
             None => None,
         };
         let failed = Arc::new(Mutex::new(None));
-        let writer = Writer {
+        let mut writer = Writer {
             dir: dir.to_path_buf(),
             opts,
             segments: kept,
             active,
+            next: None,
             offsets,
             failed: failed.clone(),
             sync_owed: false,
@@ -261,6 +315,7 @@ impl Wal {
             };
             return Ok((wal, recovery));
         }
+        writer.prepare_next();
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("c20-wal".into())
@@ -392,11 +447,15 @@ impl Writer {
     fn sync_at_close(&mut self) {
         let waiting = std::mem::take(&mut self.unsynced);
         if waiting.is_empty() {
-            if let Some((f, _)) = &mut self.active {
-                let _ = f.sync_data();
+            if let Some(a) = &mut self.active {
+                let _ = a.file.sync_data();
             }
         }
         self.sync_and_report(waiting);
+        if let Some(next) = self.next.take() {
+            // Nothing is left writing in the directory once the log is closed.
+            let _ = next.join();
+        }
     }
 
     fn fail(&self, e: &StorageError) -> StorageError {
@@ -496,7 +555,7 @@ impl Writer {
     fn sync_active(&mut self) -> Result<(), StorageError> {
         self.before_sync()?;
         match &mut self.active {
-            Some((f, _)) => Ok(f.sync_data()?),
+            Some(a) => Ok(a.file.sync_data()?),
             None => Ok(()),
         }
     }
@@ -524,8 +583,8 @@ impl Writer {
             }
             let needs_new_segment = match (&self.active, self.last_index()) {
                 (None, _) => true,
-                (Some((_, len)), last) => {
-                    let pending = *len + buf.len() as u64;
+                (Some(a), last) => {
+                    let pending = a.len + buf.len() as u64;
                     pending >= self.opts.segment_bytes_max
                         || last.is_some_and(|l| index != l + 1)
                         || (last.is_none()
@@ -537,7 +596,7 @@ impl Writer {
                 self.rotate(index)?;
             }
             let (first, len) = match (&self.active, self.segments.last()) {
-                (Some((_, len)), Some(seg)) => (seg.first, *len),
+                (Some(a), Some(seg)) => (seg.first, a.len),
                 _ => unreachable!("a segment is active after rotate"),
             };
             self.offsets.insert(index, (first, len + buf.len() as u64));
@@ -553,12 +612,12 @@ impl Writer {
         if let Some(faults) = &self.opts.faults {
             faults.before_write()?;
         }
-        let (f, len) = self
+        let a = self
             .active
             .as_mut()
             .expect("records are only buffered for an active segment");
-        f.write(buf)?;
-        *len += buf.len() as u64;
+        a.file.write(buf)?;
+        a.len += buf.len() as u64;
         buf.clear();
         Ok(())
     }
@@ -566,19 +625,83 @@ impl Writer {
     /// Closes the active segment durably and starts a new one whose first record is `first`.
     fn rotate(&mut self, first: u64) -> Result<(), StorageError> {
         self.sync_active()?;
+        if let Some(a) = &mut self.active {
+            if a.zero_tail {
+                // A closed segment ends at its last record: its length is where reads stop.
+                a.file.set_len(a.len)?;
+                a.file.sync_all()?;
+                a.zero_tail = false;
+            }
+        }
         let disk = self.opts.disk.clone();
         let path = self.dir.join(format!("{first:020}.wal"));
-        let mut f = disk.open(&path, true)?;
-        let mut header = Vec::with_capacity(SEGMENT_HEADER_LEN as usize);
-        header.extend_from_slice(SEGMENT_MAGIC);
-        header.push(SEGMENT_VERSION);
-        header.push(0);
-        f.write(&header)?;
-        f.sync_all()?;
+        let (file, zero_tail) = match self.take_prepared() {
+            Some(prepared) => {
+                // Header and zeros are durable already: the rename makes it the segment.
+                disk.rename(&prepared, &path)?;
+                let mut f = disk.open(&path, false)?;
+                f.seek(SEGMENT_HEADER_LEN)?;
+                (f, true)
+            }
+            None => {
+                let mut f = disk.open(&path, true)?;
+                f.write(&segment_header())?;
+                f.sync_all()?;
+                (f, false)
+            }
+        };
         disk.sync_dir(&self.dir)?;
         self.segments.push(Segment { first, path });
-        self.active = Some((f, SEGMENT_HEADER_LEN));
+        self.active = Some(Active {
+            file,
+            len: SEGMENT_HEADER_LEN,
+            zero_tail,
+        });
+        self.prepare_next();
         Ok(())
+    }
+
+    /// The path of a prepared segment, if preallocation is on: the one the thread prepared,
+    /// or (an inline log, or the first rotation) one prepared now. `None` if preparing failed:
+    /// the segment then grows as it is written.
+    fn take_prepared(&mut self) -> Option<PathBuf> {
+        if !self.opts.preallocate {
+            return None;
+        }
+        let tmp = self.dir.join(NEXT_SEGMENT);
+        let res = match self.next.take() {
+            Some(thread) => thread
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("the preparing thread panicked"))),
+            None => prepare_segment(&*self.opts.disk, &tmp, self.preallocate_bytes()),
+        };
+        match res {
+            Ok(()) => Some(tmp),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not preallocate a log segment; it grows as written");
+                None
+            }
+        }
+    }
+
+    /// Starts preparing the next segment on a thread of its own (writer thread only).
+    fn prepare_next(&mut self) {
+        if !self.opts.preallocate || self.opts.inline || self.next.is_some() {
+            return;
+        }
+        let disk = self.opts.disk.clone();
+        let tmp = self.dir.join(NEXT_SEGMENT);
+        let size = self.preallocate_bytes();
+        self.next = std::thread::Builder::new()
+            .name("c20-wal-prepare".into())
+            .spawn(move || prepare_segment(&*disk, &tmp, size))
+            .ok();
+    }
+
+    fn preallocate_bytes(&self) -> u64 {
+        self.opts
+            .segment_bytes_max
+            .clamp(SEGMENT_HEADER_LEN, PREALLOCATE_BYTES_MAX)
     }
 
     fn truncate(&mut self, from: u64) -> Result<(), StorageError> {
@@ -631,7 +754,12 @@ impl Writer {
             self.offsets.clear();
         }
         if let Some(seg) = self.segments.last() {
-            self.active = Some((disk.open(&seg.path, false)?, disk.len(&seg.path)?));
+            // Cut to `keep_until`, or closed (and cut) before the removed ones started.
+            self.active = Some(Active {
+                file: disk.open(&seg.path, false)?,
+                len: disk.len(&seg.path)?,
+                zero_tail: false,
+            });
         }
         Ok(())
     }
@@ -658,7 +786,7 @@ impl Writer {
             let end = match self.offsets.range(last + 1..).next() {
                 Some((_, &(f, off))) if f == seg_first => off,
                 _ => match (&self.active, next_seg_first) {
-                    (Some((_, len)), None) => *len,
+                    (Some(a), None) => a.len,
                     _ => self.opts.disk.len(&seg.path)?,
                 },
             };
@@ -716,6 +844,29 @@ impl Writer {
         self.offsets = keep;
         Ok(())
     }
+}
+
+/// The first bytes of every segment.
+fn segment_header() -> [u8; SEGMENT_HEADER_LEN as usize] {
+    let mut h = [0; SEGMENT_HEADER_LEN as usize];
+    h[..6].copy_from_slice(SEGMENT_MAGIC);
+    h[6] = SEGMENT_VERSION;
+    h
+}
+
+/// Writes a segment ready for records at `path`: the header, then zeros up to `size` bytes,
+/// synced.
+fn prepare_segment(disk: &dyn Disk, path: &Path, size: u64) -> io::Result<()> {
+    let mut f = disk.open(path, true)?;
+    f.write(&segment_header())?;
+    let zeros = vec![0; (1 << 20).min(size as usize)];
+    let mut left = size.saturating_sub(SEGMENT_HEADER_LEN);
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        f.write(&zeros[..n])?;
+        left -= n as u64;
+    }
+    f.sync_all()
 }
 
 /// Appends one record: length, crc32c of index and payload, index, payload (docs/FORMATS.md).
