@@ -2,8 +2,9 @@
 //!
 //! [`OsDisk`] is the real one. [`SimDisk`] keeps files in memory and remembers what was synced:
 //! [`SimDisk::crash`] leaves it as a power failure would, with everything synced, a seeded
-//! prefix of what was not, and possibly the first unsynced write torn (cut short, or its length
-//! reached but its bytes zeros or garbage, or its end reached and its start not). Names behave like an ordered metadata journal:
+//! prefix of what was not, possibly the first unsynced write after it torn (cut short, or its
+//! length reached but its bytes zeros or garbage, or its end reached and its start not), and
+//! possibly some later writes landed regardless (out of order, up to the next truncation). Names behave like an ordered metadata journal:
 //! creates, renames, removals and directory creations survive a crash in the order they were
 //! made, up to a seeded point after the last [`Disk::sync_dir`], which commits them all.
 //! The simulator runs each replica's Raft log on one, so its crashes exercise the WAL's own
@@ -147,7 +148,8 @@ pub struct CrashDamage {
     pub crashes: u64,
     /// Unsynced file writes (and truncations) that a crash undid.
     pub writes_lost: u64,
-    /// Writes a crash left torn: cut short, or zeros or garbage where their bytes should be.
+    /// Writes a crash left torn: cut short, zeros or garbage where their bytes should be, or
+    /// their end without their start.
     pub writes_torn: u64,
     /// Creates, renames and removals a crash undid.
     pub names_lost: u64,
@@ -308,7 +310,21 @@ impl SimState {
                     self.damage.writes_torn += 1;
                 }
             }
-            self.damage.writes_lost += (pending.len() - kept) as u64;
+            // Sectors reach the disk out of order: a later write may have landed though one
+            // before it did not (up to a truncation, which the file system keeps in order).
+            let mut landed = 0;
+            for op in pending.iter().skip(kept + 1) {
+                match op {
+                    FileOp::SetLen(_) => break,
+                    FileOp::Write(at, buf) => {
+                        if self.below(4) == 0 {
+                            write_at(&mut data, *at, buf);
+                            landed += 1;
+                        }
+                    }
+                }
+            }
+            self.damage.writes_lost += (pending.len() - kept - landed) as u64;
             let f = self.files.get_mut(&id).expect("listed");
             f.synced = data.clone();
             f.data = data;

@@ -18,7 +18,8 @@ fn disk_with(seed: u64, synced: &[u8], unsynced: &[&[u8]]) -> (SimDisk, Arc<dyn 
 
 #[test]
 fn synced_bytes_survive_and_unsynced_ones_are_lost_kept_or_torn() {
-    let (mut kept_all, mut lost_some, mut torn) = (0, 0, 0);
+    let (mut kept_all, mut lost_some, mut torn, mut out_of_order) = (0, 0, 0, 0);
+    let slots: [(usize, &[u8]); 3] = [(8, b"one|"), (12, b"two|"), (16, b"three|")];
     for seed in 0..300 {
         let (sim, _) = disk_with(seed, b"durable|", &[b"one|", b"two|", b"three|"]);
         sim.crash();
@@ -30,24 +31,35 @@ fn synced_bytes_survive_and_unsynced_ones_are_lost_kept_or_torn() {
             kept_all += 1;
         } else if whole.starts_with(tail) && [0, 4, 8].contains(&tail.len()) {
             lost_some += 1;
+        } else if sim.damage().writes_torn == 0 {
+            // Whole writes with holes (zeros) where earlier ones did not land.
+            out_of_order += 1;
+            let ends = slots.iter().map(|(at, w)| at + w.len());
+            assert!(ends.clone().any(|e| e == raw.len()), "seed {seed}: {raw:?}");
+            for (at, w) in slots.iter().filter(|(at, _)| *at < raw.len()) {
+                let got = &raw[*at..at + w.len()];
+                assert!(
+                    got == *w || got.iter().all(|&b| b == 0),
+                    "seed {seed}: {raw:?}"
+                );
+            }
         } else {
-            // A write cut short, or its length reached with zeros or garbage for bytes: the
-            // writes before it are whole.
+            // A write cut short, or its length reached with zeros or garbage for bytes, or its
+            // end without its start.
             torn += 1;
-            let d = sim.damage();
-            assert_eq!(d.writes_torn, 1, "seed {seed}: {tail:?}");
+            assert_eq!(sim.damage().writes_torn, 1, "seed {seed}: {tail:?}");
         }
     }
     assert!(
-        kept_all > 0 && lost_some > 0 && torn > 0,
-        "{kept_all} {lost_some} {torn}"
+        kept_all > 0 && lost_some > 0 && torn > 0 && out_of_order > 0,
+        "{kept_all} {lost_some} {torn} {out_of_order}"
     );
 }
 
 #[test]
 fn an_overwrite_in_place_is_kept_lost_or_torn_and_never_moves_the_rest() {
     // A preallocated file: ten synced zeros, then "abcd" written over bytes 2..6, not synced.
-    let (mut kept, mut lost, mut torn) = (0, 0, 0);
+    let (mut kept, mut lost, mut torn, mut end_only) = (0, 0, 0, 0);
     for seed in 0..300 {
         let (sim, disk) = disk_with(seed, &[0; 10], &[]);
         let mut f = disk.open(Path::new("/d/f"), false).unwrap();
@@ -71,14 +83,22 @@ fn an_overwrite_in_place_is_kept_lost_or_torn_and_never_moves_the_rest() {
             &[0; 4],
             "seed {seed}: bytes after it are untouched"
         );
-        match &raw[2..6] {
+        let part = &raw[2..6];
+        let zeros_then_end =
+            |n: usize| part[..n].iter().all(|&b| b == 0) && part[n..] == b"abcd"[n..];
+        match part {
             b"abcd" => kept += 1,
             [0, 0, 0, 0] => lost += 1,
-            // Cut short: a prefix of the write, then zeros or garbage.
+            // Sectors out of order: the end of the write landed, its start did not.
+            _ if (1..4).any(zeros_then_end) => end_only += 1,
+            // Cut short: a start of the write, then zeros or garbage.
             _ => torn += 1,
         }
     }
-    assert!(kept > 0 && lost > 0 && torn > 0, "{kept} {lost} {torn}");
+    assert!(
+        kept > 0 && lost > 0 && torn > 0 && end_only > 0,
+        "{kept} {lost} {torn} {end_only}"
+    );
 }
 
 #[test]

@@ -10,12 +10,14 @@
 //!   len = 8 + payload length; crc = crc32c(index bytes ++ payload)
 //! ```
 //!
-//! A segment is created zero-filled to its full size (preallocated), so records overwrite blocks
-//! the file system has already allocated and written: an `fdatasync` then flushes the data
-//! alone, without a metadata journal commit. The records of a segment end at the end of the
-//! file or where only zeros follow; a segment is cut to its records when the next one starts.
-//! The writer thread prepares the next segment in the background (`next-segment.tmp`, header
-//! and zeros, synced) and renames it into place when it rotates.
+//! With [`WalOptions::preallocate`] (the default) a segment is created zero-filled (up to
+//! 64 MiB), so records overwrite blocks the file system has already allocated and written: an
+//! `fdatasync` then flushes the data alone, without a metadata journal commit. Only the last
+//! segment may run on past its records, in zeros: a segment is cut to its records before the
+//! next one starts. The next segment is prepared ahead (`next-segment.tmp`: header and zeros,
+//! synced) and renamed into place at rotation. A log whose last segment has no zeros ahead (a
+//! new log, one cut at open, a segment from before preallocation) moves to a prepared one as
+//! soon as it is ready. Preparing is best effort: if it fails, segments grow as written.
 //!
 //! Indexes inside a segment are consecutive. One writer thread owns the files: it drains every
 //! queued append, writes them, and calls `fdatasync` once for the lot (group commit) before it
@@ -37,6 +39,7 @@ use crate::StorageError;
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -51,6 +54,11 @@ const RECORD_BYTES_MAX: usize = 256 * 1024 * 1024;
 const PREALLOCATE_BYTES_MAX: u64 = 64 * 1024 * 1024;
 /// The segment being prepared, in the log's directory.
 const NEXT_SEGMENT: &str = "next-segment.tmp";
+/// A segment is prepared this many zeros at a time. In the background each chunk is synced
+/// and followed by a pause, so that the log's own fsyncs never queue behind a whole segment's
+/// worth of writes (a 64 MiB burst stalled put-100 for 60 ms; docs/BENCHMARKS.md).
+const PREPARE_CHUNK: u64 = 1024 * 1024;
+const PREPARE_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
 #[derive(Clone)]
 pub struct WalOptions {
@@ -64,7 +72,7 @@ pub struct WalOptions {
     /// for [`Wal::sync`].
     pub inline: bool,
     /// Create each segment zero-filled to its full size (see the module's doc); an inline log
-    /// prepares it when it rotates, a writer thread ahead of time.
+    /// prepares it when it rotates, a writer thread ahead of time on a thread of its own.
     pub preallocate: bool,
 }
 
@@ -153,6 +161,13 @@ struct Segment {
     path: PathBuf,
 }
 
+/// A segment being prepared in the background.
+struct Preparing {
+    thread: JoinHandle<io::Result<()>>,
+    /// Set to stop it (it then removes what it wrote).
+    cancel: Arc<AtomicBool>,
+}
+
 /// The open last segment.
 struct Active {
     file: Box<dyn DiskFile>,
@@ -168,7 +183,9 @@ struct Writer {
     segments: Vec<Segment>,
     active: Option<Active>,
     /// The thread preparing the next segment (see [`NEXT_SEGMENT`]).
-    next: Option<JoinHandle<io::Result<()>>>,
+    next: Option<Preparing>,
+    /// Preparing a segment failed once: segments grow as written from then on.
+    prepare_failed: bool,
     /// index → (segment first index, byte offset of the record).
     offsets: BTreeMap<u64, (u64, u64)>,
     failed: Arc<Mutex<Option<String>>>,
@@ -285,6 +302,9 @@ impl Wal {
             Some(seg) => {
                 let (len, zero_tail) = last_end;
                 let mut file = disk.open(&seg.path, false)?;
+                // A process that crashed after a write and before its fsync left records in
+                // the page cache only: they are reported as recovered, so make them durable.
+                file.sync_data()?;
                 file.seek(len)?;
                 Some(Active {
                     file,
@@ -301,6 +321,7 @@ impl Wal {
             segments: kept,
             active,
             next: None,
+            prepare_failed: false,
             offsets,
             failed: failed.clone(),
             sync_owed: false,
@@ -315,7 +336,7 @@ impl Wal {
             };
             return Ok((wal, recovery));
         }
-        writer.prepare_next();
+        writer.maybe_prepare_next();
         let (tx, rx) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("c20-wal".into())
@@ -454,7 +475,8 @@ impl Writer {
         self.sync_and_report(waiting);
         if let Some(next) = self.next.take() {
             // Nothing is left writing in the directory once the log is closed.
-            let _ = next.join();
+            next.cancel.store(true, Ordering::Relaxed);
+            let _ = next.thread.join();
         }
     }
 
@@ -585,7 +607,10 @@ impl Writer {
                 (None, _) => true,
                 (Some(a), last) => {
                     let pending = a.len + buf.len() as u64;
+                    let prepared_ready =
+                        !a.zero_tail && self.next.as_ref().is_some_and(|n| n.thread.is_finished());
                     pending >= self.opts.segment_bytes_max
+                        || prepared_ready
                         || last.is_some_and(|l| index != l + 1)
                         || (last.is_none()
                             && self.segments.last().is_some_and(|s| s.first != index))
@@ -602,7 +627,9 @@ impl Writer {
             self.offsets.insert(index, (first, len + buf.len() as u64));
             encode_record(&mut buf, index, &payload);
         }
-        self.flush_buf(&mut buf)
+        self.flush_buf(&mut buf)?;
+        self.maybe_prepare_next();
+        Ok(())
     }
 
     fn flush_buf(&mut self, buf: &mut Vec<u8>) -> Result<(), StorageError> {
@@ -657,45 +684,70 @@ impl Writer {
             len: SEGMENT_HEADER_LEN,
             zero_tail,
         });
-        self.prepare_next();
+        self.maybe_prepare_next();
         Ok(())
     }
 
-    /// The path of a prepared segment, if preallocation is on: the one the thread prepared,
-    /// or (an inline log, or the first rotation) one prepared now. `None` if preparing failed:
-    /// the segment then grows as it is written.
+    /// The path of a prepared segment, if preallocation is on: the one the thread prepared
+    /// (waiting for it if need be), or for an inline log one prepared now. `None` if nothing
+    /// is being prepared, or preparing failed: the segment then grows as it is written.
     fn take_prepared(&mut self) -> Option<PathBuf> {
-        if !self.opts.preallocate {
+        if !self.opts.preallocate || self.prepare_failed {
             return None;
         }
         let tmp = self.dir.join(NEXT_SEGMENT);
         let res = match self.next.take() {
-            Some(thread) => thread
+            Some(next) => next
+                .thread
                 .join()
                 .unwrap_or_else(|_| Err(io::Error::other("the preparing thread panicked"))),
-            None => prepare_segment(&*self.opts.disk, &tmp, self.preallocate_bytes()),
+            None if self.opts.inline => {
+                prepare_segment(&*self.opts.disk, &tmp, self.preallocate_bytes(), None)
+            }
+            None => return None,
         };
         match res {
             Ok(()) => Some(tmp),
             Err(e) => {
-                tracing::warn!(error = %e, "could not preallocate a log segment; it grows as written");
+                tracing::warn!(error = %e, "could not prepare a log segment; segments grow as written from now on");
+                self.prepare_failed = true;
                 None
             }
         }
     }
 
-    /// Starts preparing the next segment on a thread of its own (writer thread only).
-    fn prepare_next(&mut self) {
-        if !self.opts.preallocate || self.opts.inline || self.next.is_some() {
+    /// Starts preparing the next segment in the background (writer thread only) once it will
+    /// be wanted: when the last segment has no zeros ahead, or has used half of them.
+    fn maybe_prepare_next(&mut self) {
+        if !self.opts.preallocate || self.opts.inline || self.prepare_failed || self.next.is_some()
+        {
+            return;
+        }
+        let half = self.preallocate_bytes() / 2;
+        if self
+            .active
+            .as_ref()
+            .is_some_and(|a| a.zero_tail && a.len < half)
+        {
             return;
         }
         let disk = self.opts.disk.clone();
         let tmp = self.dir.join(NEXT_SEGMENT);
         let size = self.preallocate_bytes();
-        self.next = std::thread::Builder::new()
+        // A new log waits for its first segment: no pauses then, nothing else is writing.
+        let pace = self.active.is_some();
+        let cancel = Arc::new(AtomicBool::new(false));
+        let stop = cancel.clone();
+        match std::thread::Builder::new()
             .name("c20-wal-prepare".into())
-            .spawn(move || prepare_segment(&*disk, &tmp, size))
-            .ok();
+            .spawn(move || prepare_segment(&*disk, &tmp, size, Some((&stop, pace))))
+        {
+            Ok(thread) => self.next = Some(Preparing { thread, cancel }),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not start preparing log segments; segments grow as written");
+                self.prepare_failed = true;
+            }
+        }
     }
 
     fn preallocate_bytes(&self) -> u64 {
@@ -735,6 +787,18 @@ impl Writer {
         pos: usize,
         keep_until: Option<u64>,
     ) -> Result<(), StorageError> {
+        if let (Some(len), Some(a)) = (keep_until, &mut self.active) {
+            if a.zero_tail && pos + 1 == self.segments.len() {
+                // Cutting into the last, preallocated segment: zeros over the records that go
+                // keep its preallocation (a crash halfway leaves them torn, and cut at open).
+                a.file.seek(len)?;
+                a.file.write(&vec![0; (a.len - len) as usize])?;
+                a.file.sync_data()?;
+                a.file.seek(len)?;
+                a.len = len;
+                return Ok(());
+            }
+        }
         self.active = None;
         let disk = self.opts.disk.clone();
         let remove_from = if keep_until.is_some() { pos + 1 } else { pos };
@@ -855,18 +919,40 @@ fn segment_header() -> [u8; SEGMENT_HEADER_LEN as usize] {
 }
 
 /// Writes a segment ready for records at `path`: the header, then zeros up to `size` bytes,
-/// synced.
-fn prepare_segment(disk: &dyn Disk, path: &Path, size: u64) -> io::Result<()> {
-    let mut f = disk.open(path, true)?;
-    f.write(&segment_header())?;
-    let zeros = vec![0; (1 << 20).min(size as usize)];
-    let mut left = size.saturating_sub(SEGMENT_HEADER_LEN);
-    while left > 0 {
-        let n = left.min(zeros.len() as u64) as usize;
-        f.write(&zeros[..n])?;
-        left -= n as u64;
+/// synced. In the background (`background`: a stop flag, and whether to pace the writes) it
+/// stops when the flag is set; whatever stops it, it removes what it wrote.
+fn prepare_segment(
+    disk: &dyn Disk,
+    path: &Path,
+    size: u64,
+    background: Option<(&AtomicBool, bool)>,
+) -> io::Result<()> {
+    let write = || -> io::Result<()> {
+        let mut f = disk.open(path, true)?;
+        f.write(&segment_header())?;
+        let zeros = vec![0; PREPARE_CHUNK.min(size) as usize];
+        let mut left = size.saturating_sub(SEGMENT_HEADER_LEN);
+        while left > 0 {
+            if let Some((stop, pace)) = background {
+                if stop.load(Ordering::Relaxed) {
+                    return Err(io::Error::other("stopped: the log closed"));
+                }
+                if pace && left < size - SEGMENT_HEADER_LEN {
+                    f.sync_data()?;
+                    std::thread::sleep(PREPARE_PAUSE);
+                }
+            }
+            let n = left.min(zeros.len() as u64) as usize;
+            f.write(&zeros[..n])?;
+            left -= n as u64;
+        }
+        f.sync_all()
+    };
+    let res = write();
+    if res.is_err() {
+        let _ = disk.remove(path);
     }
-    f.sync_all()
+    res
 }
 
 /// Appends one record: length, crc32c of index and payload, index, payload (docs/FORMATS.md).
