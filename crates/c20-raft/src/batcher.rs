@@ -19,7 +19,8 @@ pub struct BatchConfig {
     pub ops_max: usize,
     /// Most request bytes in one log entry.
     pub bytes_max: usize,
-    /// How long the first request of a batch waits for company (0: take what is queued).
+    /// How long the first request of a batch waits for company (0: take what is queued once
+    /// the tasks already woken have run).
     pub linger: Duration,
     /// Most batches replicating at once (pipelining); while the window is full, requests queue
     /// and leave together in the next batch. `1` turns pipelining off, `0` leaves it unbounded.
@@ -117,6 +118,14 @@ impl Batcher {
                 };
                 if !cfg.linger.is_zero() {
                     tokio::time::sleep(cfg.linger).await;
+                } else {
+                    // Requests arrive from many client connections, each on a task of its own,
+                    // and the sender of the first woke this task. Tokio runs a task woken that
+                    // way next, before the other senders already woken, so without this yield
+                    // a batch would hold one request whenever the runtime has one thread (as
+                    // each member does on a small machine: 40,000 puts from 100 clients made
+                    // 40,000 log entries; docs/BENCHMARKS.md).
+                    tokio::task::yield_now().await;
                 }
                 let mut bytes = first.0.body_len();
                 let mut batch = vec![first];

@@ -492,6 +492,30 @@ async fn without_batching_every_request_is_a_log_entry_of_its_own() {
     shutdown(nodes).await;
 }
 
+/// Batching on a runtime with one thread, as each member runs on a small machine: writes that
+/// arrive together on tasks of their own (one per client request, as gRPC serves them) leave
+/// together in few log entries. Without the batcher's yield each was an entry of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn concurrent_writes_share_log_entries_on_a_one_thread_runtime() {
+    let (_router, nodes) = cluster_with(3, |_| {}).await;
+    let leader = leader_among(&nodes, None).await;
+    let node = nodes[&leader].clone();
+    let before = node.proposal_counts();
+    let revisions = concurrent_puts(&node, "k", 150).await;
+    assert_eq!(revisions, (2..=151).collect::<Vec<i64>>());
+    let counts = node.proposal_counts();
+    let (entries, requests) = (
+        counts.entries - before.entries,
+        counts.requests - before.requests,
+    );
+    assert_eq!(requests, 150);
+    assert!(
+        entries * 10 <= requests,
+        "{entries} entries for {requests} requests"
+    );
+    shutdown(nodes).await;
+}
+
 /// The pipelining window (`--proposal-window N`): at most N batches replicate at once (1 turns
 /// pipelining off), and concurrent writes still all commit with their own revisions.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
