@@ -68,15 +68,20 @@ fn many_queued_appends_all_complete() {
     assert_eq!(r.records.len(), 200);
 }
 
+/// Writes records `1..=n` to a new log in `dir` (1 MiB segments) and closes it; returns the
+/// path of its one segment.
+fn closed_log(dir: &Path, n: u64) -> PathBuf {
+    let (wal, _) = open(dir, 1 << 20);
+    append_sync(&wal, (1..=n).map(rec).collect()).unwrap();
+    drop(wal);
+    dir.join(format!("{:020}.wal", 1))
+}
+
 #[test]
 fn torn_tail_is_cut_and_the_log_continues() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let (wal, _) = open(dir.path(), 1 << 20);
-        append_sync(&wal, (1..=5).map(rec).collect()).unwrap();
-    }
+    let seg = closed_log(dir.path(), 5);
     // Simulate a crash in the middle of writing record 6: half a record at the end.
-    let seg = dir.path().join(format!("{:020}.wal", 1));
     let mut partial = Vec::new();
     encode_record(&mut partial, 6, b"entry-6");
     let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
@@ -173,12 +178,8 @@ fn a_closed_segment_is_cut_to_its_records() {
 #[test]
 fn anything_but_zeros_after_the_records_is_cut_with_them() {
     let dir = tempfile::tempdir().unwrap();
-    {
-        let (wal, _) = open(dir.path(), 1 << 20);
-        append_sync(&wal, (1..=3).map(rec).collect()).unwrap();
-    }
+    let seg = closed_log(dir.path(), 3);
     // A crash while records 4 and 5 were written: 5 reached the disk, 4 did not (zeros).
-    let seg = dir.path().join(format!("{:020}.wal", 1));
     let end = SEGMENT_HEADER_LEN + record_bytes(1, 3);
     let mut five = Vec::new();
     encode_record(&mut five, 5, &rec(5).1);
