@@ -40,6 +40,9 @@ cleanup() {
 # ports, data under $WORK/flavor; sets ENDPOINTS and appends the members' PIDs to PIDS.
 start_cluster() {
     local flavor=$1 ports cluster="" i
+    # What earlier work left to write back (a build, the cluster before) goes to the disk now,
+    # not during this cluster's run (docs/BENCHMARKS.md, "Order of the two stores").
+    sync
     read -r -a ports <<<"$(free_ports 6)"
     for i in 0 1 2; do cluster+="n$((i+1))=http://127.0.0.1:${ports[$((i*2+1))]},"; done
     cluster=${cluster%,}
