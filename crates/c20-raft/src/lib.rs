@@ -7,6 +7,7 @@
 pub mod batcher;
 pub mod clock;
 pub mod consistency;
+mod forward;
 pub mod lease;
 pub mod log_store;
 pub mod membership;

@@ -9,6 +9,7 @@
 
 use crate::batcher::{BatchConfig, Batcher, ProposalCounts};
 use crate::clock::WallClock;
+use crate::forward::{ForwardQueue, Forwarded};
 use crate::lease::Lessor;
 use crate::log_store::LogStore;
 use crate::membership::{ask_peer, AskFailed, PeerAnswer, PeerAsk};
@@ -37,7 +38,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tonic::{Request, Response, Status};
 
@@ -179,23 +180,6 @@ pub struct MemberInfo {
     pub is_learner: bool,
 }
 
-/// Queue of writes waiting to be forwarded to one leader.
-type ForwardQueue = mpsc::UnboundedSender<(Command, oneshot::Sender<Forwarded>)>;
-
-/// Most writes forwarded to the leader in one peer call.
-const FORWARD_BATCH_MAX: usize = 256;
-
-/// What became of a write handed to the leader.
-#[derive(Clone)]
-enum Forwarded {
-    /// It never left this node: nothing was proposed.
-    NotSent,
-    /// It may have reached the leader, but no answer came back: outcome unknown.
-    Lost,
-    /// The leader's answer.
-    Answered(Result<(Reply, u64), EtcdError>),
-}
-
 pub struct RaftNode {
     id: NodeId,
     raft: Raft,
@@ -221,6 +205,8 @@ pub struct RaftNode {
     pub(crate) wall_clock: Arc<WallClock>,
     peers: Mutex<HashMap<NodeId, PeerClient<GrpcChannel>>>,
     forwarders: Mutex<HashMap<NodeId, ForwardQueue>>,
+    /// Batches of forwarded writes this node received: (on streams, as calls).
+    pub(crate) forwarded_in: (AtomicU64, AtomicU64),
     /// The snapshot transfer being received, if any (a newer one replaces it).
     incoming_snapshot: Mutex<Option<Incoming>>,
     /// Held across a leader's read round when reads are not coalesced, with the number of
@@ -337,6 +323,7 @@ impl RaftNode {
             wall_clock: cfg.wall_clock.clone(),
             peers: Mutex::new(HashMap::new()),
             forwarders: Mutex::new(HashMap::new()),
+            forwarded_in: (AtomicU64::new(0), AtomicU64::new(0)),
         });
         if let Transport::Local(router) = &cfg.transport {
             router.register(&node);
@@ -603,6 +590,16 @@ impl RaftNode {
         if let Some(c) = self.peers.lock().expect("peers lock").get(&id) {
             return Ok(c.clone());
         }
+        let client = peer_client(&self.peer_url(id)?).map_err(EtcdError::Internal)?;
+        self.peers
+            .lock()
+            .expect("peers lock")
+            .insert(id, client.clone());
+        Ok(client)
+    }
+
+    /// The peer URL of member `id`, from the membership.
+    fn peer_url(&self, id: NodeId) -> Result<String, EtcdError> {
         let m = self.raft.metrics().borrow_watched().clone();
         // A member restarted before it received the membership can hear from a leader (a vote,
         // an append) before it knows the leader's address. Nothing is sent then: reads and
@@ -614,13 +611,7 @@ impl RaftNode {
             .get_node(&id)
             .cloned()
             .ok_or(EtcdError::NotLeader)?;
-        let url = node.peer_urls.first().cloned().unwrap_or_default();
-        let client = peer_client(&url).map_err(EtcdError::Internal)?;
-        self.peers
-            .lock()
-            .expect("peers lock")
-            .insert(id, client.clone());
-        Ok(client)
+        Ok(node.peer_urls.first().cloned().unwrap_or_default())
     }
 
     /// Replicates `cmd` and returns what applying it produced. Never retried once it may have
@@ -699,80 +690,28 @@ impl RaftNode {
         }
     }
 
-    /// The queue of writes to forward to leader `to`. Its task sends whatever has queued up in
-    /// one peer call, and keeps several calls in flight.
+    /// The queue of writes to forward to leader `to` (see [`crate::forward`]).
     fn forwarder(&self, to: NodeId) -> Result<ForwardQueue, EtcdError> {
         if let Some(q) = self.forwarders.lock().expect("forwarders lock").get(&to) {
             return Ok(q.clone());
         }
-        let client = self.grpc_peer(to)?;
-        let timeout = self.request_timeout;
-        let (tx, mut rx) = mpsc::unbounded_channel::<(Command, oneshot::Sender<Forwarded>)>();
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                // Requests arrive from many client connections, each on a task of its own:
-                // let those already woken queue their writes before the batch is cut.
-                tokio::task::yield_now().await;
-                let mut batch = vec![first];
-                while batch.len() < FORWARD_BATCH_MAX {
-                    match rx.try_recv() {
-                        Ok(next) => batch.push(next),
-                        Err(_) => break,
-                    }
-                }
-                let mut client = client.clone();
-                tokio::spawn(async move {
-                    let (cmds, dones): (Vec<Command>, Vec<_>) = batch.into_iter().unzip();
-                    let outcome = match postcard::to_allocvec(&cmds) {
-                        Err(e) => Err(Forwarded::Answered(Err(EtcdError::Internal(e.to_string())))),
-                        Ok(body) => {
-                            match tokio::time::timeout(
-                                timeout,
-                                client.forward(ForwardRequest { command: body }),
-                            )
-                            .await
-                            {
-                                Err(_) => Err(Forwarded::Lost),
-                                Ok(Err(status)) if is_connect_error(&status) => {
-                                    Err(Forwarded::NotSent)
-                                }
-                                Ok(Err(_)) => Err(Forwarded::Lost),
-                                Ok(Ok(reply)) => {
-                                    postcard::from_bytes::<Vec<Result<(Reply, u64), EtcdError>>>(
-                                        &reply.into_inner().result,
-                                    )
-                                    .map_err(|e| {
-                                        Forwarded::Answered(Err(EtcdError::Internal(e.to_string())))
-                                    })
-                                }
-                            }
-                        }
-                    };
-                    match outcome {
-                        Ok(results) if results.len() == dones.len() => {
-                            for (r, done) in results.into_iter().zip(dones) {
-                                let _ = done.send(Forwarded::Answered(r));
-                            }
-                        }
-                        Ok(_) => {
-                            for done in dones {
-                                let _ = done.send(Forwarded::Lost);
-                            }
-                        }
-                        Err(f) => {
-                            for done in dones {
-                                let _ = done.send(f.clone());
-                            }
-                        }
-                    }
-                });
-            }
-        });
+        // A connection of its own: a stream the leader is slow to read must not hold up the
+        // reads and asks that share the peer client's connection.
+        let client = peer_client(&self.peer_url(to)?).map_err(EtcdError::Internal)?;
+        let tx = crate::forward::spawn(client, self.request_timeout);
         self.forwarders
             .lock()
             .expect("forwarders lock")
             .insert(to, tx.clone());
         Ok(tx)
+    }
+
+    /// Batches of writes forwarded to this node: (on forward streams, as calls of their own).
+    pub fn forwarded_batches(&self) -> (u64, u64) {
+        (
+            self.forwarded_in.0.load(Ordering::Relaxed),
+            self.forwarded_in.1.load(Ordering::Relaxed),
+        )
     }
 
     /// Asks the leader `to` for a confirmed read index.
@@ -1052,8 +991,9 @@ impl RaftNode {
     }
 
     /// The gRPC service peers call on this node. Its long-lived calls (a leader's append
-    /// streams) end when `stop` turns true, so that a graceful shutdown of the server that
-    /// serves it does not wait for them.
+    /// streams, a follower's forward stream) stop taking requests when `stop` turns true, so
+    /// that a graceful shutdown of the server that serves it does not wait for them (a forward
+    /// stream still answers the batches it took).
     pub fn peer_service(
         self: &Arc<Self>,
         stop: tokio::sync::watch::Receiver<bool>,
@@ -1081,7 +1021,7 @@ async fn initialize(raft: &Raft, members: &BTreeMap<NodeId, PeerNode>) -> Result
 
 /// Whether a failed call never reached the peer (the connection could not be made), so nothing
 /// was sent. Any other failure may have happened after the peer received the request.
-fn is_connect_error(status: &Status) -> bool {
+pub(crate) fn is_connect_error(status: &Status) -> bool {
     std::error::Error::source(status).is_some_and(c20_api::net::is_connect_error)
 }
 
@@ -1188,6 +1128,18 @@ type AppendReplyStream =
 #[tonic::async_trait]
 impl Peer for PeerHandler {
     type AppendStreamStream = AppendReplyStream;
+    type ForwardStreamStream = crate::forward::ForwardReplyStream;
+
+    async fn forward_stream(
+        &self,
+        request: Request<tonic::Streaming<ForwardRequest>>,
+    ) -> Result<Response<Self::ForwardStreamStream>, Status> {
+        Ok(Response::new(crate::forward::serve(
+            self.node.clone(),
+            request.into_inner(),
+            self.stop.clone(),
+        )))
+    }
 
     async fn append_stream(
         &self,
@@ -1285,6 +1237,7 @@ impl Peer for PeerHandler {
         request: Request<ForwardRequest>,
     ) -> Result<Response<ForwardReply>, Status> {
         // A batch of commands from one follower; each is proposed as if it arrived here.
+        self.node.forwarded_in.1.fetch_add(1, Ordering::Relaxed);
         let cmds: Vec<Command> =
             postcard::from_bytes(&request.into_inner().command).map_err(bad_request)?;
         let results =
@@ -1292,6 +1245,7 @@ impl Peer for PeerHandler {
                 .await;
         Ok(Response::new(ForwardReply {
             result: encode(&results)?,
+            id: 0,
         }))
     }
 

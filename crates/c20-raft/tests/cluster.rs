@@ -247,6 +247,49 @@ async fn writes_replicate_and_followers_forward() {
     c.shutdown().await;
 }
 
+/// Writes entered at followers reach the leader in batches on forward streams, each write
+/// answered on its own and applied once; once the leader stops, a follower's next write goes
+/// to the new leader on a new stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_forward_writes_on_a_stream() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.leader().await;
+    let followers: Vec<NodeId> = (1..=3).filter(|&i| i != leader).collect();
+    let writes = followers.iter().flat_map(|&f| {
+        let node = c.node(f).clone();
+        (0..60).map(move |i| {
+            let node = node.clone();
+            async move { put(&node, &format!("f{f}-{i}"), "v").await }
+        })
+    });
+    let mut revisions: Vec<i64> = futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    revisions.sort_unstable();
+    assert_eq!(
+        revisions,
+        (2..=121).collect::<Vec<i64>>(),
+        "one revision each"
+    );
+    let (on_streams, as_calls) = c.node(leader).forwarded_batches();
+    assert!(on_streams > 0, "no batch came on a stream");
+    assert_eq!(as_calls, 0, "no batch came as a call of its own");
+    assert!(on_streams < 120, "{on_streams} batches for 120 writes");
+
+    c.stop(leader).await;
+    let new = c.leader().await;
+    let other = followers.iter().copied().find(|&f| f != new).unwrap();
+    let rev = put(c.node(other), "after", "x").await.unwrap();
+    assert_eq!(rev, 122);
+    let (on_streams, as_calls) = c.node(new).forwarded_batches();
+    assert!(on_streams >= 1 && as_calls == 0, "{on_streams} {as_calls}");
+    c.node(new).read_barrier().await.unwrap();
+    assert_eq!(local_get(c.node(new), "after").as_deref(), Some(&b"x"[..]));
+    c.shutdown().await;
+}
+
 /// Appends sent one call each (append window 0) and several in flight on one stream (window 1,
 /// and the default) reach every member in order: a burst of concurrent writes, then a follower
 /// stopped and restarted, which must catch up over a new stream.
