@@ -508,7 +508,8 @@ async fn concurrent_writes_share_log_entries_on_a_one_thread_runtime() {
         counts.entries - before.entries,
         counts.requests - before.requests,
     );
-    assert_eq!(requests, 150);
+    // The members' own proposals (publishing their attributes at start) may join in.
+    assert!(requests >= 150, "{requests}");
     assert!(
         entries * 10 <= requests,
         "{entries} entries for {requests} requests"
