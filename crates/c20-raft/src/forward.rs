@@ -113,12 +113,15 @@ struct Session {
 struct SessionState {
     /// Set when the call ended: nothing more may be sent on it.
     closed: bool,
+    /// Set when the leader accepted the call: batches need no copy kept for a resend.
+    opened: bool,
     next_id: u64,
     pending: HashMap<u64, Pending>,
 }
 
 struct Pending {
-    /// Kept to send it again as a call of its own if the leader has no stream.
+    /// Kept until the call opens, to send it again as a call of its own if the leader has no
+    /// stream (empty after).
     body: Vec<u8>,
     dones: Vec<Done>,
     sent_at: Instant,
@@ -145,20 +148,18 @@ impl Session {
         }
         st.next_id += 1;
         let id = st.next_id;
-        let req = ForwardRequest {
-            command: body.clone(),
-            id,
-        };
-        if self.out.send(req).is_err() {
+        let keep = if st.opened { Vec::new() } else { body.clone() };
+        let req = ForwardRequest { command: body, id };
+        if let Err(mpsc::error::SendError(req)) = self.out.send(req) {
             // The call dropped its request stream (it failed or was reset, and its task is
             // about to close the session) or its task is gone: this batch was never queued.
             st.closed = true;
-            return Sent::Not(body, dones);
+            return Sent::Not(req.command, dones);
         }
         st.pending.insert(
             id,
             Pending {
-                body,
+                body: keep,
                 dones,
                 sent_at: Instant::now(),
             },
@@ -181,7 +182,14 @@ async fn run(
     });
     let opened = tokio::time::timeout(timeout, client.forward_stream(outbound)).await;
     let mut inbound = match opened {
-        Ok(Ok(resp)) => resp.into_inner(),
+        Ok(Ok(resp)) => {
+            let mut st = state.lock().expect("forward session lock");
+            st.opened = true;
+            for p in st.pending.values_mut() {
+                p.body = Vec::new();
+            }
+            resp.into_inner()
+        }
         Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
             // An older leader: it read none of the batches. They go again, one call each.
             unary.store(true, Ordering::Release);
@@ -327,7 +335,7 @@ pub(crate) fn serve(
             let node = node.clone();
             node.forwarded_in.0.fetch_add(1, Ordering::Relaxed);
             async move {
-                let Ok(cmds) = postcard::from_bytes::<Vec<Command>>(&req.command) else {
+                let Ok(cmds) = postcard::from_bytes(&req.command) else {
                     // Nothing proposed. An empty answer does not decode as the batch's
                     // outcomes, so the follower fails that batch alone.
                     tracing::warn!(id = req.id, "undecodable batch on a forward stream");
@@ -336,10 +344,7 @@ pub(crate) fn serve(
                         id: req.id,
                     });
                 };
-                let results: Outcomes = futures::future::join_all(
-                    cmds.into_iter().map(|cmd| node.propose_as_leader(cmd)),
-                )
-                .await;
+                let results = node.propose_forwarded(cmds).await;
                 let result =
                     postcard::to_allocvec(&results).map_err(|e| Status::internal(e.to_string()))?;
                 Ok(ForwardReply { result, id: req.id })

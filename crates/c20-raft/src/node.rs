@@ -818,6 +818,15 @@ impl RaftNode {
     }
 
     /// Proposes only if this node leads; [`EtcdError::NotLeader`] otherwise (nothing proposed).
+    /// A batch of writes a follower forwarded, each proposed as if it arrived here; the
+    /// outcomes in order.
+    pub(crate) async fn propose_forwarded(
+        &self,
+        cmds: Vec<Command>,
+    ) -> Vec<Result<(Reply, u64), EtcdError>> {
+        futures::future::join_all(cmds.into_iter().map(|cmd| self.propose_as_leader(cmd))).await
+    }
+
     pub(crate) async fn propose_as_leader(&self, cmd: Command) -> Result<(Reply, u64), EtcdError> {
         tokio::time::timeout(self.request_timeout, self.batcher.submit(cmd))
             .await
@@ -1238,11 +1247,8 @@ impl Peer for PeerHandler {
     ) -> Result<Response<ForwardReply>, Status> {
         // A batch of commands from one follower; each is proposed as if it arrived here.
         self.node.forwarded_in.1.fetch_add(1, Ordering::Relaxed);
-        let cmds: Vec<Command> =
-            postcard::from_bytes(&request.into_inner().command).map_err(bad_request)?;
-        let results =
-            futures::future::join_all(cmds.into_iter().map(|cmd| self.node.propose_as_leader(cmd)))
-                .await;
+        let cmds = postcard::from_bytes(&request.into_inner().command).map_err(bad_request)?;
+        let results = self.node.propose_forwarded(cmds).await;
         Ok(Response::new(ForwardReply {
             result: encode(&results)?,
             id: 0,

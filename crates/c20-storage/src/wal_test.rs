@@ -200,14 +200,19 @@ fn anything_but_zeros_after_the_records_is_cut_with_them() {
     assert_eq!(indexes(&r), vec![1, 2, 3, 4]);
 }
 
-#[test]
-fn a_log_without_zeros_ahead_moves_to_a_prepared_segment() {
-    let dir = tempfile::tempdir().unwrap();
-    let plain = WalOptions {
+/// Options of a log whose 1 MiB segments grow as written (no preallocation).
+fn growing_segments() -> WalOptions {
+    WalOptions {
         segment_bytes_max: 1 << 20,
         preallocate: false,
         ..WalOptions::default()
-    };
+    }
+}
+
+#[test]
+fn a_log_without_zeros_ahead_moves_to_a_prepared_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = growing_segments();
     {
         let (wal, _) = Wal::open(dir.path(), plain).unwrap();
         append_sync(&wal, (1..=3).map(rec).collect()).unwrap();
@@ -320,11 +325,7 @@ fn when_preparing_fails_segments_grow_as_written() {
 #[test]
 fn without_preallocation_a_segment_is_as_long_as_its_records() {
     let dir = tempfile::tempdir().unwrap();
-    let opts = WalOptions {
-        segment_bytes_max: 1 << 20,
-        preallocate: false,
-        ..WalOptions::default()
-    };
+    let opts = growing_segments();
     {
         let (wal, _) = Wal::open(dir.path(), opts.clone()).unwrap();
         append_sync(&wal, (1..=5).map(rec).collect()).unwrap();
