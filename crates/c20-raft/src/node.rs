@@ -601,10 +601,11 @@ impl RaftNode {
     /// The peer URL of member `id`, from the membership.
     fn peer_url(&self, id: NodeId) -> Result<String, EtcdError> {
         let m = self.raft.metrics().borrow_watched().clone();
-        // A member restarted before it received the membership can hear from a leader (a vote,
-        // an append) before it knows the leader's address. Nothing is sent then: reads and
-        // asks retry as after a leader change, by which time the membership has usually
-        // arrived; a forwarded write fails with "not leader", which etcd clients retry.
+        // A member can hear from a leader (a vote, an append) before it knows the leader's
+        // address: at a new cluster's start, before the membership entry reaches it, or when
+        // restarted before it received the membership. Nothing is sent then: reads, asks and
+        // forwarded writes wait and try again as after a leader change, by which time the
+        // membership has usually arrived.
         let node = m
             .membership_config
             .membership()
@@ -658,7 +659,13 @@ impl RaftNode {
     ) -> Result<Forwarded, EtcdError> {
         match &self.transport {
             Transport::Grpc => {
-                let sender = self.forwarder(to)?;
+                let sender = match self.forwarder(to) {
+                    Ok(sender) => sender,
+                    // The leader's address is not known here yet: nothing was sent, so the
+                    // write waits and goes again, as after a leader change.
+                    Err(EtcdError::NotLeader) => return Ok(Forwarded::NotSent),
+                    Err(e) => return Err(e),
+                };
                 let (done, rx) = oneshot::channel();
                 sender
                     .send((cmd.clone(), done))
