@@ -10,12 +10,15 @@ use c20_raft::{Command, KvFaults, MemberAttrs, NodeId, PeerNode, RaftNode, RaftN
 use c20_storage::{IoFaults, WriteOp};
 use common::{local_get, put};
 use std::collections::BTreeMap;
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
+use tonic::codegen::{http, BoxFuture, Service};
 
 struct Member {
     node: Arc<RaftNode>,
@@ -40,6 +43,9 @@ struct Tuning {
     compression: PeerCompression,
     log_cache_bytes: usize,
     append_window: usize,
+    /// Whether the peer servers offer `AppendStream` and `ForwardStream`; false answers both
+    /// as a server that predates them does (see [`WithoutStreams`]).
+    peer_streams: bool,
 }
 
 impl Default for Tuning {
@@ -48,6 +54,44 @@ impl Default for Tuning {
             compression: PeerCompression::OFF,
             log_cache_bytes: LOG_CACHE_BYTES_MAX,
             append_window: c20_raft::network::DEFAULT_APPEND_WINDOW,
+            peer_streams: true,
+        }
+    }
+}
+
+/// The peer service as a c20 without append and forward streams serves it: calls to those two
+/// methods get gRPC's Unimplemented, as tonic answers a method it does not know; every other
+/// call reaches the real service.
+#[derive(Clone)]
+struct WithoutStreams<S>(S);
+
+impl<S> tonic::server::NamedService for WithoutStreams<S> {
+    const NAME: &'static str = "c20peer.Peer";
+}
+
+impl<S> Service<http::Request<tonic::body::Body>> for WithoutStreams<S>
+where
+    S: Service<
+        http::Request<tonic::body::Body>,
+        Response = http::Response<tonic::body::Body>,
+        Error = Infallible,
+    >,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Infallible>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+        match req.uri().path() {
+            "/c20peer.Peer/AppendStream" | "/c20peer.Peer/ForwardStream" => {
+                Box::pin(async { Ok(tonic::Status::unimplemented("").into_http()) })
+            }
+            _ => Box::pin(self.0.call(req)),
         }
     }
 }
@@ -120,11 +164,16 @@ async fn start_member(
     };
     let (stop, mut stop_rx) = tokio::sync::watch::channel(false);
     let svc = node.peer_service(stop_rx.clone());
+    let mut builder = tonic::transport::Server::builder();
+    let router = if tuning.peer_streams {
+        builder.add_service(svc)
+    } else {
+        builder.add_service(WithoutStreams(svc))
+    };
     let server = tokio::spawn(async move {
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        let _ = tonic::transport::Server::builder()
-            .add_service(svc)
+        let _ = router
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop_rx.wait_for(|s| *s).await;
             })
@@ -287,6 +336,55 @@ async fn followers_forward_writes_on_a_stream() {
     assert!(on_streams >= 1 && as_calls == 0, "{on_streams} {as_calls}");
     c.node(new).read_barrier().await.unwrap();
     assert_eq!(local_get(c.node(new), "after").as_deref(), Some(&b"x"[..]));
+    c.shutdown().await;
+}
+
+/// Members whose peers serve neither append streams nor forward streams (as a c20 from before
+/// them would answer: Unimplemented) still replicate and forward: the leader falls back to one
+/// call per append and the followers to one call per forwarded batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_without_streams_get_appends_and_forwarded_writes_as_calls() {
+    let tuning = Tuning {
+        peer_streams: false,
+        ..Tuning::default()
+    };
+    let c = TestCluster::start_with(3, tuning).await;
+    let leader = c.leader().await;
+    let writes = (1..=3).flat_map(|id| {
+        let node = c.node(id).clone();
+        (0..20).map(move |i| {
+            let node = node.clone();
+            async move { put(&node, &format!("n{id}-{i}"), "v").await }
+        })
+    });
+    let mut revisions: Vec<i64> = futures::future::join_all(writes)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    revisions.sort_unstable();
+    assert_eq!(
+        revisions,
+        (2..=61).collect::<Vec<i64>>(),
+        "one revision each"
+    );
+    let (on_streams, as_calls) = c.node(leader).forwarded_batches();
+    assert_eq!(on_streams, 0, "no forward stream can open");
+    assert!(as_calls > 0, "the followers' writes came as calls");
+    // Every member got every entry, so the appends reached both followers.
+    for id in 1..=3 {
+        c.node(id).read_barrier().await.unwrap();
+        for from in 1..=3 {
+            for i in [0, 19] {
+                let key = format!("n{from}-{i}");
+                assert_eq!(
+                    local_get(c.node(id), &key).as_deref(),
+                    Some(&b"v"[..]),
+                    "{key} on n{id}"
+                );
+            }
+        }
+    }
     c.shutdown().await;
 }
 
