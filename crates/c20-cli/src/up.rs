@@ -5,34 +5,67 @@ use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::time::Duration;
 
-/// Client ports of the three members, as in etcd's Procfile.
-const CLIENT_PORTS: [u16; 3] = [2379, 22379, 32379];
-const PEER_PORTS: [u16; 3] = [2380, 22380, 32380];
+/// Members `c20 up` starts.
+const MEMBERS: usize = 3;
 
 #[derive(clap::Args)]
 pub struct UpArgs {
     /// Parent directory of the members' data (one sub-directory each).
     #[arg(long, env = "C20_DATA_DIR", default_value = "c20-data")]
     data_dir: PathBuf,
+    /// Client ports of the three members on 127.0.0.1 (etcd's Procfile uses these).
+    #[arg(long, value_delimiter = ',', default_values_t = [2379u16, 22379, 32379])]
+    client_ports: Vec<u16>,
+    /// Peer ports of the three members on 127.0.0.1.
+    #[arg(long, value_delimiter = ',', default_values_t = [2380u16, 22380, 32380])]
+    peer_ports: Vec<u16>,
+}
+
+/// Checks the port lists before anything starts: three each, all different.
+fn check_ports(args: &UpArgs) -> Result<()> {
+    for (flag, ports) in [
+        ("--client-ports", &args.client_ports),
+        ("--peer-ports", &args.peer_ports),
+    ] {
+        if ports.len() != MEMBERS {
+            bail!(
+                "{flag} needs {MEMBERS} ports (one per member), got {}",
+                ports.len()
+            );
+        }
+    }
+    let mut all: Vec<u16> = args
+        .client_ports
+        .iter()
+        .chain(&args.peer_ports)
+        .copied()
+        .collect();
+    all.sort_unstable();
+    if let Some(w) = all.windows(2).find(|w| w[0] == w[1]) {
+        bail!("port {} is given twice", w[0]);
+    }
+    Ok(())
 }
 
 pub fn run(args: UpArgs) -> Result<()> {
+    check_ports(&args)?;
+    let (client_ports, peer_ports) = (&args.client_ports, &args.peer_ports);
     let exe = std::env::current_exe().context("finding the c20 binary")?;
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
-    let initial_cluster = (0..3)
-        .map(|i| format!("n{}=http://127.0.0.1:{}", i + 1, PEER_PORTS[i]))
+    let initial_cluster = (0..MEMBERS)
+        .map(|i| format!("n{}=http://127.0.0.1:{}", i + 1, peer_ports[i]))
         .collect::<Vec<_>>()
         .join(",");
     // The three members share this machine's CPUs: each gets its share of the runtime threads
     // one `c20 serve` would take alone (see `--worker-threads`), unless the environment says.
     let worker_threads =
-        crate::default_runtime_threads(crate::available_cpus(), CLIENT_PORTS.len()).to_string();
+        crate::default_runtime_threads(crate::available_cpus(), MEMBERS).to_string();
     let mut children: Vec<(String, Child)> = Vec::new();
-    for i in 0..3 {
+    for i in 0..MEMBERS {
         let name = format!("n{}", i + 1);
-        let client = format!("http://127.0.0.1:{}", CLIENT_PORTS[i]);
-        let peer = format!("http://127.0.0.1:{}", PEER_PORTS[i]);
+        let client = format!("http://127.0.0.1:{}", client_ports[i]);
+        let peer = format!("http://127.0.0.1:{}", peer_ports[i]);
         let mut cmd = Command::new(&exe);
         cmd.arg("serve");
         if std::env::var_os("C20_WORKER_THREADS").is_none() {
@@ -53,7 +86,7 @@ pub fn run(args: UpArgs) -> Result<()> {
             .with_context(|| format!("starting member {name}"))?;
         children.push((name, child));
     }
-    let endpoints = CLIENT_PORTS
+    let endpoints = client_ports
         .iter()
         .map(|p| format!("127.0.0.1:{p}"))
         .collect::<Vec<_>>()
