@@ -296,19 +296,14 @@ async fn writes_replicate_and_followers_forward() {
     c.shutdown().await;
 }
 
-/// Writes entered at followers reach the leader in batches on forward streams, each write
-/// answered on its own and applied once; once the leader stops, a follower's next write goes
-/// to the new leader on a new stream.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn followers_forward_writes_on_a_stream() {
-    let mut c = TestCluster::start(3).await;
-    let leader = c.leader().await;
-    let followers: Vec<NodeId> = (1..=3).filter(|&i| i != leader).collect();
-    let writes = followers.iter().flat_map(|&f| {
-        let node = c.node(f).clone();
-        (0..60).map(move |i| {
+/// Puts `each` keys (`n<id>-<i>` = `v`) through each of the members `through`, all at once;
+/// returns the revisions they got, in order. Panics if any put fails.
+async fn put_at_once(c: &TestCluster, through: &[NodeId], each: usize) -> Vec<i64> {
+    let writes = through.iter().flat_map(|&id| {
+        let node = c.node(id).clone();
+        (0..each).map(move |i| {
             let node = node.clone();
-            async move { put(&node, &format!("f{f}-{i}"), "v").await }
+            async move { put(&node, &format!("n{id}-{i}"), "v").await }
         })
     });
     let mut revisions: Vec<i64> = futures::future::join_all(writes)
@@ -317,6 +312,18 @@ async fn followers_forward_writes_on_a_stream() {
         .map(|r| r.unwrap())
         .collect();
     revisions.sort_unstable();
+    revisions
+}
+
+/// Writes entered at followers reach the leader in batches on forward streams, each write
+/// answered on its own and applied once; once the leader stops, a follower's next write goes
+/// to the new leader on a new stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_forward_writes_on_a_stream() {
+    let mut c = TestCluster::start(3).await;
+    let leader = c.leader().await;
+    let followers: Vec<NodeId> = (1..=3).filter(|&i| i != leader).collect();
+    let revisions = put_at_once(&c, &followers, 60).await;
     assert_eq!(
         revisions,
         (2..=121).collect::<Vec<i64>>(),
@@ -350,19 +357,7 @@ async fn peers_without_streams_get_appends_and_forwarded_writes_as_calls() {
     };
     let c = TestCluster::start_with(3, tuning).await;
     let leader = c.leader().await;
-    let writes = (1..=3).flat_map(|id| {
-        let node = c.node(id).clone();
-        (0..20).map(move |i| {
-            let node = node.clone();
-            async move { put(&node, &format!("n{id}-{i}"), "v").await }
-        })
-    });
-    let mut revisions: Vec<i64> = futures::future::join_all(writes)
-        .await
-        .into_iter()
-        .map(|r| r.unwrap())
-        .collect();
-    revisions.sort_unstable();
+    let revisions = put_at_once(&c, &[1, 2, 3], 20).await;
     assert_eq!(
         revisions,
         (2..=61).collect::<Vec<i64>>(),
