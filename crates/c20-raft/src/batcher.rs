@@ -119,25 +119,11 @@ impl Batcher {
                 if !cfg.linger.is_zero() {
                     tokio::time::sleep(cfg.linger).await;
                 } else {
-                    // Requests arrive from many client connections, each on a task of its own,
-                    // and the sender of the first woke this task. Tokio runs a task woken that
-                    // way next, before the other senders already woken, so without this yield
-                    // a batch would hold one request whenever the runtime has one thread (as
-                    // each member does on a small machine: 40,000 puts from 100 clients made
-                    // 40,000 log entries; docs/BENCHMARKS.md).
-                    tokio::task::yield_now().await;
+                    let_woken_senders_queue().await;
                 }
-                let mut bytes = first.0.body_len();
-                let mut batch = vec![first];
-                while batch.len() < cfg.ops_max.max(1) && bytes < cfg.bytes_max {
-                    match rx.try_recv() {
-                        Ok(next) => {
-                            bytes += next.0.body_len();
-                            batch.push(next);
-                        }
-                        Err(_) => break,
-                    }
-                }
+                let batch = take_queued(&mut rx, first, cfg.ops_max, cfg.bytes_max, |(c, _)| {
+                    c.body_len()
+                });
                 counts.entries.fetch_add(1, Ordering::Relaxed);
                 counts
                     .requests
@@ -165,6 +151,42 @@ impl Batcher {
         self.tx.send((cmd, done)).map_err(|_| EtcdError::Stopped)?;
         rx.await.unwrap_or(Err(EtcdError::Stopped))
     }
+}
+
+/// Lets the tasks already woken run before a batch is cut from a queue.
+///
+/// Requests arrive from many client connections, each on a task of its own, and the sender of
+/// the first woke the task that cuts batches. Tokio runs a task woken that way next, before
+/// the other senders already woken (its LIFO slot: on unless the runtime turns it off, as
+/// `c20 serve`'s does), so without this yield a batch would hold one request whenever the
+/// runtime has one thread (40,000 puts from 100 clients made 40,000 log entries;
+/// docs/BENCHMARKS.md). With the slot off the yield still gathers more (docs/BENCHMARKS.md,
+/// "Runtime: the LIFO slot").
+pub(crate) async fn let_woken_senders_queue() {
+    tokio::task::yield_now().await;
+}
+
+/// `first` and whatever is queued behind it now: at most `ops_max` items (at least one), and
+/// no more once their `len` adds up to `bytes_max`.
+pub(crate) fn take_queued<T>(
+    rx: &mut mpsc::UnboundedReceiver<T>,
+    first: T,
+    ops_max: usize,
+    bytes_max: usize,
+    len: impl Fn(&T) -> usize,
+) -> Vec<T> {
+    let mut bytes = len(&first);
+    let mut batch = vec![first];
+    while batch.len() < ops_max.max(1) && bytes < bytes_max {
+        match rx.try_recv() {
+            Ok(next) => {
+                bytes += len(&next);
+                batch.push(next);
+            }
+            Err(_) => break,
+        }
+    }
+    batch
 }
 
 fn write_error(

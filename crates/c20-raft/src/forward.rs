@@ -20,7 +20,7 @@ use c20_api::c20peer::{ForwardReply, ForwardRequest};
 use c20_api::net::GrpcChannel;
 use c20_api::EtcdError;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -44,6 +44,15 @@ pub(crate) enum Forwarded {
     Answered(Result<(Reply, u64), EtcdError>),
 }
 
+/// Batches of forwarded writes a node received, counted to show how they came.
+#[derive(Debug, Default)]
+pub(crate) struct ForwardedIn {
+    /// On `ForwardStream` calls.
+    pub(crate) on_streams: AtomicU64,
+    /// As `Forward` calls of their own.
+    pub(crate) as_calls: AtomicU64,
+}
+
 /// Where a write waits for its outcome.
 pub(crate) type Done = oneshot::Sender<Forwarded>;
 
@@ -61,16 +70,9 @@ pub(crate) fn spawn(client: PeerClient<GrpcChannel>, timeout: Duration) -> Forwa
         let unary = Arc::new(AtomicBool::new(false));
         let mut session: Option<Session> = None;
         while let Some(first) = rx.recv().await {
-            // Requests arrive from many client connections, each on a task of its own:
-            // let those already woken queue their writes before the batch is cut.
-            tokio::task::yield_now().await;
-            let mut batch = vec![first];
-            while batch.len() < FORWARD_BATCH_MAX {
-                match rx.try_recv() {
-                    Ok(next) => batch.push(next),
-                    Err(_) => break,
-                }
-            }
+            crate::batcher::let_woken_senders_queue().await;
+            let batch =
+                crate::batcher::take_queued(&mut rx, first, FORWARD_BATCH_MAX, usize::MAX, |_| 0);
             let (cmds, dones): (Vec<Command>, Vec<Done>) = batch.into_iter().unzip();
             let body = match postcard::to_allocvec(&cmds) {
                 Ok(body) => body,
@@ -333,7 +335,7 @@ pub(crate) fn serve(
     let replies = batches
         .map(move |req| {
             let node = node.clone();
-            node.forwarded_in.0.fetch_add(1, Ordering::Relaxed);
+            node.forwarded_in.on_streams.fetch_add(1, Ordering::Relaxed);
             async move {
                 let Ok(cmds) = postcard::from_bytes(&req.command) else {
                     // Nothing proposed. An empty answer does not decode as the batch's

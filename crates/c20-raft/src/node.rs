@@ -205,8 +205,7 @@ pub struct RaftNode {
     pub(crate) wall_clock: Arc<WallClock>,
     peers: Mutex<HashMap<NodeId, PeerClient<GrpcChannel>>>,
     forwarders: Mutex<HashMap<NodeId, ForwardQueue>>,
-    /// Batches of forwarded writes this node received: (on streams, as calls).
-    pub(crate) forwarded_in: (AtomicU64, AtomicU64),
+    pub(crate) forwarded_in: crate::forward::ForwardedIn,
     /// The snapshot transfer being received, if any (a newer one replaces it).
     incoming_snapshot: Mutex<Option<Incoming>>,
     /// Held across a leader's read round when reads are not coalesced, with the number of
@@ -323,7 +322,7 @@ impl RaftNode {
             wall_clock: cfg.wall_clock.clone(),
             peers: Mutex::new(HashMap::new()),
             forwarders: Mutex::new(HashMap::new()),
-            forwarded_in: (AtomicU64::new(0), AtomicU64::new(0)),
+            forwarded_in: Default::default(),
         });
         if let Transport::Local(router) = &cfg.transport {
             router.register(&node);
@@ -600,7 +599,8 @@ impl RaftNode {
 
     /// The peer URL of member `id`, from the membership.
     fn peer_url(&self, id: NodeId) -> Result<String, EtcdError> {
-        let m = self.raft.metrics().borrow_watched().clone();
+        let rx = self.raft.metrics();
+        let m = rx.borrow_watched();
         // A member can hear from a leader (a vote, an append) before it knows the leader's
         // address: at a new cluster's start, before the membership entry reaches it, or when
         // restarted before it received the membership. Nothing is sent then: reads, asks and
@@ -610,7 +610,6 @@ impl RaftNode {
             .membership_config
             .membership()
             .get_node(&id)
-            .cloned()
             .ok_or(EtcdError::NotLeader)?;
         Ok(node.peer_urls.first().cloned().unwrap_or_default())
     }
@@ -716,8 +715,8 @@ impl RaftNode {
     /// Batches of writes forwarded to this node: (on forward streams, as calls of their own).
     pub fn forwarded_batches(&self) -> (u64, u64) {
         (
-            self.forwarded_in.0.load(Ordering::Relaxed),
-            self.forwarded_in.1.load(Ordering::Relaxed),
+            self.forwarded_in.on_streams.load(Ordering::Relaxed),
+            self.forwarded_in.as_calls.load(Ordering::Relaxed),
         )
     }
 
@@ -824,7 +823,6 @@ impl RaftNode {
         }
     }
 
-    /// Proposes only if this node leads; [`EtcdError::NotLeader`] otherwise (nothing proposed).
     /// A batch of writes a follower forwarded, each proposed as if it arrived here; the
     /// outcomes in order.
     pub(crate) async fn propose_forwarded(
@@ -834,6 +832,7 @@ impl RaftNode {
         futures::future::join_all(cmds.into_iter().map(|cmd| self.propose_as_leader(cmd))).await
     }
 
+    /// Proposes only if this node leads; [`EtcdError::NotLeader`] otherwise (nothing proposed).
     pub(crate) async fn propose_as_leader(&self, cmd: Command) -> Result<(Reply, u64), EtcdError> {
         tokio::time::timeout(self.request_timeout, self.batcher.submit(cmd))
             .await
@@ -1253,7 +1252,10 @@ impl Peer for PeerHandler {
         request: Request<ForwardRequest>,
     ) -> Result<Response<ForwardReply>, Status> {
         // A batch of commands from one follower; each is proposed as if it arrived here.
-        self.node.forwarded_in.1.fetch_add(1, Ordering::Relaxed);
+        self.node
+            .forwarded_in
+            .as_calls
+            .fetch_add(1, Ordering::Relaxed);
         let cmds = postcard::from_bytes(&request.into_inner().command).map_err(bad_request)?;
         let results = self.node.propose_forwarded(cmds).await;
         Ok(Response::new(ForwardReply {
