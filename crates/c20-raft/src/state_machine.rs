@@ -13,6 +13,7 @@ use crate::types::{
     Command, LogId, MemberAttrs, NodeId, Op, Reply, Snapshot, SnapshotMeta, StoredMembership,
     TypeConfig,
 };
+use c20_api::etcdserverpb::LeaseRevokeRequest;
 use c20_api::EtcdError;
 use c20_storage::mvcc::{ExportRefs, MvccImage};
 use c20_storage::snapshot::{self as container, Kind};
@@ -229,6 +230,15 @@ fn collect(
         Op::PublishMember { id, attrs } => {
             published.push((id, attrs));
             Source::Fixed(Reply::Published)
+        }
+        Op::LeaseExpire { id, term } => {
+            if log_id.leader_id.term != term {
+                // Proposed in a later term than the one in which the lease was found expired:
+                // a leader in between may have renewed it.
+                return Source::Fixed(Reply::Error(EtcdError::NotLeader));
+            }
+            ops.push(WriteOp::LeaseRevoke(LeaseRevokeRequest { id }));
+            Source::Op(ops.len() - 1)
         }
         Op::Batch(_) => panic!("invariant violated: entry {log_id} nests a batch in a batch"),
         _ => match cmd.to_op() {
@@ -666,5 +676,70 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
         self.read_snapshot_file()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use c20_api::etcdserverpb::LeaseGrantRequest;
+
+    fn entry(term: u64, index: u64, cmd: Command) -> EntryResponder<TypeConfig> {
+        let log_id = LogId::new_term_index(term, index);
+        (
+            <crate::types::Entry as openraft::entry::RaftEntry>::new_normal(log_id, cmd),
+            None,
+        )
+    }
+
+    fn expire(id: i64, term: u64) -> Command {
+        Command {
+            id: 0,
+            op: Op::LeaseExpire { id, term },
+        }
+    }
+
+    async fn apply(sm: &mut StateMachine, entries: Vec<EntryResponder<TypeConfig>>) {
+        sm.apply(futures::stream::iter(entries.into_iter().map(Ok)))
+            .await
+            .expect("apply");
+    }
+
+    fn lease_ids(sm: &StateMachine) -> Vec<i64> {
+        let mut ids: Vec<i64> = sm
+            .shared()
+            .read(|s| s.leases())
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+
+    /// A leader's revoke of an expired lease counts only in the term in which the leader found
+    /// it expired: proposed after losing and winning the lead again, it changes nothing, alone
+    /// or in a batch.
+    #[tokio::test]
+    async fn an_expiry_revoke_applies_only_in_the_term_it_was_decided_in() {
+        let mut sm = StateMachine::in_memory().expect("in-memory state machine");
+        let grant = |id| Command::from_op(&WriteOp::LeaseGrant(LeaseGrantRequest { id, ttl: 60 }));
+        apply(&mut sm, vec![entry(2, 1, grant(7)), entry(2, 2, grant(8))]).await;
+        assert_eq!(lease_ids(&sm), vec![7, 8]);
+        let later = Command {
+            id: 0,
+            op: Op::Batch(vec![expire(8, 2)]),
+        };
+        apply(&mut sm, vec![entry(3, 3, expire(7, 2)), entry(3, 4, later)]).await;
+        assert_eq!(
+            lease_ids(&sm),
+            vec![7, 8],
+            "a revoke decided in term 2 applied in term 3"
+        );
+        let now = Command {
+            id: 0,
+            op: Op::Batch(vec![expire(8, 3)]),
+        };
+        apply(&mut sm, vec![entry(3, 5, expire(7, 3)), entry(3, 6, now)]).await;
+        assert_eq!(lease_ids(&sm), Vec::<i64>::new());
     }
 }

@@ -70,6 +70,13 @@ pub enum Op {
     // New variants go last: postcard encodes a variant by its position, and the log keeps it.
     LeaseGrant(#[serde(with = "serde_bytes")] Vec<u8>),
     LeaseRevoke(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// The leader's revoke of lease `id`, which it found expired while leading in `term`.
+    /// Applied as a revoke only from an entry of that term: a member that lost and regained
+    /// the lead in between may have proposed it after a successor renewed the lease.
+    LeaseExpire {
+        id: i64,
+        term: u64,
+    },
 }
 
 impl fmt::Display for Command {
@@ -81,6 +88,7 @@ impl fmt::Display for Command {
             Op::Compact(b) => write!(f, "compact({} bytes)", b.len()),
             Op::LeaseGrant(b) => write!(f, "lease_grant({} bytes)", b.len()),
             Op::LeaseRevoke(b) => write!(f, "lease_revoke({} bytes)", b.len()),
+            Op::LeaseExpire { id, term } => write!(f, "lease_expire({id:016x}, term {term})"),
             Op::PublishMember { id, attrs } => {
                 write!(f, "publish_member({id:x}, {})", attrs.name)
             }
@@ -118,7 +126,7 @@ impl Command {
             | Op::Compact(b)
             | Op::LeaseGrant(b)
             | Op::LeaseRevoke(b) => b.len(),
-            Op::PublishMember { .. } => 0,
+            Op::PublishMember { .. } | Op::LeaseExpire { .. } => 0,
             Op::Batch(cmds) => cmds.iter().map(Command::body_len).sum(),
         }
     }
@@ -137,7 +145,7 @@ impl Command {
             Op::LeaseRevoke(b) => {
                 LeaseRevokeRequest::decode(b.as_slice()).map(WriteOp::LeaseRevoke)
             }
-            Op::PublishMember { .. } | Op::Batch(_) => return None,
+            Op::PublishMember { .. } | Op::Batch(_) | Op::LeaseExpire { .. } => return None,
         })
     }
 }
