@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::{Child, Command, ExitStatus};
 use std::time::Duration;
 
 /// Members `c20 up` starts.
@@ -61,7 +61,8 @@ pub fn run(args: UpArgs) -> Result<()> {
     // one `c20 serve` would take alone (see `--worker-threads`), unless the environment says.
     let worker_threads =
         crate::default_runtime_threads(crate::available_cpus(), MEMBERS).to_string();
-    let mut children: Vec<(String, Child)> = Vec::new();
+    // Stops the members already started if anything below fails, a later spawn included.
+    let mut members = Members::default();
     for i in 0..MEMBERS {
         let name = format!("n{}", i + 1);
         let client = format!("http://127.0.0.1:{}", client_ports[i]);
@@ -84,7 +85,7 @@ pub fn run(args: UpArgs) -> Result<()> {
             .args(["--initial-cluster-token", "c20-local"])
             .spawn()
             .with_context(|| format!("starting member {name}"))?;
-        children.push((name, child));
+        members.0.push((name, child));
     }
     let endpoints = client_ports
         .iter()
@@ -113,7 +114,7 @@ pub fn run(args: UpArgs) -> Result<()> {
                 _ = term.recv() => return Ok::<_, anyhow::Error>(None),
                 _ = int.recv() => return Ok(None),
                 _ = tick.tick() => {
-                    for (name, child) in children.iter_mut() {
+                    for (name, child) in members.0.iter_mut() {
                         if let Some(status) = child.try_wait()? {
                             return Ok(Some(format!("member {name} exited: {status}")));
                         }
@@ -123,21 +124,97 @@ pub fn run(args: UpArgs) -> Result<()> {
         }
     })?;
     println!("c20: stopping members");
-    for (_, child) in children.iter_mut() {
-        if child.try_wait()?.is_none() {
-            // SIGTERM lets each member finish in-flight work and checkpoint.
-            // SAFETY: plain syscall on a PID this process spawned and has not reaped.
-            unsafe {
-                libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
-            }
-        }
-    }
-    for (name, child) in children.iter_mut() {
-        let status = child.wait()?;
+    for (name, status) in members.stop()? {
         println!("c20: {name} stopped ({status})");
     }
     if let Some(why) = exited {
         bail!(why);
     }
     Ok(())
+}
+
+/// The members `c20 up` started, by name. Dropping it stops those still running.
+#[derive(Default)]
+struct Members(Vec<(String, Child)>);
+
+impl Members {
+    /// Sends SIGTERM to every member still running (so each finishes its in-flight work and
+    /// checkpoints), then waits for all of them; returns how each ended.
+    fn stop(&mut self) -> Result<Vec<(String, ExitStatus)>> {
+        for (_, child) in self.0.iter_mut() {
+            if child.try_wait()?.is_none() {
+                // SAFETY: plain syscall on a PID this process spawned and has not reaped.
+                unsafe {
+                    libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+                }
+            }
+        }
+        let mut ended = Vec::new();
+        let mut failed = None;
+        for (name, mut child) in self.0.drain(..) {
+            match child.wait() {
+                Ok(status) => ended.push((name, status)),
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        match failed {
+            Some(e) => Err(e.into()),
+            None => Ok(ended),
+        }
+    }
+}
+
+impl Drop for Members {
+    fn drop(&mut self) {
+        if !self.0.is_empty() {
+            let _ = self.stop();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    fn start(program: &str, args: &[&str]) -> Child {
+        Command::new(program).args(args).spawn().expect("spawn")
+    }
+
+    fn running(pid: u32) -> bool {
+        // SAFETY: signal 0 only checks that the process exists.
+        unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+    }
+
+    #[test]
+    fn stopping_members_terminates_the_running_ones_and_reaps_all() {
+        let mut done = start("true", &[]);
+        done.wait().expect("wait");
+        let mut members = Members(vec![
+            ("a".into(), start("sleep", &["30"])),
+            ("b".into(), done),
+        ]);
+        let ended = members.stop().expect("stop");
+        assert_eq!(ended.len(), 2);
+        assert_eq!(ended[0].0, "a");
+        assert_eq!(ended[0].1.signal(), Some(libc::SIGTERM));
+        assert!(ended[1].1.success());
+        assert!(members.0.is_empty());
+    }
+
+    /// What `run` relies on when a later member fails to start: the members started before
+    /// are stopped as the function returns.
+    #[test]
+    fn dropping_members_stops_those_still_running() {
+        let members = Members(vec![
+            ("a".into(), start("sleep", &["30"])),
+            ("b".into(), start("sleep", &["30"])),
+        ]);
+        let pids: Vec<u32> = members.0.iter().map(|(_, c)| c.id()).collect();
+        assert!(pids.iter().all(|&p| running(p)));
+        drop(members);
+        for pid in pids {
+            assert!(!running(pid), "member process {pid} still exists");
+        }
+    }
 }
