@@ -4,13 +4,14 @@
 # prints ops/s, latency and the CPU time (user + system) each member spent per request.
 #
 #   scripts/bench-cpu.sh [--flavor c20|etcd] [--rounds N] [--total N] [--bench "ARGS"]
-#                        [--to leader|all] [--variant "C20 FLAGS"]...
+#                        [--to leader|all] [--threads] [--variant "C20 FLAGS"]...
 #
 # CPU per request is steadier than throughput on a small shared machine, so it shows what an
 # optimisation saves even when ops/s drift from run to run. Each --variant is a set of flags for
 # `c20 serve` (give it several times to compare them; default: one variant, no flags). --to
 # leader sends the workload to the member that leads (the default for one client), --to all
-# spreads it over every member. Default workload: put, 1 client, 256-byte values, 3,000 requests.
+# spreads it over every member. --threads also prints, for each run, the CPU per request of the
+# members' threads by thread name (summed over the members). Default workload: put, 1 client, 256-byte values, 3,000 requests.
 # Honours C20_BIN (see scripts/lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,7 @@ ROUNDS=2
 TOTAL=3000
 BENCH="--workload put --clients 1 --conns 1 --val-size 256"
 TO=""
+THREADS=0
 VARIANTS=()
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -28,6 +30,7 @@ while [ $# -gt 0 ]; do
         --total) TOTAL="$2"; shift 2 ;;
         --bench) BENCH="$2"; shift 2 ;;
         --to) TO="$2"; shift 2 ;;
+        --threads) THREADS=1; shift ;;
         --variant) VARIANTS+=("$2"); shift 2 ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
@@ -44,6 +47,14 @@ start_work_dir
 
 # CPU seconds (user + system, in clock ticks) each member has used so far.
 ticks() { for p in "${PIDS[@]}"; do awk '{print $14 + $15}' "/proc/$p/stat"; done; }
+# The same for each thread of each member: "pid/tid name ticks", one line each.
+thread_ticks() {
+    for p in "${PIDS[@]}"; do
+        for t in /proc/"$p"/task/*; do
+            echo "$p/${t##*/} $(tr ' ' _ <"$t/comm") $(awk '{print $14 + $15}' "$t/stat")"
+        done
+    done
+}
 
 printf '%-5s %-28s | %9s %8s %8s | %s\n' round variant "ops/s" "p50 ms" "p99 ms" "CPU us per request, each member (* leads)"
 for round in $(seq 1 "$ROUNDS"); do
@@ -57,9 +68,11 @@ for round in $(seq 1 "$ROUNDS"); do
         # shellcheck disable=SC2086
         "$C20" bench --endpoints "$endpoints" $BENCH --total $((TOTAL / 5 + 1)) --json >/dev/null
         read -r -a before <<<"$(ticks | tr '\n' ' ')"
+        threads_before=$(thread_ticks)
         # shellcheck disable=SC2086
         out=$("$C20" bench --endpoints "$endpoints" $BENCH --total "$TOTAL" --json)
         read -r -a after <<<"$(ticks | tr '\n' ' ')"
+        threads_after=$(thread_ticks)
         hz=$(getconf CLK_TCK)
         per=""
         for i in "${!PIDS[@]}"; do
@@ -73,6 +86,20 @@ import json, sys
 d = json.loads(sys.argv[1])
 print(f"{sys.argv[2]:<5} {sys.argv[3]:<28} | {d['ops_per_s']:>9} {d['p50_ms']:>8} {d['p99_ms']:>8} | {sys.argv[4]}")
 PY
+        if [ "$THREADS" = 1 ]; then
+            python3 - "$threads_before" "$threads_after" "$(getconf CLK_TCK)" "$TOTAL" <<'PY'
+import collections, sys
+def load(text):
+    return {tid: (name, int(t)) for tid, name, t in (l.split() for l in text.splitlines())}
+before, after = load(sys.argv[1]), load(sys.argv[2])
+hz, total = int(sys.argv[3]), int(sys.argv[4])
+by_name = collections.Counter()
+for tid, (name, t) in after.items():
+    by_name[name] += t - before.get(tid, (name, 0))[1]
+cells = [f"{name} {t * 1e6 / hz / total:.1f}" for name, t in by_name.most_common() if t > 0]
+print("      CPU us per request by thread (all members): " + ", ".join(cells))
+PY
+        fi
         stop_cluster
         rm -rf "${WORK:?}/$FLAVOR"
     done
