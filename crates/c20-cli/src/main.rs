@@ -237,29 +237,6 @@ fn runtime_threads(worker_threads: usize, cpus: usize) -> usize {
     }
 }
 
-/// The async runtime of `c20 serve`: `threads` worker threads, and Tokio's LIFO slot only if
-/// `lifo_slot`.
-///
-/// Why the slot is off: a task woken by the running task otherwise runs next, ahead of every
-/// task already waiting. With one runtime thread per member that favours one request's chain of
-/// wakeups over the others: the batcher and each connection's writer see one more request or
-/// reply at a time instead of the many that are ready. With the slot off, on the 2-CPU test
-/// machine, 40,000 puts from 100 clients made 1,940-1,951 log entries instead of 2,227-2,292,
-/// put-100 ran 1-13% faster on 3-10% less CPU per put, and strong gets 13-18% faster
-/// (docs/BENCHMARKS.md, "Runtime: the LIFO slot"). The setting needs `--cfg tokio_unstable`
-/// (`.cargo/config.toml` sets it); a build without it keeps the slot.
-fn serve_runtime(threads: usize, lifo_slot: bool) -> tokio::runtime::Builder {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.worker_threads(threads);
-    #[cfg(tokio_unstable)]
-    if !lifo_slot {
-        builder.disable_lifo_slot();
-    }
-    #[cfg(not(tokio_unstable))]
-    let _ = lifo_slot;
-    builder
-}
-
 /// Runtime threads for each of `members` members sharing a machine of `cpus` CPUs: one CPU is
 /// left to the log's writer and checkpoint threads, the rest divided among the members, at
 /// least one each. `c20 up` passes this to its members.
@@ -311,7 +288,7 @@ fn main() -> Result<()> {
     let _ = c20_server::tuning::disable_transparent_huge_pages();
     let cli = Cli::parse();
     let mut builder = match &cli.cmd {
-        Cmd::Serve(args) => serve_runtime(
+        Cmd::Serve(args) => c20_raft::rt::multi_thread_runtime(
             runtime_threads(args.worker_threads, available_cpus()),
             args.runtime_lifo_slot,
         ),
@@ -472,47 +449,11 @@ mod tests {
         assert!(Cli::try_parse_from(argv).is_err());
     }
 
-    /// The order in which two tasks spawned one after the other by a task on the runtime's
-    /// only worker thread first run.
-    fn spawn_order(lifo_slot: bool) -> Vec<&'static str> {
-        let rt = serve_runtime(1, lifo_slot)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let log = order.clone();
-        rt.block_on(async move {
-            let spawned = tokio::spawn(async move {
-                let mut spawned = Vec::new();
-                for name in ["first", "second"] {
-                    let log = log.clone();
-                    spawned.push(tokio::spawn(async move {
-                        log.lock().expect("order lock").push(name);
-                    }));
-                }
-                spawned
-            })
-            .await
-            .expect("spawner");
-            for task in spawned {
-                task.await.expect("spawned task");
-            }
-        });
-        let order = order.lock().expect("order lock").clone();
-        order
-    }
-
+    /// The runtime itself is tested with `c20_raft::rt::multi_thread_runtime`.
     #[test]
-    fn the_runtime_runs_woken_tasks_in_order_unless_told_otherwise() {
+    fn the_runtime_runs_without_the_lifo_slot_unless_told_otherwise() {
         assert!(!serve_args(&[]).runtime_lifo_slot);
         assert!(serve_args(&["--runtime-lifo-slot", "true"]).runtime_lifo_slot);
-        // Only a build with `--cfg tokio_unstable` can turn the slot off (see `serve_runtime`).
-        #[cfg(tokio_unstable)]
-        {
-            assert_eq!(spawn_order(false), ["first", "second"]);
-            // With the slot, the task spawned last runs first.
-            assert_eq!(spawn_order(true), ["second", "first"]);
-        }
     }
 
     #[test]

@@ -7,8 +7,9 @@
 //! cargo run --release -p c20_distributed --example stress [-- TASKS WRITES_PER_TASK]
 //! ```
 //!
-//! The process runs without transparent huge pages unless `C20_KEEP_THP=1` is set
-//! (docs/BENCHMARKS.md compares the two).
+//! The process runs without transparent huge pages unless `C20_KEEP_THP=1` is set, and the
+//! replicas' runtime without Tokio's LIFO slot unless `C20_RUNTIME_LIFO_SLOT=1` is set
+//! (docs/BENCHMARKS.md compares each pair).
 
 use c20_distributed::{ConsistencyLevel, LocalReplicator};
 use std::time::Instant;
@@ -27,7 +28,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let tasks: usize = args.next().map_or(Ok(100), |a| a.parse())?;
     let per_task: usize = args.next().map_or(Ok(1000), |a| a.parse())?;
 
-    let replicator = LocalReplicator::new(5, 3, 3);
+    let lifo_slot = std::env::var("C20_RUNTIME_LIFO_SLOT").is_ok_and(|v| v == "1");
+    let replicator = LocalReplicator::builder(5, 3, 3)
+        .runtime_lifo_slot(lifo_slot)
+        .build()?;
     let started = Instant::now();
     let mut handles = Vec::with_capacity(tasks);
     for t in 0..tasks {

@@ -168,6 +168,7 @@ pub struct Builder {
     r: usize,
     w: usize,
     storage: Storage,
+    lifo_slot: bool,
 }
 
 /// Where the replicas keep their state, and what a crash does to it.
@@ -205,6 +206,13 @@ impl Builder {
     /// [`LocalReplicator::step_wall_clock`] steps it.
     pub fn simulated(mut self, seed: u64) -> Builder {
         self.storage.simulated = Some(seed);
+        self
+    }
+
+    /// Run the replicas on a runtime with Tokio's LIFO slot (off by default, as in
+    /// `c20 serve`: see `c20_raft::rt::multi_thread_runtime`), to measure what it changes.
+    pub fn runtime_lifo_slot(mut self, on: bool) -> Builder {
+        self.lifo_slot = on;
         self
     }
 
@@ -371,12 +379,12 @@ impl LocalReplicator {
             r,
             w,
             storage: Storage::default(),
+            lifo_slot: false,
         }
     }
 
     fn start(b: Builder) -> Result<LocalReplicator, ConfigError> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+        let rt = c20_raft::rt::multi_thread_runtime(2, b.lifo_slot)
             .thread_name("c20-replica")
             .enable_all()
             .build()
