@@ -8,7 +8,7 @@
 
 use crate::membership::{PeerAnswer, PeerAsk};
 use crate::node::RaftNode;
-use crate::types::{Command, Op};
+use crate::types::Command;
 use c20_api::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseRevokeRequest, LeaseRevokeResponse,
 };
@@ -234,18 +234,16 @@ impl RaftNode {
     /// lease's clock and may have renewed this one since, so the revoke would end a lease
     /// within the TTL its last keep-alive promised (the simulator's lease check found that).
     /// Once appended here in `term`, the entry either commits, and then every later leader
-    /// applies it before it answers a keep-alive (see `lease_as_leader`), or is dropped. The
-    /// entry carries `term`: should this node lose the lead and win it again between the check
-    /// here and the append, the entry lands in a later term and applies as nothing.
+    /// applies it before it answers a keep-alive (see `lease_as_leader`), or is dropped. Should
+    /// this node lose the lead and win it back between the check here and the append, the
+    /// entry lands in a later term and applies as nothing ([`Command::expiry_revoke`]).
     async fn revoke_expired(&self, id: i64, term: u64) -> Result<(), EtcdError> {
         if self.term() != term || !self.is_leader() {
             return Err(EtcdError::NotLeader);
         }
-        let cmd = Command {
-            id: 0,
-            op: Op::LeaseExpire { id, term },
-        };
-        let (reply, _) = self.propose_as_leader(cmd).await?;
+        let (reply, _) = self
+            .propose_as_leader(Command::expiry_revoke(id, term))
+            .await?;
         reply.into_result().map(|_| ())
     }
 

@@ -13,7 +13,6 @@ use crate::types::{
     Command, LogId, MemberAttrs, NodeId, Op, Reply, Snapshot, SnapshotMeta, StoredMembership,
     TypeConfig,
 };
-use c20_api::etcdserverpb::LeaseRevokeRequest;
 use c20_api::EtcdError;
 use c20_storage::mvcc::{ExportRefs, MvccImage};
 use c20_storage::snapshot::{self as container, Kind};
@@ -231,14 +230,14 @@ fn collect(
             published.push((id, attrs));
             Source::Fixed(Reply::Published)
         }
-        Op::LeaseExpire { id, term } => {
-            if log_id.leader_id.term != term {
-                // Proposed in a later term than the one in which the lease was found expired:
-                // a leader in between may have renewed it.
-                return Source::Fixed(Reply::Error(EtcdError::NotLeader));
-            }
-            ops.push(WriteOp::LeaseRevoke(LeaseRevokeRequest { id }));
-            Source::Op(ops.len() - 1)
+        // An expired lease's revoke appended in a later term than it was decided in: a leader
+        // in between may have renewed the lease. It changes nothing; the reply (read only by
+        // the lessor's log) says the proposer no longer led in that term.
+        _ if cmd
+            .expiry_term()
+            .is_some_and(|t| t != log_id.leader_id.term) =>
+        {
+            Source::Fixed(Reply::Error(EtcdError::NotLeader))
         }
         Op::Batch(_) => panic!("invariant violated: entry {log_id} nests a batch in a batch"),
         _ => match cmd.to_op() {
@@ -678,11 +677,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.read_snapshot_file()
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use c20_api::etcdserverpb::LeaseGrantRequest;
+    use c20_api::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
 
     fn entry(term: u64, index: u64, cmd: Command) -> EntryResponder<TypeConfig> {
         let log_id = LogId::new_term_index(term, index);
@@ -693,10 +691,7 @@ mod tests {
     }
 
     fn expire(id: i64, term: u64) -> Command {
-        Command {
-            id: 0,
-            op: Op::LeaseExpire { id, term },
-        }
+        Command::expiry_revoke(id, term)
     }
 
     async fn apply(sm: &mut StateMachine, entries: Vec<EntryResponder<TypeConfig>>) {
@@ -741,5 +736,52 @@ mod tests {
         };
         apply(&mut sm, vec![entry(3, 5, expire(7, 3)), entry(3, 6, now)]).await;
         assert_eq!(lease_ids(&sm), Vec::<i64>::new());
+    }
+
+    /// What each revoke becomes at apply: a stale expiry answers NotLeader and adds no op; a
+    /// current one, and a client's revoke in any term, revoke.
+    #[test]
+    fn revokes_are_filed_by_their_term() {
+        let file = |cmd: Command, term: u64| {
+            let (mut ops, mut published) = (Vec::new(), Vec::new());
+            let source = collect(
+                cmd,
+                &LogId::new_term_index(term, 1),
+                &mut ops,
+                &mut published,
+            );
+            (source, ops)
+        };
+        let (source, ops) = file(expire(7, 2), 3);
+        assert!(matches!(
+            source,
+            Source::Fixed(Reply::Error(EtcdError::NotLeader))
+        ));
+        assert!(ops.is_empty());
+        let revoke_7 = [WriteOp::LeaseRevoke(LeaseRevokeRequest { id: 7 })];
+        let (source, ops) = file(expire(7, 3), 3);
+        assert!(matches!(source, Source::Op(0)));
+        assert_eq!(ops, revoke_7);
+        let client = Command::from_op(&revoke_7[0]);
+        assert_eq!(client.expiry_term(), None);
+        let (source, ops) = file(client, 5);
+        assert!(matches!(source, Source::Op(0)));
+        assert_eq!(ops, revoke_7);
+    }
+
+    /// A member without the term rule reads the leader's expiry as the plain revoke it was
+    /// before (rolling upgrades: it must decode, and it revokes).
+    #[test]
+    fn an_expiry_revoke_reads_as_a_plain_revoke_without_the_term_rule() {
+        let cmd = expire(7, 2);
+        assert_eq!(cmd.expiry_term(), Some(2));
+        let Op::LeaseRevoke(body) = &cmd.op else {
+            panic!("an expiry revoke is a LeaseRevoke op: {cmd}");
+        };
+        use prost::Message;
+        assert_eq!(
+            LeaseRevokeRequest::decode(body.as_slice()).expect("decodes"),
+            LeaseRevokeRequest { id: 7 }
+        );
     }
 }

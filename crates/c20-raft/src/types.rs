@@ -70,13 +70,6 @@ pub enum Op {
     // New variants go last: postcard encodes a variant by its position, and the log keeps it.
     LeaseGrant(#[serde(with = "serde_bytes")] Vec<u8>),
     LeaseRevoke(#[serde(with = "serde_bytes")] Vec<u8>),
-    /// The leader's revoke of lease `id`, which it found expired while leading in `term`.
-    /// Applied as a revoke only from an entry of that term: a member that lost and regained
-    /// the lead in between may have proposed it after a successor renewed the lease.
-    LeaseExpire {
-        id: i64,
-        term: u64,
-    },
 }
 
 impl fmt::Display for Command {
@@ -88,7 +81,6 @@ impl fmt::Display for Command {
             Op::Compact(b) => write!(f, "compact({} bytes)", b.len()),
             Op::LeaseGrant(b) => write!(f, "lease_grant({} bytes)", b.len()),
             Op::LeaseRevoke(b) => write!(f, "lease_revoke({} bytes)", b.len()),
-            Op::LeaseExpire { id, term } => write!(f, "lease_expire({id:016x}, term {term})"),
             Op::PublishMember { id, attrs } => {
                 write!(f, "publish_member({id:x}, {})", attrs.name)
             }
@@ -110,6 +102,29 @@ impl Command {
         Command { id: 0, op }
     }
 
+    /// The leader's revoke of lease `id`, found expired while it led in `term`: a
+    /// `LeaseRevokeRequest` with `term` in an extra field ([`ExpiryRevoke`]). It revokes only
+    /// when applied from an entry of that term (docs/FORMATS.md).
+    pub fn expiry_revoke(id: i64, term: u64) -> Command {
+        let body = ExpiryRevoke {
+            id,
+            term: Some(term),
+        };
+        Command {
+            id: 0,
+            op: Op::LeaseRevoke(body.encode_to_vec()),
+        }
+    }
+
+    /// The term a [`Command::expiry_revoke`] was decided in; `None` for any other command,
+    /// a client's revoke included.
+    pub fn expiry_term(&self) -> Option<u64> {
+        match &self.op {
+            Op::LeaseRevoke(b) => ExpiryRevoke::decode(b.as_slice()).ok()?.term,
+            _ => None,
+        }
+    }
+
     pub fn publish(id: NodeId, attrs: MemberAttrs) -> Command {
         Command {
             id: 0,
@@ -126,7 +141,7 @@ impl Command {
             | Op::Compact(b)
             | Op::LeaseGrant(b)
             | Op::LeaseRevoke(b) => b.len(),
-            Op::PublishMember { .. } | Op::LeaseExpire { .. } => 0,
+            Op::PublishMember { .. } => 0,
             Op::Batch(cmds) => cmds.iter().map(Command::body_len).sum(),
         }
     }
@@ -145,9 +160,19 @@ impl Command {
             Op::LeaseRevoke(b) => {
                 LeaseRevokeRequest::decode(b.as_slice()).map(WriteOp::LeaseRevoke)
             }
-            Op::PublishMember { .. } | Op::Batch(_) | Op::LeaseExpire { .. } => return None,
+            Op::PublishMember { .. } | Op::Batch(_) => return None,
         })
     }
+}
+
+/// The body of [`Command::expiry_revoke`]: field 1 is `LeaseRevokeRequest`'s `ID`, so a member
+/// that does not know field 1000 reads a plain revoke (and revokes whatever the term).
+#[derive(Clone, PartialEq, prost::Message)]
+struct ExpiryRevoke {
+    #[prost(int64, tag = "1")]
+    id: i64,
+    #[prost(uint64, optional, tag = "1000")]
+    term: Option<u64>,
 }
 
 /// What applying a command produced, protobuf-encoded so it can cross to a forwarding peer.

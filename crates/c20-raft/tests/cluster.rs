@@ -660,7 +660,7 @@ async fn an_fsync_error_stops_writes_on_that_member_only() {
     c.faults[&leader].0.store(true, Ordering::SeqCst);
     // The leader appends to its own log in parallel with replicating, so this write may still be
     // committed by the two followers' fsyncs before the leader's own fsync fails; then it is
-    // acknowledged, and it must survive on the others. Otherwise it must fail.
+    // acknowledged, and it must survive on the others. If it fails, its outcome is unknown.
     let during = put(c.node(leader), "during", "2").await;
     // The member reports the failure and refuses further writes, even with the disk "healed";
     // the other two carry on with every acknowledged write.
