@@ -137,22 +137,28 @@ pub fn run(args: UpArgs) -> Result<()> {
 #[derive(Default)]
 struct Members(Vec<(String, Child)>);
 
+/// How long a member may take to stop after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
 impl Members {
     /// Sends SIGTERM to every member still running (so each finishes its in-flight work and
-    /// checkpoints), then waits for all of them; returns how each ended.
+    /// checkpoints) and waits for all of them, killing any still running after
+    /// [`STOP_GRACE`]; returns how each ended.
     fn stop(&mut self) -> Result<Vec<(String, ExitStatus)>> {
         for (_, child) in self.0.iter_mut() {
-            if child.try_wait()?.is_none() {
+            // Whatever `try_wait` says short of "exited", signal it: a member must not be left.
+            if !matches!(child.try_wait(), Ok(Some(_))) {
                 // SAFETY: plain syscall on a PID this process spawned and has not reaped.
                 unsafe {
                     libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
                 }
             }
         }
+        let deadline = std::time::Instant::now() + STOP_GRACE;
         let mut ended = Vec::new();
         let mut failed = None;
         for (name, mut child) in self.0.drain(..) {
-            match child.wait() {
+            match wait_until(&mut child, deadline) {
                 Ok(status) => ended.push((name, status)),
                 Err(e) => failed = failed.or(Some(e)),
             }
@@ -161,6 +167,21 @@ impl Members {
             Some(e) => Err(e.into()),
             None => Ok(ended),
         }
+    }
+}
+
+/// Waits for `child` to exit, and kills it if it is still running at `deadline`.
+fn wait_until(child: &mut Child, deadline: std::time::Instant) -> std::io::Result<ExitStatus> {
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(status);
+        }
+        if std::time::Instant::now() >= deadline {
+            child.kill()?;
+            return child.wait();
+        }
+        // std offers no wait with a timeout; a member takes well under a second to stop.
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -200,6 +221,13 @@ mod tests {
         assert_eq!(ended[0].1.signal(), Some(libc::SIGTERM));
         assert!(ended[1].1.success());
         assert!(members.0.is_empty());
+    }
+
+    #[test]
+    fn a_member_still_running_at_the_deadline_is_killed() {
+        let mut child = start("sleep", &["30"]);
+        let status = wait_until(&mut child, std::time::Instant::now()).expect("wait");
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
     }
 
     /// What `run` relies on when a later member fails to start: the members started before
