@@ -45,13 +45,18 @@ fi
 need_etcd_and_c20
 start_work_dir
 
-# CPU seconds (user + system, in clock ticks) each member has used so far.
-ticks() { for p in "${PIDS[@]}"; do awk '{print $14 + $15}' "/proc/$p/stat"; done; }
-# The same for each thread of each member: "pid/tid name ticks", one line each.
+# CPU time (user + system, in clock ticks) a process or thread has used so far, from its stat file.
+used() { awk '{print $14 + $15}' "$1"; }
+# The same for each member.
+ticks() { for p in "${PIDS[@]}"; do used "/proc/$p/stat"; done; }
+# The same for each thread of each member: "pid/tid name ticks", one line each; a thread that
+# ends while it is read is left out.
 thread_ticks() {
+    local p t name n
     for p in "${PIDS[@]}"; do
         for t in /proc/"$p"/task/*; do
-            echo "$p/${t##*/} $(tr ' ' _ <"$t/comm") $(awk '{print $14 + $15}' "$t/stat")"
+            { name=$(tr ' ' _ <"$t/comm") && n=$(used "$t/stat"); } 2>/dev/null || continue
+            echo "$p/${t##*/} $name $n"
         done
     done
 }
@@ -67,12 +72,12 @@ for round in $(seq 1 "$ROUNDS"); do
         # A warm-up run, not measured.
         # shellcheck disable=SC2086
         "$C20" bench --endpoints "$endpoints" $BENCH --total $((TOTAL / 5 + 1)) --json >/dev/null
+        [ "$THREADS" = 1 ] && threads_before=$(thread_ticks)
         read -r -a before <<<"$(ticks | tr '\n' ' ')"
-        threads_before=$(thread_ticks)
         # shellcheck disable=SC2086
         out=$("$C20" bench --endpoints "$endpoints" $BENCH --total "$TOTAL" --json)
         read -r -a after <<<"$(ticks | tr '\n' ' ')"
-        threads_after=$(thread_ticks)
+        [ "$THREADS" = 1 ] && threads_after=$(thread_ticks)
         hz=$(getconf CLK_TCK)
         per=""
         for i in "${!PIDS[@]}"; do
@@ -87,16 +92,22 @@ d = json.loads(sys.argv[1])
 print(f"{sys.argv[2]:<5} {sys.argv[3]:<28} | {d['ops_per_s']:>9} {d['p50_ms']:>8} {d['p99_ms']:>8} | {sys.argv[4]}")
 PY
         if [ "$THREADS" = 1 ]; then
-            python3 - "$threads_before" "$threads_after" "$(getconf CLK_TCK)" "$TOTAL" <<'PY'
+            members=$(( $(IFS=+; echo "${after[*]}") - $(IFS=+; echo "${before[*]}") ))
+            python3 - "$threads_before" "$threads_after" "$hz" "$TOTAL" "$members" <<'PY'
 import collections, sys
 def load(text):
-    return {tid: (name, int(t)) for tid, name, t in (l.split() for l in text.splitlines())}
+    rows = (line.split() for line in text.splitlines())
+    return {r[0]: (r[1], int(r[2])) for r in rows if len(r) == 3}
 before, after = load(sys.argv[1]), load(sys.argv[2])
-hz, total = int(sys.argv[3]), int(sys.argv[4])
+hz, total, members = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 by_name = collections.Counter()
 for tid, (name, t) in after.items():
     by_name[name] += t - before.get(tid, (name, 0))[1]
-cells = [f"{name} {t * 1e6 / hz / total:.1f}" for name, t in by_name.most_common() if t > 0]
+# Threads that ended during the run are gone from /proc: what the members used beyond the
+# threads still there is theirs.
+by_name["(threads that ended)"] = members - sum(by_name.values())
+us = lambda t: f"{t * 1e6 / hz / total:.1f}"
+cells = [f"{name} {us(t)}" for name, t in by_name.most_common() if t > 0]
 print("      CPU us per request by thread (all members): " + ", ".join(cells))
 PY
         fi
