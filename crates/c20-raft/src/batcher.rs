@@ -158,7 +158,7 @@ impl Batcher {
 /// Requests arrive from many client connections, each on a task of its own, and the sender of
 /// the first woke the task that cuts batches. Tokio runs a task woken that way next, before
 /// the other senders already woken (its LIFO slot: on unless the runtime turns it off, as
-/// `c20 serve`'s does), so without this yield a batch would hold one request whenever the
+/// `c20_raft::rt::multi_thread_runtime` does), so without this yield a batch would hold one request whenever the
 /// runtime has one thread (40,000 puts from 100 clients made 40,000 log entries;
 /// docs/BENCHMARKS.md). With the slot off the yield still gathers more (docs/BENCHMARKS.md,
 /// "Runtime: the LIFO slot").

@@ -39,12 +39,10 @@ pub use c20_storage::splitmix;
 /// Why the slot is off by default: a task woken by the running task otherwise runs next, ahead
 /// of every task already waiting. That favours one request's chain of wakeups over the others:
 /// the batcher and each connection's writer see one more request or reply at a time instead of
-/// the many that are ready. On the 2-CPU test machine, with the slot off, 40,000 puts from 100
-/// clients to `c20 serve` made 1,940-1,951 log entries instead of 2,227-2,292, put-100 ran
-/// 1-13% faster on 3-10% less CPU per put, strong gets 13-18% faster, and the LocalReplicator's
-/// stress run served more writes in 7 of 8 pairs, 3% more at the median (docs/BENCHMARKS.md,
-/// "Runtime: the LIFO slot"). The setting needs
-/// `--cfg tokio_unstable` (`.cargo/config.toml` sets it); a build without it keeps the slot.
+/// the many that are ready. Without it batches grow, and puts, reads and the LocalReplicator's
+/// writes go faster on the 2-CPU test machine (docs/BENCHMARKS.md, "Runtime: the LIFO slot").
+/// The setting needs `--cfg tokio_unstable` (`.cargo/config.toml` sets it); a build without it
+/// keeps the slot.
 pub fn multi_thread_runtime(threads: usize, lifo_slot: bool) -> tokio::runtime::Builder {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.worker_threads(threads);

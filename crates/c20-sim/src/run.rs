@@ -801,8 +801,8 @@ const STUCK_AFTER: Duration = Duration::from_secs(120);
 
 fn runtime(cfg: &RunConfig, name: &str) -> std::io::Result<tokio::runtime::Runtime> {
     if cfg.threads {
-        return tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
+        // The runtime a LocalReplicator runs on.
+        return c20_distributed::multi_thread_runtime(2, false)
             .thread_name(name)
             .enable_all()
             .build();

@@ -211,6 +211,7 @@ impl Builder {
 
     /// Run the replicas on a runtime with Tokio's LIFO slot (off by default, as in
     /// `c20 serve`: see `c20_raft::rt::multi_thread_runtime`), to measure what it changes.
+    /// [`Builder::build_here`] uses the caller's runtime as it is and ignores this.
     pub fn runtime_lifo_slot(mut self, on: bool) -> Builder {
         self.lifo_slot = on;
         self
