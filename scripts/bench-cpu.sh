@@ -92,7 +92,7 @@ d = json.loads(sys.argv[1])
 print(f"{sys.argv[2]:<5} {sys.argv[3]:<28} | {d['ops_per_s']:>9} {d['p50_ms']:>8} {d['p99_ms']:>8} | {sys.argv[4]}")
 PY
         if [ "$THREADS" = 1 ]; then
-            members=$(( $(IFS=+; echo "${after[*]}") - $(IFS=+; echo "${before[*]}") ))
+            members=$(( ($(IFS=+; echo "${after[*]}")) - ($(IFS=+; echo "${before[*]}")) ))
             python3 - "$threads_before" "$threads_after" "$hz" "$TOTAL" "$members" <<'PY'
 import collections, sys
 def load(text):
