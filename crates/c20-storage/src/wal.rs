@@ -64,7 +64,8 @@ const PREPARE_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 pub struct WalOptions {
     /// A segment is closed and a new one started once it grows past this size.
     pub segment_bytes_max: u64,
-    /// Test seam: consulted before each write and sync of the writer thread.
+    /// Test seam: consulted before every operation that changes the log's files (writes,
+    /// truncations, renames, removals, syncs), wherever the log makes it.
     pub faults: Option<Arc<dyn IoFaults>>,
     /// Where the segment files live.
     pub disk: Arc<dyn Disk>,
@@ -197,7 +198,13 @@ struct Writer {
 
 impl Wal {
     /// Opens the log in `dir` (created if missing), recovering what is there.
-    pub fn open(dir: &Path, opts: WalOptions) -> Result<(Wal, WalRecovery), StorageError> {
+    pub fn open(dir: &Path, mut opts: WalOptions) -> Result<(Wal, WalRecovery), StorageError> {
+        if let Some(faults) = &opts.faults {
+            opts.disk = Arc::new(faults::FaultyDisk {
+                disk: opts.disk.clone(),
+                faults: faults.clone(),
+            });
+        }
         let disk = opts.disk.clone();
         disk.create_dir_all(dir)?;
         let mut segs: Vec<Segment> = Vec::new();
@@ -575,16 +582,8 @@ impl Writer {
     }
 
     fn sync_active(&mut self) -> Result<(), StorageError> {
-        self.before_sync()?;
         match &mut self.active {
             Some(a) => Ok(a.file.sync_data()?),
-            None => Ok(()),
-        }
-    }
-
-    fn before_sync(&self) -> std::io::Result<()> {
-        match &self.opts.faults {
-            Some(faults) => faults.before_sync(),
             None => Ok(()),
         }
     }
@@ -635,9 +634,6 @@ impl Writer {
     fn flush_buf(&mut self, buf: &mut Vec<u8>) -> Result<(), StorageError> {
         if buf.is_empty() {
             return Ok(());
-        }
-        if let Some(faults) = &self.opts.faults {
-            faults.before_write()?;
         }
         let a = self
             .active
@@ -989,6 +985,9 @@ pub fn decode_record(raw: &[u8]) -> Result<(u64, &[u8], usize), String> {
     let index = u64::from_le_bytes(body[..8].try_into().expect("8 bytes"));
     Ok((index, &body[8..], 8 + len))
 }
+
+#[path = "wal_faults.rs"]
+mod faults;
 
 #[cfg(test)]
 #[path = "wal_test.rs"]

@@ -466,6 +466,123 @@ fn a_failed_fsync_fails_the_append_and_every_later_one() {
     assert!(matches!(wal.read(1, 3), Err(StorageError::Failed(_))));
 }
 
+/// Once armed, fails the `n`-th operation that changes the log's files (counting writes,
+/// truncations, renames, removals and syncs from 1), and with `!once` every one after it.
+struct FailNth {
+    n: u64,
+    once: bool,
+    armed: std::sync::atomic::AtomicBool,
+    seen: std::sync::atomic::AtomicU64,
+}
+
+impl FailNth {
+    fn new(n: u64, once: bool) -> FailNth {
+        FailNth {
+            n,
+            once,
+            armed: Default::default(),
+            seen: Default::default(),
+        }
+    }
+
+    fn check(&self) -> std::io::Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if !self.armed.load(SeqCst) {
+            return Ok(());
+        }
+        let i = self.seen.fetch_add(1, SeqCst) + 1;
+        if i == self.n || (!self.once && i > self.n) {
+            return Err(std::io::Error::other("injected EIO"));
+        }
+        Ok(())
+    }
+}
+
+impl IoFaults for FailNth {
+    fn before_write(&self) -> std::io::Result<()> {
+        self.check()
+    }
+    fn before_sync(&self) -> std::io::Result<()> {
+        self.check()
+    }
+}
+
+/// Fail-stop holds wherever in an append the disk fails, segment rotation included: for each
+/// file operation the append makes (writes, the closing segment's sync, the new segment's
+/// creation, header and sync, the directory sync), failing it fails the append and every later
+/// operation, and what was acknowledged before is read back on reopening. Without
+/// preallocation one failed operation must be enough (no error is swallowed); with it, a
+/// failure while preparing a segment is tolerated (the segment then grows as written), so
+/// every operation from the `n`-th on fails.
+#[test]
+fn a_disk_error_anywhere_in_an_append_stops_the_log_and_loses_nothing() {
+    for (preallocate, once) in [(false, true), (true, false)] {
+        let mut covered = 0;
+        for n in 1.. {
+            let dir = tempfile::tempdir().unwrap();
+            let faults = Arc::new(FailNth::new(n, once));
+            // Preallocating, the log is inline: it prepares each segment as it rotates, so the
+            // preparation's operations are counted in a fixed order too.
+            let opts = WalOptions {
+                // A record of `rec` is 31 bytes: this append of ten rotates three times.
+                segment_bytes_max: 100,
+                faults: Some(faults.clone()),
+                inline: preallocate,
+                preallocate,
+                ..WalOptions::default()
+            };
+            let (wal, _) = Wal::open(dir.path(), opts).unwrap();
+            // An inline log acknowledges at `sync`; a writer thread syncs after the append.
+            let append = |records| {
+                let (tx, rx) = mpsc::channel();
+                wal.append(records, Box::new(move |r| tx.send(r).unwrap()));
+                wal.sync();
+                rx.recv().unwrap()
+            };
+            append((1..=2).map(rec).collect()).unwrap();
+            faults
+                .armed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            let res = append((3..=12).map(rec).collect());
+            if res.is_ok() {
+                // Only because the append made fewer than `n` operations: each one has been
+                // failed in an earlier round.
+                let seen = faults.seen.load(std::sync::atomic::Ordering::SeqCst);
+                assert!(
+                    seen < n,
+                    "operation {n} of {seen} failed and the append succeeded"
+                );
+                break;
+            }
+            covered = n;
+            let err = res.unwrap_err();
+            assert!(err.to_string().contains("injected EIO"), "n {n}: {err}");
+            assert!(wal.failure().is_some(), "n {n}: the log did not stop");
+            assert!(
+                matches!(append(vec![rec(13)]), Err(StorageError::Failed(_))),
+                "n {n}: the log took an append after failing"
+            );
+            drop(wal);
+            let (_, recovered) = open(dir.path(), 100);
+            let got = indexes(&recovered);
+            assert_eq!(
+                got[..2],
+                [1, 2],
+                "n {n}: acknowledged records lost: {got:?}"
+            );
+            assert!(
+                got.windows(2).all(|w| w[1] == w[0] + 1),
+                "n {n}: a gap after recovery: {got:?}"
+            );
+        }
+        // Each rotation is at least four operations, the append's own write and sync two more.
+        assert!(
+            covered >= 10,
+            "preallocate {preallocate}: only {covered} operations failed"
+        );
+    }
+}
+
 #[test]
 fn records_read_back_match_what_was_appended_across_segments_truncation_and_purge() {
     let dir = tempfile::tempdir().unwrap();
