@@ -11,7 +11,8 @@
 # `c20 serve` (give it several times to compare them; default: one variant, no flags). --to
 # leader sends the workload to the member that leads (the default for one client), --to all
 # spreads it over every member. --threads also prints, for each run, the CPU per request of the
-# members' threads by thread name (summed over the members). Default workload: put, 1 client, 256-byte values, 3,000 requests.
+# members' threads by thread name (summed over the members). Default workload: put, 1 client,
+# 256-byte values, 3,000 requests.
 # Honours C20_BIN (see scripts/lib.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."

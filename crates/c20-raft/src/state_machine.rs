@@ -233,9 +233,10 @@ fn collect(
         // An expired lease's revoke appended in a later term than it was decided in: a leader
         // in between may have renewed the lease. It changes nothing; the reply (read only by
         // the lessor's log) says the proposer no longer led in that term.
-        _ if cmd
-            .expiry_term()
-            .is_some_and(|t| t != log_id.leader_id.term) =>
+        Op::LeaseRevoke(_)
+            if cmd
+                .expiry_term()
+                .is_some_and(|t| t != log_id.leader_id.term) =>
         {
             Source::Fixed(Reply::Error(EtcdError::NotLeader))
         }

@@ -801,8 +801,7 @@ const STUCK_AFTER: Duration = Duration::from_secs(120);
 
 fn runtime(cfg: &RunConfig, name: &str) -> std::io::Result<tokio::runtime::Runtime> {
     if cfg.threads {
-        // The runtime a LocalReplicator runs on.
-        return c20_distributed::multi_thread_runtime(2, false)
+        return c20_distributed::replica_runtime(false)
             .thread_name(name)
             .enable_all()
             .build();

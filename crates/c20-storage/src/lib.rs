@@ -20,6 +20,9 @@ pub mod snapshot;
 pub mod stored_kv;
 pub mod wal;
 
+#[cfg(test)]
+mod test_faults;
+
 pub use disk::{CrashDamage, Disk, DiskFile, OsDisk, SimDisk};
 pub use mvcc::{MvccStore, WriteOp, WriteResult};
 pub use wal::{IoFaults, Wal, WalOptions, WalRecovery};

@@ -978,31 +978,6 @@ fn a_crash_after_a_background_checkpoint_keeps_it_and_loses_the_rest() {
     assert!(get(&s, "c").is_some() && get(&s, "d").is_some());
 }
 
-/// Fails every write and sync once armed, like a disk that starts returning EIO.
-#[derive(Default)]
-struct FailIo(std::sync::atomic::AtomicBool);
-
-impl FailIo {
-    fn arm(&self, on: bool) {
-        self.0.store(on, std::sync::atomic::Ordering::SeqCst);
-    }
-    fn check(&self) -> std::io::Result<()> {
-        if self.0.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(std::io::Error::other("injected EIO"));
-        }
-        Ok(())
-    }
-}
-
-impl crate::IoFaults for FailIo {
-    fn before_write(&self) -> std::io::Result<()> {
-        self.check()
-    }
-    fn before_sync(&self) -> std::io::Result<()> {
-        self.check()
-    }
-}
-
 /// A checkpoint that fails on the checkpoint thread stops writes on the store: the write after
 /// it is refused and changes nothing, every later one too (even with the disk "healed"), and
 /// reads go on serving what was applied. The log still holds everything since the last good
@@ -1011,7 +986,7 @@ impl crate::IoFaults for FailIo {
 fn a_failed_background_checkpoint_stops_writes() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kv.redb");
-    let fail = Arc::new(FailIo::default());
+    let fail = Arc::new(crate::test_faults::FailNth::every());
     let mut s = MvccStore::open_with_faults(&path, Some(fail.clone())).unwrap();
     put(&mut s, "a", "1");
     s.checkpoint_in_background().unwrap();

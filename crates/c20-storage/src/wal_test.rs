@@ -466,47 +466,6 @@ fn a_failed_fsync_fails_the_append_and_every_later_one() {
     assert!(matches!(wal.read(1, 3), Err(StorageError::Failed(_))));
 }
 
-/// Once armed, fails the `n`-th operation that changes the log's files (counting writes,
-/// truncations, renames, removals and syncs from 1), and with `!once` every one after it.
-struct FailNth {
-    n: u64,
-    once: bool,
-    armed: std::sync::atomic::AtomicBool,
-    seen: std::sync::atomic::AtomicU64,
-}
-
-impl FailNth {
-    fn new(n: u64, once: bool) -> FailNth {
-        FailNth {
-            n,
-            once,
-            armed: Default::default(),
-            seen: Default::default(),
-        }
-    }
-
-    fn check(&self) -> std::io::Result<()> {
-        use std::sync::atomic::Ordering::SeqCst;
-        if !self.armed.load(SeqCst) {
-            return Ok(());
-        }
-        let i = self.seen.fetch_add(1, SeqCst) + 1;
-        if i == self.n || (!self.once && i > self.n) {
-            return Err(std::io::Error::other("injected EIO"));
-        }
-        Ok(())
-    }
-}
-
-impl IoFaults for FailNth {
-    fn before_write(&self) -> std::io::Result<()> {
-        self.check()
-    }
-    fn before_sync(&self) -> std::io::Result<()> {
-        self.check()
-    }
-}
-
 /// Fail-stop holds wherever in an append the disk fails, segment rotation included: for each
 /// file operation the append makes (writes, the closing segment's sync, the new segment's
 /// creation, header and sync, the directory sync), failing it fails the append and every later
@@ -520,7 +479,7 @@ fn a_disk_error_anywhere_in_an_append_stops_the_log_and_loses_nothing() {
         let mut covered = 0;
         for n in 1.. {
             let dir = tempfile::tempdir().unwrap();
-            let faults = Arc::new(FailNth::new(n, once));
+            let faults = Arc::new(crate::test_faults::FailNth::new(n, once));
             // Preallocating, the log is inline: it prepares each segment as it rotates, so the
             // preparation's operations are counted in a fixed order too.
             let opts = WalOptions {
@@ -540,9 +499,7 @@ fn a_disk_error_anywhere_in_an_append_stops_the_log_and_loses_nothing() {
                 rx.recv().unwrap()
             };
             append((1..=2).map(rec).collect()).unwrap();
-            faults
-                .armed
-                .store(true, std::sync::atomic::Ordering::SeqCst);
+            faults.arm(true);
             let res = append((3..=12).map(rec).collect());
             if res.is_ok() {
                 // Only because the append made fewer than `n` operations: each one has been

@@ -22,12 +22,12 @@ mod watch;
 pub use c20_api as api;
 pub use c20_api::{ConsistencyLevel, EtcdError};
 pub use c20_client as client;
-pub use c20_raft::rt::multi_thread_runtime;
 pub use c20_raft::rt::seed_thread_rng as seed_raft_rng;
 pub use c20_server as server;
 pub use c20_server::tuning::{disable_transparent_huge_pages, transparent_huge_pages_disabled};
 pub use c20_storage::planted;
 pub use c20_storage::{splitmix, CrashDamage};
+pub use replicator::runtime as replica_runtime;
 pub use replicator::{
     validate, Builder, ConfigError, EventualWrite, LocalReplicator, ReadResult, Session, WriteAck,
 };
