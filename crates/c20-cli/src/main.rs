@@ -215,6 +215,15 @@ struct ServeArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     backend_batch_limit: u64,
+    /// A checkpoint of the store is also taken once the rows waiting for it come to about
+    /// this many bytes, so that its fsync is short and the log's fsyncs on the same disk do not
+    /// wait long behind it; 0 sets no such bound (etcd has none).
+    #[arg(
+        long,
+        env = "C20_BACKEND_BATCH_BYTES",
+        default_value_t = c20_server::config::DEFAULT_BACKEND_BATCH_BYTES
+    )]
+    backend_batch_bytes: u64,
     /// Threads of the async runtime that serves clients and peers. 0 (the default): one fewer
     /// than the CPUs this process may use, at least one, leaving a CPU to the log's writer and
     /// the checkpoint threads. When several members share a machine, divide its CPUs among them.
@@ -367,6 +376,7 @@ async fn serve(a: ServeArgs) -> Result<()> {
         wal_preallocate: a.wal_preallocate,
         backend_batch_interval: a.backend_batch_interval,
         backend_batch_limit: a.backend_batch_limit,
+        backend_batch_bytes: a.backend_batch_bytes,
     };
     let server = Server::start(cfg).await?;
     let removed = tokio::select! {
@@ -431,14 +441,21 @@ mod tests {
             a.backend_batch_limit,
             c20_server::config::DEFAULT_BACKEND_BATCH_LIMIT
         );
+        assert_eq!(
+            a.backend_batch_bytes,
+            c20_server::config::DEFAULT_BACKEND_BATCH_BYTES
+        );
         let a = serve_args(&[
             "--backend-batch-interval",
             "1s",
             "--backend-batch-limit",
             "500",
+            "--backend-batch-bytes",
+            "0",
         ]);
         assert_eq!(a.backend_batch_interval, Duration::from_secs(1));
         assert_eq!(a.backend_batch_limit, 500);
+        assert_eq!(a.backend_batch_bytes, 0);
         assert_eq!(
             serve_args(&["--backend-batch-interval", "10ms"]).backend_batch_interval,
             Duration::from_millis(10)

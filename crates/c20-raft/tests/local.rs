@@ -416,6 +416,7 @@ async fn the_store_checkpoints_once_the_write_limit_is_reached() {
         cfg.checkpoint = CheckpointPolicy {
             interval: Duration::from_secs(3600),
             writes_max: 5,
+            bytes_max: 0,
         };
     })
     .await;
@@ -431,6 +432,44 @@ async fn the_store_checkpoints_once_the_write_limit_is_reached() {
     assert_eq!(pending(), 0);
     put(n, "k6", "v").await.unwrap();
     assert_eq!(pending(), 1, "the count starts again after a checkpoint");
+    shutdown(nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_checkpoints_once_the_pending_rows_reach_the_byte_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_router, nodes) = cluster_with(1, |cfg| {
+        cfg.in_memory = false;
+        cfg.data_dir = dir.path().join(cfg.id.to_string());
+        // Neither time nor the write count can trigger a checkpoint within this test.
+        cfg.checkpoint = CheckpointPolicy {
+            interval: Duration::from_secs(3600),
+            writes_max: u64::MAX,
+            bytes_max: 1000,
+        };
+    })
+    .await;
+    let n = &nodes[&1];
+    leader_among(&nodes, None).await;
+    let pending = || n.state().read(|s| (s.pending_rows(), s.pending_bytes()));
+    let value = "v".repeat(300);
+    for i in 1..=3 {
+        put(n, &format!("k{i}"), &value).await.unwrap();
+        let (rows, bytes) = pending();
+        assert_eq!(rows, i, "rows wait for the checkpoint after put {i}");
+        assert!(
+            bytes > 300 * i && bytes < 1000,
+            "{bytes} bytes after put {i}"
+        );
+    }
+    // The fourth row brings them past 1,000 bytes: its apply hands every pending row over.
+    put(n, "k4", &value).await.unwrap();
+    assert_eq!(pending(), (0, 0));
+    // Small rows take many more writes to get there.
+    for i in 1..=10 {
+        put(n, &format!("s{i}"), "v").await.unwrap();
+        assert_eq!(pending().0, i, "small put {i}");
+    }
     shutdown(nodes).await;
 }
 

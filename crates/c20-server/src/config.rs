@@ -63,6 +63,9 @@ pub struct ServerConfig {
     pub backend_batch_interval: Duration,
     /// `--backend-batch-limit`: the most write requests applied between checkpoints.
     pub backend_batch_limit: u64,
+    /// `--backend-batch-bytes`: the most bytes of rows a checkpoint writes, about (0: no
+    /// bound).
+    pub backend_batch_bytes: u64,
 }
 
 /// Default of `--batch-max-ops`.
@@ -80,6 +83,9 @@ pub const DEFAULT_BACKEND_BATCH_INTERVAL: Duration =
 
 /// Default of `--backend-batch-limit`.
 pub const DEFAULT_BACKEND_BATCH_LIMIT: u64 = c20_raft::state_machine::DEFAULT_CHECKPOINT_WRITES_MAX;
+
+/// Default of `--backend-batch-bytes`.
+pub const DEFAULT_BACKEND_BATCH_BYTES: u64 = c20_raft::state_machine::DEFAULT_CHECKPOINT_BYTES_MAX;
 
 /// Default of `--peer-compression-min-bytes` (docs/BENCHMARKS.md has the measurement behind it).
 pub const DEFAULT_PEER_COMPRESSION_MIN_BYTES: usize = 0;
@@ -114,6 +120,7 @@ impl ServerConfig {
             wal_preallocate: true,
             backend_batch_interval: DEFAULT_BACKEND_BATCH_INTERVAL,
             backend_batch_limit: DEFAULT_BACKEND_BATCH_LIMIT,
+            backend_batch_bytes: DEFAULT_BACKEND_BATCH_BYTES,
         }
     }
 }

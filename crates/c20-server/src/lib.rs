@@ -175,6 +175,7 @@ impl Server {
         rcfg.checkpoint = c20_raft::CheckpointPolicy {
             interval: cfg.backend_batch_interval,
             writes_max: cfg.backend_batch_limit,
+            bytes_max: cfg.backend_batch_bytes,
         };
         rcfg.cluster_id = cluster_id;
         let node = RaftNode::start(rcfg).await?;

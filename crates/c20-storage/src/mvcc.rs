@@ -205,7 +205,13 @@ struct PendingRows {
     removes: Vec<(u64, u64)>,
     /// Lease id → its TTL once granted, `None` once revoked (the last change wins).
     leases: BTreeMap<i64, Option<i64>>,
+    /// What these rows come to in the events table: keys and rows of the inserts, keys of the
+    /// removes (see [`MvccStore::pending_bytes`]).
+    bytes: usize,
 }
+
+/// The bytes of an events-table key: main and sub revision.
+const ROW_KEY_BYTES: usize = 16;
 
 /// redb's page cache. The key index in memory answers every read, so redb is read only when a
 /// store opens (once, in order) and written at checkpoints, whose rows are keyed by revision
@@ -853,6 +859,14 @@ impl MvccStore {
         self.pending.inserts.len() + self.pending.removes.len() + self.pending.leases.len()
     }
 
+    /// About how many bytes the next checkpoint writes to the events table: each inserted
+    /// row with its key, and the key of each removed one (leases, a few bytes each, are left
+    /// out). The checkpoint's fsync takes about as long as these bytes take to write, and
+    /// the log's fsyncs on the same disk wait behind it.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending.bytes
+    }
+
     fn flush(&mut self) -> Result<(), StorageError> {
         let job = self.take_checkpoint();
         let Some(db) = &self.db else {
@@ -1049,6 +1063,8 @@ impl MvccStore {
     /// checkpoint.
     fn queue_event(&mut self, event: KeyEvent) {
         if self.db.is_some() {
+            // The row: its key, the flag byte and the encoded `KeyValue` (`encode_row`).
+            self.pending.bytes += ROW_KEY_BYTES + 1 + event.kv.encoded_len();
             self.pending.inserts.push(event.clone());
         }
         self.by_rev.push_back(event);
@@ -1218,11 +1234,12 @@ impl MvccStore {
             let newest = &history[upto - 1];
             let keep_newest = newest.is_put || newest.main() == rev;
             let drop_n = if keep_newest { upto - 1 } else { upto };
-            let removes = &mut self.pending.removes;
+            let pending = &mut self.pending;
             let on_disk = self.db.is_some();
             let now_empty = history.remove_oldest(drop_n, |e| {
                 if on_disk {
-                    removes.push((e.main() as u64, e.sub.into()));
+                    pending.removes.push((e.main() as u64, e.sub.into()));
+                    pending.bytes += ROW_KEY_BYTES;
                 }
             });
             if now_empty {

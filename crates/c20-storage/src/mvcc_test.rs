@@ -508,6 +508,30 @@ fn in_memory_store_behaves_like_the_file_store() {
 }
 
 #[test]
+fn pending_bytes_count_the_rows_the_next_checkpoint_writes() {
+    let (_d, mut s) = store();
+    assert_eq!(s.pending_bytes(), 0);
+    put(&mut s, "a", &"v".repeat(300));
+    let one = s.pending_bytes();
+    // The row's key (16 bytes), its flag and the encoded KeyValue, value included.
+    let row = StoredKv::from_kv(&get(&s, "a").unwrap()).encoded_len();
+    assert_eq!(one, 16 + 1 + row);
+    put(&mut s, "a", &"w".repeat(300));
+    assert_eq!(
+        s.pending_bytes(),
+        2 * one,
+        "the second version is a row of its own"
+    );
+    // Compacting away the first version removes its row: a key's worth more.
+    compact(&mut s, 3);
+    assert_eq!(s.pending_bytes(), 2 * one + 16);
+    s.checkpoint().unwrap();
+    assert_eq!(s.pending_bytes(), 0, "a checkpoint takes them all");
+    put(&mut s, "b", "1");
+    assert!(s.pending_bytes() > 16 && s.pending_bytes() < one);
+}
+
+#[test]
 fn only_checkpointed_changes_reach_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("kv.redb");
