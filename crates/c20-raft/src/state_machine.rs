@@ -54,7 +54,7 @@ pub const DEFAULT_CHECKPOINT_WRITES_MAX: u64 = 10_000;
 
 /// Default of [`CheckpointPolicy::bytes_max`] (etcd has no such bound). A checkpoint's fsync
 /// takes about as long as its bytes take to write, and the log's fsyncs on the same disk wait
-/// behind it. Under put-100 (about 25,000 writes a second, 256-byte values) 100 ms of rows come
+/// behind it. Under put-100 (about 27,000 writes a second, 256-byte values) 100 ms of rows come
 /// to about 0.8 MB; bounding each checkpoint to 128 KiB took the log's slowest fsyncs from
 /// 4.5-5.5 ms to 2.8-3.8 ms and the clients' p99 down by about a fifth, for about 2 µs more
 /// of the checkpoint thread's CPU per write (docs/BENCHMARKS.md, "Checkpoints bounded in
