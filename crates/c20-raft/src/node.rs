@@ -101,7 +101,7 @@ pub struct RaftNodeConfig {
     /// strictly one request after the other.
     pub apply_threads: usize,
     /// When the store checkpoints what was applied (etcd's `--backend-batch-interval` and
-    /// `--backend-batch-limit`).
+    /// `--backend-batch-limit`, and c20's `--backend-batch-bytes`).
     pub checkpoint: CheckpointPolicy,
     /// Whether concurrent linearizable reads on the leader share quorum rounds. Off, each read
     /// waits for a round of its own, one round after the other: a switch for measuring what

@@ -32,7 +32,9 @@ use tokio::time::Instant;
 /// Most entries applied in one redb transaction.
 const APPLY_BATCH_ENTRIES_MAX: usize = 1024;
 /// When the store writes a durable checkpoint of what was applied since the last one (etcd's
-/// `--backend-batch-interval` and `--backend-batch-limit`).
+/// `--backend-batch-interval` and `--backend-batch-limit`, and c20's own
+/// `--backend-batch-bytes`). Each is checked after every applied batch, and a checkpoint
+/// still being written defers the next, so a checkpoint may hold a little more than a bound.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CheckpointPolicy {
     /// At least this often while writes are applied...
@@ -55,7 +57,7 @@ pub const DEFAULT_CHECKPOINT_WRITES_MAX: u64 = 10_000;
 /// Default of [`CheckpointPolicy::bytes_max`] (etcd has no such bound). A checkpoint's fsync
 /// takes about as long as its bytes take to write, and the log's fsyncs on the same disk wait
 /// behind it. Under put-100 (about 27,000 writes a second, 256-byte values) 100 ms of rows come
-/// to about 0.8 MB; bounding each checkpoint to 128 KiB took the log's slowest fsyncs from
+/// to about 0.8 MB; a checkpoint at every 128 KiB took the log's slowest fsyncs from
 /// 4.5-5.5 ms to 2.8-3.8 ms and the clients' p99 down by about a fifth, for about 2 µs more
 /// of the checkpoint thread's CPU per write (docs/BENCHMARKS.md, "Checkpoints bounded in
 /// bytes"). Below about 1.3 MB a second of writes the interval comes first.

@@ -63,8 +63,8 @@ pub struct ServerConfig {
     pub backend_batch_interval: Duration,
     /// `--backend-batch-limit`: the most write requests applied between checkpoints.
     pub backend_batch_limit: u64,
-    /// `--backend-batch-bytes`: the most bytes of rows a checkpoint writes, about (0: no
-    /// bound).
+    /// `--backend-batch-bytes`: a checkpoint is also taken once the rows waiting for it come
+    /// to about this many bytes (0: no such trigger).
     pub backend_batch_bytes: u64,
 }
 
