@@ -406,22 +406,33 @@ async fn log_bytes_trigger_a_snapshot_long_before_the_entry_count() {
     shutdown(nodes).await;
 }
 
+/// A one-member cluster whose store lives on disk under `dir` and checkpoints by `policy`,
+/// once it leads.
+async fn one_member_on_disk(
+    dir: &std::path::Path,
+    policy: CheckpointPolicy,
+) -> (Arc<LocalRouter>, BTreeMap<NodeId, Arc<RaftNode>>) {
+    let (router, nodes) = cluster_with(1, |cfg| {
+        cfg.in_memory = false;
+        cfg.data_dir = dir.join(cfg.id.to_string());
+        cfg.checkpoint = policy;
+    })
+    .await;
+    leader_among(&nodes, None).await;
+    (router, nodes)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_checkpoints_once_the_write_limit_is_reached() {
     let dir = tempfile::tempdir().unwrap();
-    let (_router, nodes) = cluster_with(1, |cfg| {
-        cfg.in_memory = false;
-        cfg.data_dir = dir.path().join(cfg.id.to_string());
-        // Never by time within this test: only the limit can trigger a checkpoint.
-        cfg.checkpoint = CheckpointPolicy {
-            interval: Duration::from_secs(3600),
-            writes_max: 5,
-            bytes_max: 0,
-        };
-    })
-    .await;
+    // Never by time within this test: only the limit can trigger a checkpoint.
+    let policy = CheckpointPolicy {
+        interval: Duration::from_secs(3600),
+        writes_max: 5,
+        bytes_max: 0,
+    };
+    let (_router, nodes) = one_member_on_disk(dir.path(), policy).await;
     let n = &nodes[&1];
-    leader_among(&nodes, None).await;
     let pending = || n.state().read(|s| s.pending_rows());
     for i in 1..=4 {
         put(n, &format!("k{i}"), "v").await.unwrap();
@@ -438,19 +449,14 @@ async fn the_store_checkpoints_once_the_write_limit_is_reached() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_checkpoints_once_the_pending_rows_reach_the_byte_bound() {
     let dir = tempfile::tempdir().unwrap();
-    let (_router, nodes) = cluster_with(1, |cfg| {
-        cfg.in_memory = false;
-        cfg.data_dir = dir.path().join(cfg.id.to_string());
-        // Neither time nor the write count can trigger a checkpoint within this test.
-        cfg.checkpoint = CheckpointPolicy {
-            interval: Duration::from_secs(3600),
-            writes_max: u64::MAX,
-            bytes_max: 1200,
-        };
-    })
-    .await;
+    // Neither time nor the write count can trigger a checkpoint within this test.
+    let policy = CheckpointPolicy {
+        interval: Duration::from_secs(3600),
+        writes_max: u64::MAX,
+        bytes_max: 1200,
+    };
+    let (_router, nodes) = one_member_on_disk(dir.path(), policy).await;
     let n = &nodes[&1];
-    leader_among(&nodes, None).await;
     let pending = || n.state().read(|s| (s.pending_rows(), s.pending_bytes()));
     let value = "v".repeat(300);
     for i in 1..=3 {
