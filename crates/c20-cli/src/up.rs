@@ -160,7 +160,12 @@ impl Members {
         for (name, mut child) in self.0.drain(..) {
             match wait_until(&mut child, deadline) {
                 Ok(status) => ended.push((name, status)),
-                Err(e) => failed = failed.or(Some(e)),
+                Err(e) => {
+                    // Waiting failed, not the member: it must not be left running.
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    failed = failed.or(Some(e));
+                }
             }
         }
         match failed {
