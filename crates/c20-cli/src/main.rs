@@ -466,9 +466,10 @@ mod tests {
         assert!(Cli::try_parse_from(argv).is_err());
     }
 
-    /// The runtime itself is tested with `c20_raft::rt::multi_thread_runtime`.
+    /// What the flag does to the runtime is tested in `c20_raft::rt`
+    /// (`the_runtime_runs_woken_tasks_in_order_unless_told_otherwise`).
     #[test]
-    fn the_runtime_runs_without_the_lifo_slot_unless_told_otherwise() {
+    fn the_lifo_slot_flag_is_off_unless_turned_on() {
         assert!(!serve_args(&[]).runtime_lifo_slot);
         assert!(serve_args(&["--runtime-lifo-slot", "true"]).runtime_lifo_slot);
     }

@@ -696,6 +696,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         self.read_snapshot_file()
     }
 }
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -707,10 +708,6 @@ mod tests {
             <crate::types::Entry as openraft::entry::RaftEntry>::new_normal(log_id, cmd),
             None,
         )
-    }
-
-    fn expire(id: i64, term: u64) -> Command {
-        Command::expiry_revoke(id, term)
     }
 
     async fn apply(sm: &mut StateMachine, entries: Vec<EntryResponder<TypeConfig>>) {
@@ -741,9 +738,16 @@ mod tests {
         assert_eq!(lease_ids(&sm), vec![7, 8]);
         let later = Command {
             id: 0,
-            op: Op::Batch(vec![expire(8, 2)]),
+            op: Op::Batch(vec![Command::expiry_revoke(8, 2)]),
         };
-        apply(&mut sm, vec![entry(3, 3, expire(7, 2)), entry(3, 4, later)]).await;
+        apply(
+            &mut sm,
+            vec![
+                entry(3, 3, Command::expiry_revoke(7, 2)),
+                entry(3, 4, later),
+            ],
+        )
+        .await;
         assert_eq!(
             lease_ids(&sm),
             vec![7, 8],
@@ -751,9 +755,13 @@ mod tests {
         );
         let now = Command {
             id: 0,
-            op: Op::Batch(vec![expire(8, 3)]),
+            op: Op::Batch(vec![Command::expiry_revoke(8, 3)]),
         };
-        apply(&mut sm, vec![entry(3, 5, expire(7, 3)), entry(3, 6, now)]).await;
+        apply(
+            &mut sm,
+            vec![entry(3, 5, Command::expiry_revoke(7, 3)), entry(3, 6, now)],
+        )
+        .await;
         assert_eq!(lease_ids(&sm), Vec::<i64>::new());
     }
 
@@ -771,14 +779,14 @@ mod tests {
             );
             (source, ops)
         };
-        let (source, ops) = file(expire(7, 2), 3);
+        let (source, ops) = file(Command::expiry_revoke(7, 2), 3);
         assert!(matches!(
             source,
             Source::Fixed(Reply::Error(EtcdError::NotLeader))
         ));
         assert!(ops.is_empty());
         let revoke_7 = [WriteOp::LeaseRevoke(LeaseRevokeRequest { id: 7 })];
-        let (source, ops) = file(expire(7, 3), 3);
+        let (source, ops) = file(Command::expiry_revoke(7, 3), 3);
         assert!(matches!(source, Source::Op(0)));
         assert_eq!(ops, revoke_7);
         let client = Command::from_op(&revoke_7[0]);
@@ -792,7 +800,7 @@ mod tests {
     /// before (rolling upgrades: it must decode, and it revokes).
     #[test]
     fn an_expiry_revoke_reads_as_a_plain_revoke_without_the_term_rule() {
-        let cmd = expire(7, 2);
+        let cmd = Command::expiry_revoke(7, 2);
         assert_eq!(cmd.expiry_term(), Some(2));
         let Op::LeaseRevoke(body) = &cmd.op else {
             panic!("an expiry revoke is a LeaseRevoke op: {cmd}");

@@ -69,6 +69,12 @@ impl KeyEvent {
         (self.main() as u64, self.sub.into())
     }
 
+    /// The bytes its row takes in the events table: key, flag and `KeyValue` (as
+    /// [`KeyEvent::row_key`] and [`KeyEvent::encode_row`] write them).
+    fn row_len(&self) -> usize {
+        ROW_KEY_BYTES + 1 + self.kv.encoded_len()
+    }
+
     /// Its row in the events table: the flag, then the `KeyValue` (a tombstone's holds only
     /// the key and the revision).
     fn encode_row(&self, row: &mut Vec<u8>) {
@@ -376,7 +382,10 @@ impl MvccStore {
                 .index
                 .values()
                 .flatten()
-                .map(|e| e.put().map_or(16, |kv| 16 + kv.encoded_len() as u64))
+                .map(|e| {
+                    let key = ROW_KEY_BYTES as u64;
+                    e.put().map_or(key, |kv| key + kv.encoded_len() as u64)
+                })
                 .sum(),
         }
     }
@@ -1063,8 +1072,7 @@ impl MvccStore {
     /// checkpoint.
     fn queue_event(&mut self, event: KeyEvent) {
         if self.db.is_some() {
-            // The row: its key, the flag byte and the encoded `KeyValue` (`encode_row`).
-            self.pending.bytes += ROW_KEY_BYTES + 1 + event.kv.encoded_len();
+            self.pending.bytes += event.row_len();
             self.pending.inserts.push(event.clone());
         }
         self.by_rev.push_back(event);

@@ -101,7 +101,10 @@ impl std::fmt::Debug for WalOptions {
 }
 
 /// Fault injection for tests: an `Err` returned here is treated exactly as the failure of the
-/// write or sync that was about to happen.
+/// operation that was about to happen. For the log, `before_write` comes before every
+/// operation that changes its files (writes, `set_len`, creating, renaming and removing files
+/// and directories) and `before_sync` before every file and directory sync; for the store,
+/// before each write, `set_len` and sync of its file.
 pub trait IoFaults: Send + Sync + 'static {
     fn before_write(&self) -> std::io::Result<()> {
         Ok(())

@@ -27,8 +27,8 @@ pub use c20_server as server;
 pub use c20_server::tuning::{disable_transparent_huge_pages, transparent_huge_pages_disabled};
 pub use c20_storage::planted;
 pub use c20_storage::{splitmix, CrashDamage};
-pub use replicator::runtime as replica_runtime;
 pub use replicator::{
-    validate, Builder, ConfigError, EventualWrite, LocalReplicator, ReadResult, Session, WriteAck,
+    replica_runtime, validate, Builder, ConfigError, EventualWrite, LocalReplicator, ReadResult,
+    Session, WriteAck,
 };
 pub use watch::Watcher;

@@ -174,7 +174,7 @@ pub struct Builder {
 /// The runtime a replicator of its own runs its replicas on (the threaded simulator too): two
 /// worker threads, Tokio's LIFO slot only if `lifo_slot` (see
 /// `c20_raft::rt::multi_thread_runtime`).
-pub fn runtime(lifo_slot: bool) -> tokio::runtime::Builder {
+pub fn replica_runtime(lifo_slot: bool) -> tokio::runtime::Builder {
     c20_raft::rt::multi_thread_runtime(2, lifo_slot)
 }
 
@@ -392,7 +392,7 @@ impl LocalReplicator {
     }
 
     fn start(b: Builder) -> Result<LocalReplicator, ConfigError> {
-        let rt = runtime(b.lifo_slot)
+        let rt = replica_runtime(b.lifo_slot)
             .thread_name("c20-replica")
             .enable_all()
             .build()
